@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Builds (or reuses) the pinned upstream binaries of the local fleet from the Go module proxy:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl   (gomod/kubernetes)
+#   etcd, etcdctl                                                       (gomod/etcd)
+#   kwok, kwokctl                                                       (gomod/kwok)
+#   helm                                                                (gomod/helm)
+#
+# Each group is cached under $VISIONFLEET_CACHE/bin/<group>-<hash>/, the hash covering the group's
+# go.mod + go.sum and this script, so a pin change rebuilds exactly that group and nothing else.
+# A group is only marked complete after every binary in it built and answered `version`, so an
+# interrupted build is resumed, never trusted half-done.
+#
+# Prints progress on stderr and, on success, one line per binary on stdout: "<name> <path>".
+# Usage: build-binaries.sh [--print-dir]   (--print-dir: print the directory holding links to all)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${VISIONFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/visionfleet}
+script_sum=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-64)
+
+# Versions stamped into the binaries. They must match the go.mod pins (checked below) — unstamped
+# Kubernetes binaries report v0.0.0-master, which kwokctl reads as "newest" and picks wrong flags for.
+KUBE_VERSION=v1.36.3
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+
+export CGO_ENABLED=0
+export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
+# The module and build caches can live with the binaries' cache (CI keeps one directory).
+export GOMODCACHE=${GOMODCACHE:-$(go env GOMODCACHE)}
+export GOCACHE=${GOCACHE:-$(go env GOCACHE)}
+
+log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+group_dir() {  # group -> cache dir for its current pins
+  local g=$1 sum
+  sum=$( { cat "$here/gomod/$g/go.mod" "$here/gomod/$g/go.sum"; echo "$script_sum"; } | sha256sum | cut -c1-16)
+  echo "$cache/bin/$g-$sum"
+}
+
+require_pin() {  # group module version: fail loudly when the go.mod and this script disagree
+  local g=$1 mod=$2 ver=$3
+  if ! grep -qE "^[[:space:]]*(require[[:space:]]+)?${mod//./\\.}[[:space:]]+${ver//./\\.}([[:space:]]|$)" "$here/gomod/$g/go.mod"; then
+    log "gomod/$g/go.mod does not pin $mod $ver, but build-binaries.sh stamps that version; update both together"
+    exit 1
+  fi
+}
+
+build_group() {  # group ldflags pkg...  (binaries named after the last path element)
+  local g=$1 ldflags=$2; shift 2
+  local dir; dir=$(group_dir "$g")
+  if [ -f "$dir/.complete" ]; then
+    log "$g: cached in $dir"
+    return 0
+  fi
+  local tmp="$dir.partial"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local start=$SECONDS
+  log "$g: building $* (cold builds take minutes; module and build caches are reused)"
+  ( cd "$here/gomod/$g" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) >&2 &
+  local pid=$!
+  # Progress while the compiler works: elapsed time and how much of the build cache has been written.
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 30
+    kill -0 "$pid" 2>/dev/null && log "$g: still building ($((SECONDS - start))s, go build cache $(du -sh "$GOCACHE" 2>/dev/null | cut -f1))"
+  done
+  if ! wait "$pid"; then
+    log "$g: go build failed"
+    exit 1
+  fi
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  touch "$dir/.complete"
+  log "$g: built in $((SECONDS - start))s"
+}
+
+stamp_kube() {
+  local v=$1 major minor
+  major=${v#v}; major=${major%%.*}
+  minor=${v#v*.}; minor=${minor%%.*}
+  local f=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $p.gitVersion=$v -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    f+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$f"
+}
+
+require_pin kubernetes k8s.io/kubernetes "$KUBE_VERSION"
+require_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+require_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+require_pin helm helm.sh/helm/v3 "$HELM_VERSION"
+
+build_group etcd "-s -w" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3
+# The etcd server package builds a binary named "v3"; give it its real name.
+d=$(group_dir etcd); [ -f "$d/v3" ] && mv "$d/v3" "$d/etcd"
+build_group kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}" \
+  sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+build_group helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" \
+  helm.sh/helm/v3/cmd/helm
+build_group kubernetes "$(stamp_kube "$KUBE_VERSION")" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+
+# One directory of links, so callers can put it first on PATH (Debian's kubectl must not win).
+links="$cache/bin/current"
+mkdir -p "$links"
+for g in kubernetes etcd kwok helm; do
+  d=$(group_dir "$g")
+  for b in "$d"/*; do
+    [ -f "$b" ] && [ -x "$b" ] && ln -sfn "$b" "$links/$(basename "$b")"
+  done
+done
+if [ "${1:-}" = "--print-dir" ]; then
+  echo "$links"
+else
+  for b in "$links"/*; do echo "$(basename "$b") $(readlink "$b")"; done
+fi

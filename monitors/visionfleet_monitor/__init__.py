@@ -1,0 +1,1 @@
+"""The drift monitor that runs beside each Triton deployment."""

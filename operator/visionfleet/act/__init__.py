@@ -1,0 +1,1 @@
+"""Executes planned actions: server-side apply, one status write per pass, Events."""

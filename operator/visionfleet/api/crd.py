@@ -1,0 +1,216 @@
+"""Render the VisionDeployment CRD from the pydantic models (the one source of truth).
+
+pydantic emits JSON Schema 2020-12; the API server wants a *structural* OpenAPI v3 schema. The
+translation below is small and explicit:
+
+  pydantic                                   structural schema
+  ---------------------------------------    ------------------------------------------------
+  $ref / $defs                                inlined (structural schemas have no references)
+  anyOf [X, null]   (Optional[X])             X       (absent, never null, on the wire)
+  anyOf [int, str] + int-or-string marker     x-kubernetes-int-or-string: true
+  exclusiveMinimum: n   (draft 2020)          minimum: n, exclusiveMinimum: true (OpenAPI 3.0)
+  additionalProperties: false (extra=forbid)  dropped: the API server prunes unknown fields
+  propertyNames, title, default: null         dropped: not allowed / meaningless here
+
+``visionfleet-crd`` writes ``crds/visionfleet.io_visiondeployments.yaml``; ``--check`` exits 1
+when the file differs from what the models generate (CI runs the same check as a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .spec import VisionDeploymentSpec
+from .status import VisionDeploymentStatus
+
+GROUP = "visionfleet.io"
+VERSION = "v1alpha1"
+KIND = "VisionDeployment"
+PLURAL = "visiondeployments"
+SINGULAR = "visiondeployment"
+SHORT_NAMES = ["vd"]
+CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
+
+# metadata.name names the Service and the Triton Deployments (<name>-<class>-<track>), so it must be
+# a DNS-1035 label, and short enough to leave room for the suffixes.
+NAME_MAX = 40
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Stable", "type": "string", "jsonPath": ".status.stableRevision"},
+    {"name": "Canary", "type": "string", "jsonPath": ".status.canaryRevision", "priority": 1},
+    {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight",
+     "description": "Percent of traffic on the canary revision"},
+    {"name": "P99-ms", "type": "number", "jsonPath": ".status.analysis.p99Ms",
+     "description": "p99 latency of the canary at the last analysis"},
+    {"name": "Drift-p", "type": "number", "jsonPath": ".status.analysis.driftPValue",
+     "description": "p-value of the last drift test on the canary's inputs (low = drift)"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_DROP = {"title", "propertyNames", "$defs", "discriminator"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(x, defs) for x in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        merged = dict(_resolve(target, defs))
+        # Field-level keywords (description, default, extra rules) win over the referenced model's.
+        for k, v in node.items():
+            if k == "x-kubernetes-validations":
+                merged[k] = merged.get(k, []) + v
+            else:
+                merged[k] = v
+        return _resolve(merged, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if rest.get("x-kubernetes-int-or-string"):
+            return _clean(rest)
+        if len(options) == 1:
+            merged = dict(_resolve(options[0], defs))
+            for k, v in rest.items():
+                merged[k] = merged.get(k, []) + v if k == "x-kubernetes-validations" else v
+            return _resolve(merged, defs)
+        raise ValueError(f"cannot express anyOf {options!r} in a structural schema")
+    if "allOf" in node and len(node["allOf"]) == 1:
+        inner = node.pop("allOf")[0]
+        return _resolve({**inner, **node}, defs)
+    return _clean({k: _resolve(v, defs) for k, v in node.items()})
+
+
+def _clean(node: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in _DROP or (k == "default" and v is None):
+            continue
+        if k == "additionalProperties" and v is False:
+            continue
+        if k in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(v, bool):
+            out["minimum" if k == "exclusiveMinimum" else "maximum"] = v
+            out[k] = True
+            continue
+        out[k] = v
+    if "properties" in out or "additionalProperties" in out:
+        out.setdefault("type", "object")
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def structural_schema(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _resolve(raw, raw.get("$defs", {}))
+
+
+def build_crd() -> dict[str, Any]:
+    spec = structural_schema(VisionDeploymentSpec)
+    spec["description"] = "What to compile, where, and how to roll it out. Owned by the user; the operator never writes it."
+    status = structural_schema(VisionDeploymentStatus)
+    status["description"] = "Written by the operator only (status subresource)."
+    root = {
+        "type": "object",
+        "description": "A vision model compiled per node class and rolled out on Triton as a canary.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": f"size(self.metadata.name) <= {NAME_MAX}"
+                " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                "message": f"metadata.name must be a DNS-1035 label (lowercase letters, digits, '-', starting "
+                f"with a letter) of at most {NAME_MAX} characters: it names the Service and Triton Deployments",
+                "fieldPath": ".metadata.name",
+            }
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "annotations": {"visionfleet.io/generated-by": "visionfleet-crd (from visionfleet.api models)"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["visionfleet"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = (
+        "# GENERATED by `visionfleet-crd` from operator/visionfleet/api (pydantic models).\n"
+        "# Do not edit: change the models and run `visionfleet-crd` (a test fails when this file is stale).\n"
+    )
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def default_path() -> Path:
+    return Path(__file__).resolve().parents[3] / "crds" / CRD_FILE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="visionfleet-crd",
+        description="Generate the VisionDeployment CRD from the pydantic models in visionfleet.api.",
+    )
+    parser.add_argument("--out", type=Path, default=default_path(), help="file to write (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 and show a diff when --out is stale")
+    parser.add_argument("--stdout", action="store_true", help="print the CRD instead of writing it")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.stdout:
+        sys.stdout.write(text)
+        return 0
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current == text:
+            print(f"{args.out}: up to date")
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(
+            current.splitlines(True), text.splitlines(True), str(args.out), "generated"))
+        print(f"\n{args.out} is stale: run `visionfleet-crd` and commit the result", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

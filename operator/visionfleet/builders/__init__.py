@@ -1,0 +1,1 @@
+"""Pure manifest builders (compile Jobs, Triton Deployments, Services, routes)."""

@@ -1,0 +1,1 @@
+"""Read-only gatherers of the observed world (Kubernetes objects, Prometheus, drift monitors)."""

@@ -1,0 +1,172 @@
+"""The CRD on the real API server: examples apply with their defaults, bad specs are refused with a
+message that names the field, the status subresource and printer columns work."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visionfleet_e2e.cli import install_crds
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yaml"))
+
+BASE = {
+    "apiVersion": "visionfleet.io/v1alpha1",
+    "kind": "VisionDeployment",
+    "metadata": {"name": "probe"},
+    "spec": {
+        "model": {
+            "name": "efficientnet-lite0",
+            "version": "1",
+            "uri": "pvc://models/m.onnx",
+            "inputs": [{"name": "images", "dataType": "FP32", "dims": [3, 224, 224]}],
+            "outputs": [{"name": "logits", "dataType": "FP32", "dims": [1000]}],
+        },
+        "fleet": {"classes": [
+            {"name": "l4", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}, "runtime": "tensorrt",
+             "precision": "fp16", "resources": {"limits": {"nvidia.com/gpu": 1}}},
+            {"name": "xeon", "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},
+             "runtime": "onnxruntime"},
+        ]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def crd(cluster):
+    install_crds(cluster)
+    return cluster
+
+
+def apply(cluster, namespace, obj, check=True):
+    return cluster.kubectl("apply", "--server-side", "--field-manager=tests", "-n", namespace, "-f", "-",
+                           input=json.dumps(obj), check=check)
+
+
+def mutate(fn):
+    obj = copy.deepcopy(BASE)
+    fn(obj)
+    return obj
+
+
+def s(obj):
+    return obj["spec"]
+
+
+# (id, mutation, substrings the API server's error must contain: the field path, and the hint)
+BAD_SPECS = [
+    ("missing-model", lambda o: s(o).pop("model"), ["spec.model", "Required value"]),
+    ("uri-scheme", lambda o: s(o)["model"].update(uri="ftp://host/m.onnx"), ["spec.model.uri", "should match"]),
+    ("https-without-sha256", lambda o: s(o)["model"].update(uri="https://x/m.onnx"),
+     ["spec.model.sha256", "sha256 is required"]),
+    ("sha256-not-hex", lambda o: s(o)["model"].update(sha256="Z" * 64), ["spec.model.sha256"]),
+    ("no-inputs", lambda o: s(o)["model"].update(inputs=[]), ["spec.model.inputs", "at least 1 items"]),
+    ("zero-dim", lambda o: s(o)["model"]["inputs"][0].update(dims=[3, 0, 224]),
+     ["spec.model.inputs[0].dims", "positive sizes"]),
+    ("bad-datatype", lambda o: s(o)["model"]["inputs"][0].update(dataType="BF16"),
+     ["spec.model.inputs[0].dataType", "Unsupported value", "FP32"]),
+    ("duplicate-inputs", lambda o: s(o)["model"]["inputs"].append(dict(s(o)["model"]["inputs"][0])),
+     ["spec.model.inputs", "input names must be unique"]),
+    ("no-classes", lambda o: s(o)["fleet"].update(classes=[]), ["spec.fleet", "set fleet.classes"]),
+    ("duplicate-class", lambda o: s(o)["fleet"]["classes"].append(dict(s(o)["fleet"]["classes"][1])),
+     ["spec.fleet.classes[2]", "Duplicate value"]),
+    ("fp16-on-cpu", lambda o: s(o)["fleet"]["classes"][1].update(precision="fp16"),
+     ["spec.fleet.classes[1].precision", "fp16 needs runtime tensorrt"]),
+    ("tensorrt-without-gpu", lambda o: s(o)["fleet"]["classes"][0].pop("resources"),
+     ["spec.fleet.classes[0].resources", "nvidia.com/gpu"]),
+    ("replicas-min-above-max", lambda o: s(o)["fleet"]["classes"][0].update(replicas={"min": 5, "max": 2}),
+     ["spec.fleet.classes[0].replicas.min", "less than or equal to replicas.max"]),
+    ("unknown-runtime", lambda o: s(o)["fleet"]["classes"][0].update(runtime="tvm"),
+     ["spec.fleet.classes[0].runtime", "Unsupported value", "tensorrt"]),
+    ("class-name-uppercase", lambda o: s(o)["fleet"]["classes"][0].update(name="L4"),
+     ["spec.fleet.classes[0].name"]),
+    ("weight-over-100", lambda o: s(o).update(rollout={"steps": [{"setWeight": 150}]}),
+     ["spec.rollout.steps[0].setWeight", "less than or equal to 100"]),
+    ("weights-descending", lambda o: s(o).update(rollout={"steps": [{"setWeight": 50}, {"setWeight": 10}]}),
+     ["spec.rollout.steps", "strictly ascend"]),
+    ("wave-unknown-class", lambda o: s(o).update(rollout={"waves": [["xeon"], ["h100"]]}),
+     ["spec.rollout.waves", "must be one of fleet.classes"]),
+    ("class-in-two-waves", lambda o: s(o).update(rollout={"waves": [["xeon"], ["xeon", "l4"]]}),
+     ["spec.rollout.waves", "only one wave"]),
+    ("int8-without-calibration", lambda o: s(o)["fleet"]["classes"][1].update(precision="int8"),
+     ["spec.compile.calibration", "int8 needs calibration"]),
+    ("manual-batching-without-max", lambda o: s(o).update(compile={"batching": {"mode": "manual"}}),
+     ["spec.compile.batching.maxBatchSize", "manual needs maxBatchSize"]),
+    ("preferred-above-max", lambda o: s(o).update(compile={"batching": {
+        "mode": "manual", "maxBatchSize": 8, "preferredBatchSizes": [4, 16]}}),
+     ["spec.compile.batching.preferredBatchSizes", "at most maxBatchSize"]),
+    ("timeout-not-duration", lambda o: s(o).update(compile={"timeout": "30 minutes"}),
+     ["spec.compile.timeout", "should match"]),
+    ("gateway-method-without-route", lambda o: s(o).update(rollout={"traffic": {"method": "GatewayAPI"}}),
+     ["spec.rollout.traffic.gatewayAPI", "exactly when traffic.method is GatewayAPI"]),
+    ("slo-without-prometheus", lambda o: s(o).update(analysis={"slo": {"latencyP99Ms": 20}}),
+     ["spec.analysis.prometheus", "needs analysis.prometheus.url"]),
+    ("p-value-out-of-range", lambda o: s(o).update(analysis={"drift": {"pValue": 1.5}}),
+     ["spec.analysis.drift.pValue"]),
+    ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
+    ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), ["spec.model.shaa256", "unknown field"]),
+]
+
+
+def test_the_base_spec_is_accepted(crd, namespace):
+    assert "serverside-applied" in apply(crd, namespace, BASE).stdout
+
+
+@pytest.mark.parametrize(("mutation", "expected"), [(m, e) for _, m, e in BAD_SPECS], ids=[i for i, _, _ in BAD_SPECS])
+def test_bad_spec_is_rejected_naming_the_field(crd, namespace, mutation, expected):
+    proc = apply(crd, namespace, mutate(mutation), check=False)
+    assert proc.returncode != 0, f"accepted: {proc.stdout}"
+    for text in expected:
+        assert text in proc.stderr, f"{text!r} not in the API server's answer:\n{proc.stderr}"
+    assert crd.kubectl("get", "vd", "probe", "-n", namespace, check=False).returncode != 0
+
+
+def test_at_least_fifteen_bad_specs():
+    assert len(BAD_SPECS) >= 15
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_applies(crd, namespace, example):
+    doc = yaml.safe_load(example.read_text())
+    out = crd.kubectl("apply", "--server-side", "--field-manager=tests", "-n", namespace, "-f", str(example))
+    assert "serverside-applied" in out.stdout
+    stored = crd.kubectl_json("get", "vd", doc["metadata"]["name"], "-n", namespace)
+    assert stored["spec"]["model"] == doc["spec"]["model"]
+
+
+def test_server_fills_defaults(crd, namespace):
+    apply(crd, namespace, BASE)
+    spec = crd.kubectl_json("get", "vd", "probe", "-n", namespace)["spec"]
+    assert spec["analysis"] == {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 3}
+    assert spec["rollout"]["steps"] == [{"setWeight": 10, "pause": "1m"}, {"setWeight": 50, "pause": "2m"},
+                                        {"setWeight": 100}]
+    assert spec["rollout"]["traffic"] == {"method": "Replicas"}
+    assert spec["compile"]["accuracyGate"] == {"metric": "top1Agreement", "min": 0.99}
+    assert spec["compile"]["batching"] == {"mode": "auto", "latencyBudgetMs": 50}
+    xeon = spec["fleet"]["classes"][1]
+    assert xeon["precision"] == "fp32" and xeon["replicas"] == {"min": 1, "max": 4}
+
+
+def test_status_subresource_and_printer_columns(crd, namespace):
+    apply(crd, namespace, BASE)
+    status = {"status": {"phase": "RollingOut", "stableRevision": "7f3c0a1b2c3d", "canaryRevision": "9a21ffee0011",
+                         "canaryWeight": 10, "analysis": {"verdict": "Passed", "p99Ms": 12.5, "driftPValue": 0.43}}}
+    crd.kubectl("patch", "vd", "probe", "-n", namespace, "--subresource=status", "--type=merge",
+                "-p", json.dumps(status))
+    table = crd.kubectl("get", "vd", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "STABLE", "WEIGHT", "P99-MS", "DRIFT-P", "AGE"]
+    assert table[1].split()[:6] == ["probe", "RollingOut", "7f3c0a1b2c3d", "10", "12.5", "0.43"]
+    short = crd.kubectl("get", "vd", "-n", namespace, "-o", "name").stdout.strip()
+    assert short == "visiondeployment.visionfleet.io/probe"
+    # status written through the main resource is ignored; spec written through status is ignored
+    crd.kubectl("patch", "vd", "probe", "-n", namespace, "--type=merge", "-p", json.dumps({"status": {"phase": "Failed"}}))
+    assert crd.kubectl_json("get", "vd", "probe", "-n", namespace)["status"]["phase"] == "RollingOut"
+    bad = crd.kubectl("patch", "vd", "probe", "-n", namespace, "--subresource=status", "--type=merge",
+                      "-p", json.dumps({"status": {"phase": "Bogus"}}), check=False)
+    assert bad.returncode != 0 and "status.phase" in bad.stderr and "Unsupported value" in bad.stderr
