@@ -6,9 +6,10 @@
 #   helm                                                                (gomod/helm)
 #
 # Each group is cached under $VISIONFLEET_CACHE/bin/<group>-<hash>/, the hash covering the group's
-# go.mod + go.sum and this script, so a pin change rebuilds exactly that group and nothing else.
-# A group is only marked complete after every binary in it built and answered `version`, so an
-# interrupted build is resumed, never trusted half-done.
+# go.mod + go.sum, the Go version, and the flags and packages of its build, so a pin change rebuilds
+# exactly that group and nothing else.
+# A group is only marked complete after every binary in it built and printed its version, so an
+# interrupted or broken build is redone, never trusted half-done.
 #
 # Prints progress on stderr and, on success, one line per binary on stdout: "<name> <path>".
 # Usage: build-binaries.sh [--print-dir]   (--print-dir: print the directory holding links to all)
@@ -16,7 +17,6 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${VISIONFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/visionfleet}
-script_sum=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-64)
 
 # Versions stamped into the binaries. They must match the go.mod pins (checked below) — unstamped
 # Kubernetes binaries report v0.0.0-master, which kwokctl reads as "newest" and picks wrong flags for.
@@ -30,12 +30,15 @@ export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 # The module and build caches can live with the binaries' cache (CI keeps one directory).
 export GOMODCACHE=${GOMODCACHE:-$(go env GOMODCACHE)}
 export GOCACHE=${GOCACHE:-$(go env GOCACHE)}
+go_version=$(go env GOVERSION)
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-group_dir() {  # group -> cache dir for its current pins
-  local g=$1 sum
-  sum=$( { cat "$here/gomod/$g/go.mod" "$here/gomod/$g/go.sum"; echo "$script_sum"; } | sha256sum | cut -c1-16)
+group_dir() {  # group [ldflags pkg...] -> cache dir for what this build would produce
+  local g=$1; shift
+  local sum
+  sum=$( { cat "$here/gomod/$g/go.mod" "$here/gomod/$g/go.sum"; echo "$go_version $CGO_ENABLED $GOFLAGS"; echo "$@"; } \
+         | sha256sum | cut -c1-16)
   echo "$cache/bin/$g-$sum"
 }
 
@@ -47,11 +50,19 @@ require_pin() {  # group module version: fail loudly when the go.mod and this sc
   fi
 }
 
+version_args() {  # binary name -> the arguments that make it print its version
+  case $1 in
+    kubectl) echo "version --client" ;;
+    helm|etcdctl) echo "version" ;;
+    *) echo "--version" ;;
+  esac
+}
+
 build_group() {  # group ldflags pkg...  (binaries named after the last path element)
   local g=$1 ldflags=$2; shift 2
-  local dir; dir=$(group_dir "$g")
+  local dir; dir=$(group_dir "$g" "$ldflags" "$@")
+  built_dirs+=("$dir")
   if [ -f "$dir/.complete" ]; then
-    log "$g: cached in $dir"
     return 0
   fi
   local tmp="$dir.partial"
@@ -61,15 +72,33 @@ build_group() {  # group ldflags pkg...  (binaries named after the last path ele
   ( cd "$here/gomod/$g" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) >&2 &
   local pid=$!
   # Progress while the compiler works: elapsed time and how much of the build cache has been written.
+  local next=$((SECONDS + 30))
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 30
-    kill -0 "$pid" 2>/dev/null && log "$g: still building ($((SECONDS - start))s, go build cache $(du -sh "$GOCACHE" 2>/dev/null | cut -f1))"
+    sleep 1
+    if [ "$SECONDS" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
+      log "$g: still building ($((SECONDS - start))s, go build cache $(du -sh "$GOCACHE" 2>/dev/null | cut -f1))"
+      next=$((SECONDS + 30))
+    fi
   done
   if ! wait "$pid"; then
     log "$g: go build failed"
     exit 1
   fi
+  # go names a binary after its package's last path element: etcd's server package is ".../server/v3".
+  [ "$g" = etcd ] && [ -f "$tmp/server" ] && mv "$tmp/server" "$tmp/etcd"
+  local b
+  for b in "$tmp"/*; do
+    if ! "$b" $(version_args "$(basename "$b")") >/dev/null 2>&1; then
+      log "$g: $(basename "$b") was built but does not run: $b $(version_args "$(basename "$b")")"
+      exit 1
+    fi
+  done
   rm -rf "$dir"; mv "$tmp" "$dir"
+  # Older builds of this group (other pins) are no longer referenced; they take hundreds of MB.
+  local old
+  for old in "$cache/bin/$g"-*; do
+    [ "$old" != "$dir" ] && [ -d "$old" ] && rm -rf "$old"
+  done
   touch "$dir/.complete"
   log "$g: built in $((SECONDS - start))s"
 }
@@ -86,14 +115,13 @@ stamp_kube() {
   echo "-s -w$f"
 }
 
+built_dirs=()
 require_pin kubernetes k8s.io/kubernetes "$KUBE_VERSION"
 require_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 require_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 require_pin helm helm.sh/helm/v3 "$HELM_VERSION"
 
 build_group etcd "-s -w" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3
-# The etcd server package builds a binary named "v3"; give it its real name.
-d=$(group_dir etcd); [ -f "$d/v3" ] && mv "$d/v3" "$d/etcd"
 build_group kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}" \
   sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
@@ -105,9 +133,8 @@ build_group kubernetes "$(stamp_kube "$KUBE_VERSION")" \
 
 # One directory of links, so callers can put it first on PATH (Debian's kubectl must not win).
 links="$cache/bin/current"
-mkdir -p "$links"
-for g in kubernetes etcd kwok helm; do
-  d=$(group_dir "$g")
+rm -rf "$links"; mkdir -p "$links"
+for d in "${built_dirs[@]}"; do
   for b in "$d"/*; do
     [ -f "$b" ] && [ -x "$b" ] && ln -sfn "$b" "$links/$(basename "$b")"
   done

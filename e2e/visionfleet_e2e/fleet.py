@@ -18,6 +18,7 @@ FLEET_LABEL = "visionfleet.io/fleet"
 CLASS_LABEL = "visionfleet.io/fleet-class"
 FLEETS_DIR = Path(__file__).resolve().parents[1] / "fleets"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+KWOK_VERSION = "kwok-v0.8.0"
 
 
 class FleetError(ValueError):
@@ -123,7 +124,13 @@ class FleetSpec(BaseModel):
             "status": {
                 "capacity": dict(cls.capacity),
                 "allocatable": dict(cls.capacity),
-                "nodeInfo": {"architecture": cls.arch, "operatingSystem": "linux"},
+                # All of NodeSystemInfo is required by the schema; kwok's own values where it has them.
+                "nodeInfo": {
+                    "architecture": cls.arch, "operatingSystem": "linux", "osImage": f"kwok ({cls.name})",
+                    "kubeletVersion": KWOK_VERSION, "kubeProxyVersion": KWOK_VERSION,
+                    "containerRuntimeVersion": KWOK_VERSION, "kernelVersion": KWOK_VERSION,
+                    "machineID": "", "systemUUID": "", "bootID": "",
+                },
             },
         }
 

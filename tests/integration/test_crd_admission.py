@@ -75,7 +75,7 @@ BAD_SPECS = [
      ["spec.model.inputs", "input names must be unique"]),
     ("no-classes", lambda o: s(o)["fleet"].update(classes=[]), ["spec.fleet", "set fleet.classes"]),
     ("duplicate-class", lambda o: s(o)["fleet"]["classes"].append(dict(s(o)["fleet"]["classes"][1])),
-     ["spec.fleet.classes[2]", "Duplicate value"]),
+     [".spec.fleet.classes", 'duplicate entries for key [name="xeon"]']),
     ("fp16-on-cpu", lambda o: s(o)["fleet"]["classes"][1].update(precision="fp16"),
      ["spec.fleet.classes[1].precision", "fp16 needs runtime tensorrt"]),
     ("tensorrt-without-gpu", lambda o: s(o)["fleet"]["classes"][0].pop("resources"),
@@ -110,7 +110,7 @@ BAD_SPECS = [
     ("p-value-out-of-range", lambda o: s(o).update(analysis={"drift": {"pValue": 1.5}}),
      ["spec.analysis.drift.pValue"]),
     ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
-    ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), ["spec.model.shaa256", "unknown field"]),
+    ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), [".spec.model.shaa256", "field not declared in schema"]),
 ]
 
 

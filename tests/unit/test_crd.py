@@ -85,7 +85,9 @@ def test_crd_surface():
 
 def test_defaults_reach_the_schema():
     spec = schema()["properties"]["spec"]["properties"]
-    assert spec["analysis"]["default"] == {}
+    # Whole objects, not {}: the API server checks defaults against CEL rules before nested defaulting.
+    assert spec["analysis"]["default"] == {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 3}
+    assert spec["fleet"]["properties"]["classes"]["items"]["properties"]["replicas"]["default"] == {"min": 1, "max": 4}
     assert spec["analysis"]["properties"]["interval"]["default"] == "30s"
     assert spec["rollout"]["properties"]["steps"]["default"][0] == {"setWeight": 10, "pause": "1m"}
     assert spec["compile"]["properties"]["accuracyGate"]["properties"]["min"]["default"] == 0.99

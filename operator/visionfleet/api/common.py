@@ -12,7 +12,7 @@ schema, its defaults, its bounds and its CEL rules are all declared here and ren
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -55,6 +55,16 @@ def cel(rule: str, message: str, *, field_path: str | None = None, reason: str |
 
 def validations(*rules: dict[str, Any]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+def default_object(factory: Callable[[], "Model"]) -> Any:
+    """A field defaulting to ``factory()``, with that whole object as the schema's default.
+
+    The API server checks a default against the object's CEL rules *before* nested defaults are
+    filled in, so ``default: {}`` fails a rule such as ``self.min <= self.max``; the complete
+    object is both valid and exactly what the server would otherwise build up field by field.
+    """
+    return Field(default_factory=factory, json_schema_extra={"default": factory().to_wire()})
 
 
 class Model(BaseModel):

@@ -136,7 +136,6 @@ def build_crd() -> dict[str, Any]:
                 " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
                 "message": f"metadata.name must be a DNS-1035 label (lowercase letters, digits, '-', starting "
                 f"with a letter) of at most {NAME_MAX} characters: it names the Service and Triton Deployments",
-                "fieldPath": ".metadata.name",
             }
         ],
     }

@@ -27,6 +27,7 @@ from .common import (
     Model,
     Quantity,
     cel,
+    default_object,
     validations,
 )
 
@@ -114,9 +115,9 @@ class ModelSpec(Model):
                 reason="FieldValueRequired",
             ),
             cel("self.inputs.all(a, self.inputs.exists_one(b, b.name == a.name))",
-                "input names must be unique", field_path=".inputs", reason="FieldValueDuplicate"),
+                "input names must be unique", field_path=".inputs", reason="FieldValueInvalid"),
             cel("self.outputs.all(a, self.outputs.exists_one(b, b.name == a.name))",
-                "output names must be unique", field_path=".outputs", reason="FieldValueDuplicate"),
+                "output names must be unique", field_path=".outputs", reason="FieldValueInvalid"),
         )
     }
 
@@ -154,7 +155,7 @@ PRECISION_RULE = cel(
     "self.runtime == 'tensorrt' || self.precision != 'fp16'",
     "precision fp16 needs runtime tensorrt; onnxruntime and openvino build fp32 or int8",
     field_path=".precision",
-    reason="FieldValueNotSupported",
+    reason="FieldValueInvalid",
 )
 
 
@@ -176,7 +177,7 @@ class NodeClass(Model):
     runtime: Runtime
     precision: Precision = Precision.FP32
     resources: Resources | None = None
-    replicas: ReplicaRange = Field(default_factory=ReplicaRange, json_schema_extra={"default": {}})
+    replicas: ReplicaRange = default_object(ReplicaRange)
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -204,14 +205,14 @@ class Discover(Model):
     gpu_precision: Precision = Field(default=Precision.FP16, description="Precision for GPU classes (TensorRT).")
     cpu_runtime: Runtime = Field(default=Runtime.OPENVINO, description="Runtime for CPU classes.")
     cpu_precision: Precision = Field(default=Precision.INT8, description="Precision for CPU classes.")
-    replicas: ReplicaRange = Field(default_factory=ReplicaRange, json_schema_extra={"default": {}})
+    replicas: ReplicaRange = default_object(ReplicaRange)
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
             cel("self.cpuRuntime != 'tensorrt'", "cpuRuntime must be onnxruntime or openvino",
-                field_path=".cpuRuntime", reason="FieldValueNotSupported"),
+                field_path=".cpuRuntime", reason="FieldValueInvalid"),
             cel("self.cpuPrecision != 'fp16'", "cpuPrecision must be fp32 or int8 (fp16 is a GPU format)",
-                field_path=".cpuPrecision", reason="FieldValueNotSupported"),
+                field_path=".cpuPrecision", reason="FieldValueInvalid"),
         )
     }
 
@@ -282,9 +283,8 @@ class Batching(Model):
 class CompileSpec(Model):
     image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = COMPILE_IMAGE
     calibration: Calibration | None = None
-    accuracy_gate: AccuracyGate = Field(default_factory=AccuracyGate, json_schema_extra={"default": {}})
-    batching: Batching = Field(default_factory=lambda: Batching(latency_budget_ms=50),
-                               json_schema_extra={"default": {"mode": "auto", "latencyBudgetMs": 50}})
+    accuracy_gate: AccuracyGate = default_object(AccuracyGate)
+    batching: Batching = default_object(lambda: Batching(latency_budget_ms=50))
     timeout: Duration = "30m"
 
     model_config = Model.model_config | {
@@ -306,6 +306,9 @@ class ServingSpec(Model):
 class Step(Model):
     set_weight: Annotated[int, Field(ge=0, le=100)] = Field(description="Percent of traffic to the canary.")
     pause: Duration | None = Field(default=None, description="How long to hold the weight before the next step.")
+
+
+DEFAULT_STEPS = (Step(set_weight=10, pause="1m"), Step(set_weight=50, pause="2m"), Step(set_weight=100))
 
 
 class TrafficMethod(str, Enum):
@@ -331,11 +334,10 @@ class Traffic(Model):
 
 class RolloutSpec(Model):
     steps: Annotated[list[Step], Field(min_length=1, max_length=16)] = Field(
-        default_factory=lambda: [Step(set_weight=10, pause="1m"), Step(set_weight=50, pause="2m"), Step(set_weight=100)],
-        json_schema_extra={"default": [{"setWeight": 10, "pause": "1m"}, {"setWeight": 50, "pause": "2m"},
-                                       {"setWeight": 100}]},
+        default_factory=lambda: [s.model_copy() for s in DEFAULT_STEPS],
+        json_schema_extra={"default": [s.to_wire() for s in DEFAULT_STEPS]},
     )
-    traffic: Traffic = Field(default_factory=Traffic, json_schema_extra={"default": {}})
+    traffic: Traffic = default_object(Traffic)
     waves: Annotated[list[Annotated[list[DnsLabel], Field(min_length=1, max_length=MAX_CLASSES)]],
                      Field(max_length=MAX_CLASSES)] | None = Field(
         default=None, description="Node classes in waves: each wave rolls out after the previous one is promoted."
@@ -348,7 +350,7 @@ class RolloutSpec(Model):
             cel("!has(self.waves) || self.waves.all(i, w, w.all(n,"
                 " !self.waves.exists(j, v, j != i && n in v) && w.exists_one(m, m == n)))",
                 "a node class may appear in only one wave, once", field_path=".waves",
-                reason="FieldValueDuplicate"),
+                reason="FieldValueInvalid"),
         )
     }
 
@@ -399,10 +401,10 @@ class AnalysisSpec(Model):
 class VisionDeploymentSpec(Model):
     model: ModelSpec
     fleet: Fleet
-    compile: CompileSpec = Field(default_factory=CompileSpec, json_schema_extra={"default": {}})
-    serving: ServingSpec = Field(default_factory=ServingSpec, json_schema_extra={"default": {}})
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec, json_schema_extra={"default": {}})
-    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, json_schema_extra={"default": {}})
+    compile: CompileSpec = default_object(CompileSpec)
+    serving: ServingSpec = default_object(ServingSpec)
+    rollout: RolloutSpec = default_object(RolloutSpec)
+    analysis: AnalysisSpec = default_object(AnalysisSpec)
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
