@@ -70,7 +70,9 @@ class ClassStatus(Model):
     runtime: Runtime | None = None
     precision: Precision | None = None
     nodes: Annotated[int, Field(ge=0)] | None = None
-    compile: CompileResult | None = None
+    stable_revision: REVISION | None = Field(default=None, description="The revision this class serves as stable.")
+    stable: CompileResult | None = Field(default=None, description="Compile result of the stable revision.")
+    compile: CompileResult | None = Field(default=None, description="Compile result of the newest revision.")
     stable_replicas: Annotated[int, Field(ge=0)] = 0
     canary_replicas: Annotated[int, Field(ge=0)] = 0
     ready: Annotated[int, Field(ge=0)] = 0
@@ -113,6 +115,13 @@ class VisionDeploymentStatus(Model):
     canary_revision: REVISION | None = None
     step: Annotated[int, Field(ge=0)] | None = None
     canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    step_started_at: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, json_schema_extra={"format": "date-time"},
+        description="When the canary of the current step became ready (the pause counts from here).")
+    handled_promote: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="Value of the last visionfleet.io/promote annotation acted on.")
+    handled_abort: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="Value of the last visionfleet.io/abort annotation acted on.")
     classes: Annotated[list[ClassStatus], Field(max_length=64, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})] | None = None
     analysis: AnalysisResult | None = None

@@ -1,0 +1,57 @@
+"""assess(): one measurement in, a verdict with its numbers and reason out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from visionfleet.api.spec import AnalysisSpec
+from visionfleet.planner.analysis import Measurement, assess
+
+SLO_AND_DRIFT = AnalysisSpec.model_validate({
+    "prometheus": {"url": "http://p:9090"},
+    "slo": {"latencyP99Ms": 20, "errorRate": 0.01, "minRequests": 100},
+    "drift": {"pValue": 0.01, "window": 500},
+})
+GOOD = dict(p99_ms=12.0, error_rate=0.001, requests=1000, drift_p_value=0.4, drift_window_fill=1.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "verdict", "reason"),
+    [
+        pytest.param({}, "Passed", "p99 12.0 ms <= 20 ms", id="good"),
+        pytest.param({"p99_ms": 31.2}, "Failed", "p99 31.2 ms > 20 ms", id="slow"),
+        pytest.param({"error_rate": 0.05}, "Failed", "error rate 5.00% > 1.00%", id="errors"),
+        pytest.param({"drift_p_value": 0.001}, "Failed", "input drift: p=0.001 < 0.01", id="drift"),
+        pytest.param({"slo_error": "connection refused"}, "Inconclusive", "SLO source: connection refused",
+                     id="prometheus-down"),
+        pytest.param({"requests": 40}, "Inconclusive", "40 requests < minRequests 100", id="too-little-traffic"),
+        pytest.param({"requests": None}, "Inconclusive", "no request count", id="no-requests"),
+        pytest.param({"p99_ms": math.nan}, "Inconclusive", "no p99 latency", id="nan-p99"),
+        pytest.param({"error_rate": math.inf}, "Inconclusive", "no error rate", id="inf-errors"),
+        pytest.param({"drift_window_fill": 0.4}, "Inconclusive", "drift window 40% full", id="window-filling"),
+        pytest.param({"drift_error": "monitor unreachable"}, "Inconclusive", "drift monitor: monitor unreachable",
+                     id="monitor-down"),
+        pytest.param({"p99_ms": 50.0, "drift_window_fill": 0.1}, "Failed", "p99 50.0 ms", id="failed-beats-inconclusive"),
+    ],
+)
+def test_assess(changes, verdict, reason):
+    a = assess(Measurement(**(GOOD | changes)), SLO_AND_DRIFT)
+    assert a.verdict == verdict
+    assert reason in a.reason
+
+
+def test_numbers_travel_with_the_verdict_and_nan_is_dropped():
+    a = assess(Measurement(**(GOOD | {"p99_ms": 31.2, "error_rate": math.nan})), SLO_AND_DRIFT)
+    assert (a.p99_ms, a.error_rate, a.requests, a.drift_p_value) == (31.2, None, 1000, 0.4)
+
+
+def test_without_slo_or_drift_the_pause_alone_judges():
+    a = assess(Measurement(), AnalysisSpec())
+    assert a.verdict == "Passed" and "pause alone" in a.reason
+
+
+def test_slo_only_ignores_missing_drift_numbers():
+    analysis = AnalysisSpec.model_validate({"prometheus": {"url": "http://p:9090"}, "slo": {"latencyP99Ms": 20}})
+    assert assess(Measurement(p99_ms=5, error_rate=0, requests=500), analysis).verdict == "Passed"

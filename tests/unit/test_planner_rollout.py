@@ -1,0 +1,273 @@
+"""The rollout state machine, scenario by scenario, tick by tick (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from visionfleet.planner.model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE
+from visionfleet.planner.revision import revision_of
+from visionfleet.planner.rollout import split_replicas
+
+from .planner_sim import GOOD, NO_DATA, SLOW, World, spec
+
+
+def healthy_world() -> World:
+    w = World(spec())
+    w.run_until("Healthy")
+    return w
+
+
+def conditions(w: World) -> dict[str, str]:
+    return {c.type: c.status for c in w.status.conditions}
+
+
+def test_first_revision_compiles_everywhere_then_becomes_healthy():
+    w = World(spec())
+    phases = w.run_until("Healthy")
+    assert phases[0] == "Compiling" and "Verifying" in phases
+    rev = revision_of(w.spec)
+    assert w.status.stable_revision == rev and w.status.canary_revision is None
+    assert {c.name: c.compile.state for c in w.status.classes} == {"l4": "Succeeded", "xeon": "Succeeded"}
+    assert {c.name: c.stable_revision for c in w.status.classes} == {"l4": rev, "xeon": rev}
+    assert w.serving() == {("l4", rev): 2, ("xeon", rev): 2}
+    assert [h.outcome for h in w.status.history] == ["Promoted"]
+    assert conditions(w)["Available"] == "True" and conditions(w)["Progressing"] == "False"
+    assert conditions(w)["Compiled"] == "True" and conditions(w)["Degraded"] == "False"
+
+
+def test_steady_state_writes_nothing():
+    w = healthy_world()
+    w.writes = 0
+    for _ in range(20):
+        w.tick(30)
+    assert w.writes == 0
+
+
+def test_slow_canary_is_rolled_back_and_never_retried():
+    w = healthy_world()
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2"))
+    v2 = revision_of(w.spec)
+    w.measurement = SLOW
+    w.run_until("RolledBack")
+    assert w.status.stable_revision == v1 and w.status.canary_revision is None
+    last = w.status.history[-1]
+    assert (last.revision, last.outcome) == (v2, "RolledBack") and "p99 31.2 ms > 20 ms" in last.reason
+    assert conditions(w)["RolledBack"] == "True"
+    assert ("Warning", "RolledBack") in [(t, r) for t, r, _ in w.all_events]
+    assert w.status.analysis.verdict == "Failed" and w.status.analysis.p99_ms == 31.2
+    # all traffic and replicas back on stable, canary gone
+    assert w.serving() == {("l4", v1): 2, ("xeon", v1): 2}
+    # the failed revision is not retried while the spec stays the same, however long we wait
+    w.measurement = GOOD
+    for _ in range(30):
+        w.tick(30)
+    assert w.status.canary_revision is None and w.status.phase == "RolledBack"
+    # a new revision starts a new rollout
+    w.set_spec(spec(model__version="3"))
+    w.tick()
+    assert w.status.canary_revision == revision_of(w.spec)
+
+
+def test_good_canary_walks_every_step_and_is_promoted():
+    w = healthy_world()
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2"))
+    v2 = revision_of(w.spec)
+    weights = []
+    for _ in range(200):
+        w.tick(10)
+        if w.status.canary_revision and w.status.canary_weight not in weights:
+            weights.append(w.status.canary_weight)
+        if w.status.stable_revision == v2:
+            break
+    assert weights == [20, 50, 100]
+    assert w.status.phase == "Healthy" and w.status.canary_revision is None
+    assert [h.outcome for h in w.status.history] == ["Promoted", "Promoted"]
+    w.tick()
+    assert w.serving() == {("l4", v2): 2, ("xeon", v2): 2}, "the old stable is removed once the new one is Ready"
+    assert v1 != v2
+
+
+def test_pause_is_respected_before_the_next_step():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.run_until("RollingOut")
+    started = w.now
+    while w.status.step == 0:
+        w.tick(5)
+    assert (w.now - started).total_seconds() >= 60, "step 0 has a 1m pause"
+
+
+def test_inconclusive_analysis_pauses_and_never_promotes_then_rolls_back_at_the_limit():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.measurement = NO_DATA
+    phases = w.run_until("RolledBack", seconds=30)
+    assert "Paused" in phases and "Healthy" not in phases
+    assert w.status.history[-1].outcome == "RolledBack"
+    assert "inconclusive 3 times in a row" in w.status.history[-1].reason
+    assert w.status.step in (None, 0)
+
+
+def test_inconclusive_streak_resets_on_a_pass():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.run_until("RollingOut")
+    for m in (NO_DATA, NO_DATA, GOOD, NO_DATA, NO_DATA):
+        w.measurement = m
+        w.tick(31)
+    assert w.status.canary_revision is not None, "two inconclusive, a pass, two inconclusive: no rollback"
+
+
+def test_compile_failure_on_one_class_holds_it_back_and_the_others_go_on():
+    w = healthy_world()
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2"))
+    w.fail_compile = {"l4"}
+    for _ in range(200):
+        w.tick(10)
+        if w.status.stable_revision != v1:
+            break
+    v2 = revision_of(w.spec)
+    by_class = {c.name: c for c in w.status.classes}
+    assert by_class["l4"].compile.state == "Failed" and "accuracy gate" in by_class["l4"].compile.message
+    assert by_class["l4"].stable_revision == v1, "held back on its stable revision"
+    assert by_class["xeon"].stable_revision == v2
+    assert conditions(w)["Degraded"] == "True"
+    assert ("Warning", "CompileFailed") in [(t, r) for t, r, _ in w.all_events]
+
+
+def test_compile_failure_everywhere_fails_the_revision_and_stable_keeps_serving():
+    w = healthy_world()
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2"))
+    w.fail_compile = {"l4", "xeon"}
+    for _ in range(10):
+        w.tick()
+    assert w.status.history[-1].outcome == "CompileFailed"
+    assert w.status.canary_revision is None and w.status.stable_revision == v1
+    assert w.serving() == {("l4", v1): 2, ("xeon", v1): 2}
+    assert conditions(w)["Compiled"] == "False"
+
+
+def test_first_revision_failing_everywhere_is_phase_failed():
+    w = World(spec())
+    w.fail_compile = {"l4", "xeon"}
+    for _ in range(5):
+        w.tick()
+    assert w.status.phase == "Failed" and w.serving() == {}
+
+
+def test_spec_change_mid_rollout_sends_traffic_back_to_stable_and_restarts():
+    w = healthy_world()
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2"))
+    v2 = revision_of(w.spec)
+    while w.status.step != 1:
+        w.tick(10)
+    assert ("l4", v2) in w.serving()
+    w.set_spec(spec(model__version="3"))
+    v3 = revision_of(w.spec)
+    w.tick()
+    assert w.status.canary_revision == v3 and w.status.step == 0 and w.status.analysis is None
+    assert ("l4", v2) not in w.serving() and w.serving()[("l4", v1)] == 2
+    assert [h.outcome for h in w.status.history][-1] == "Superseded"
+
+
+def test_policy_only_change_is_not_a_new_revision():
+    w = healthy_world()
+    before = w.status.stable_revision
+    w.set_spec(spec(analysis__interval="1m", rollout__steps=[{"setWeight": 5}, {"setWeight": 100}],
+                    fleet__classes__1__replicas={"min": 3, "max": 6}))
+    w.tick()
+    assert w.status.stable_revision == before and w.status.canary_revision is None
+    assert w.serving()[("xeon", before)] == 3, "replicas follow the spec without a new revision"
+
+
+def test_abort_annotation_rolls_back_now():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.run_until("RollingOut")
+    w.annotations[ANNOTATION_ABORT] = "2026-11-28T12:00:00Z"
+    w.tick()
+    assert w.status.phase in ("RollingBack", "RolledBack") and w.status.history[-1].outcome == "Aborted"
+    w.tick()
+    assert w.status.phase == "RolledBack"
+    # the same annotation value is not acted on twice: a later revision rolls out normally
+    w.set_spec(spec(model__version="3"))
+    w.run_until("RollingOut")
+
+
+def test_promote_annotation_skips_the_remaining_steps():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.run_until("RollingOut")
+    w.annotations[ANNOTATION_PROMOTE] = "now"
+    w.tick()
+    assert w.status.stable_revision == revision_of(w.spec) and w.status.phase == "Healthy"
+
+
+def test_paused_annotation_holds_the_step():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.run_until("RollingOut")
+    w.annotations[ANNOTATION_PAUSED] = "true"
+    for _ in range(20):
+        w.tick(30)
+    assert w.status.step == 0 and w.status.phase == "Paused"
+    assert conditions(w)["Paused"] == "True"
+    del w.annotations[ANNOTATION_PAUSED]
+    w.run_until("Healthy", seconds=30)
+
+
+def test_canary_that_never_becomes_ready_is_never_analysed_or_promoted():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.never_ready = True
+    for _ in range(50):
+        w.tick(30)
+    assert w.status.phase == "Verifying" and w.status.analysis is None
+    assert w.status.stable_revision != revision_of(w.spec)
+
+
+def test_restart_resumes_from_status_alone():
+    """A pass that starts from the status another pass wrote plans the same as one that continues."""
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.run_until("RollingOut")
+    snapshot = w.status.model_dump()
+    w2 = World(w.spec, status=w.status.model_copy(deep=True), generation=w.generation, now=w.now,
+               jobs=dict(w.jobs), deployments=dict(w.deployments))
+    a, b = w.tick(), w2.tick()
+    assert a.status == b.status and a.actions == b.actions
+    assert snapshot != a.status.model_dump() or a.status.phase == "RollingOut"
+
+
+@pytest.mark.parametrize(
+    ("base", "weight", "ready", "expected"),
+    [
+        (2, 0, True, (2, 0)),
+        (2, 20, True, (2, 1)),
+        (4, 50, True, (4, 4)),
+        (10, 10, False, (10, 2)),
+        (2, 100, False, (2, 2)),
+        (2, 100, True, (0, 2)),
+    ],
+)
+def test_split_replicas(base, weight, ready, expected):
+    stable, canary = split_replicas(base, weight, ready)
+    assert (stable, canary) == expected
+    assert stable >= base or (weight == 100 and ready), "stable never drops while the canary is not Ready"
+
+
+def test_inconclusive_never_advances_a_step_however_long_it_lasts():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2", analysis__inconclusiveLimit=100))
+    w.measurement = NO_DATA
+    for _ in range(60):
+        w.tick(30)
+        assert w.status.step in (0, None) and w.status.stable_revision != revision_of(w.spec)
+    assert w.status.phase == "Paused"
+    w.measurement = GOOD
+    w.run_until("Healthy", seconds=30)
