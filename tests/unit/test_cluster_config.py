@@ -36,7 +36,8 @@ def test_all_needed_stages_are_given():
     names = [s["metadata"]["name"] for s in stages]
     assert len(names) == len(set(names))
     assert set(names) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete",
-                          "pod-not-ready", "pod-complete", "pod-fail"}
+                          "pod-not-ready", "pod-complete", "pod-fail", "pod-fail-by-toleration",
+                          "compile-complete"}
     kinds = {s["spec"]["resourceRef"]["kind"] for s in stages}
     assert kinds == {"Node", "Pod"}
 

@@ -81,6 +81,16 @@ def split_replicas(base: int, weight: int, canary_ready: bool) -> tuple[int, int
     return base, min(canary, base * 99)
 
 
+def stable_result_of(cs: ClassStatus) -> CompileResult | None:
+    """The compile result of the class's stable revision: ``stable`` while a newer revision is in
+    ``compile``, else ``compile`` itself (kept once, not twice, in a steady state)."""
+    if cs.stable is not None:
+        return cs.stable
+    if cs.compile is not None and cs.stable_revision and cs.compile.revision == cs.stable_revision:
+        return cs.compile
+    return None
+
+
 class _Pass:
     """One planning pass: a working copy of the status, plus what the pass decided."""
 
@@ -162,6 +172,8 @@ class _Pass:
         for c in self.classes:
             cs = self.cs[c.name]
             if cs.compile is None or cs.compile.revision != rev:
+                if cs.stable is None and cs.compile is not None and cs.compile.revision == cs.stable_revision:
+                    cs.stable = cs.compile  # keep the stable's result while `compile` tracks the new revision
                 cs.compile = CompileResult(state=CompileState.PENDING, revision=rev)
             if cs.compile.state in TERMINAL:
                 continue
@@ -223,7 +235,7 @@ class _Pass:
         for name in ok:
             cs = self.cs[name]
             cs.stable_revision = rev
-            cs.stable = cs.compile
+            cs.stable = None  # `compile` now holds the stable's result
         self.st.stable_revision = rev
         self.record(rev, "Promoted", reason)
         self.event("Normal", "Promoted", f"revision {rev} promoted on {', '.join(ok)}: {reason}")
@@ -342,8 +354,9 @@ class _Pass:
                     stable_n, canary_n = split_replicas(base, self.st.canary_weight or 0, ready)
                 self.actions.append(EnsureServing(c, canary, canary_n, cs.compile, "canary"))
                 wanted.add((c.name, canary))
-            if cs.stable_revision and cs.stable is not None:
-                self.actions.append(EnsureServing(c, cs.stable_revision, stable_n, cs.stable, "stable"))
+            stable_result = stable_result_of(cs)
+            if cs.stable_revision and stable_result is not None:
+                self.actions.append(EnsureServing(c, cs.stable_revision, stable_n, stable_result, "stable"))
                 wanted.add((c.name, cs.stable_revision))
             stable_d = self.observed.deployment(c.name, cs.stable_revision) if cs.stable_revision else None
             canary_d = self.observed.deployment(c.name, canary) if in_canary else None
@@ -358,9 +371,8 @@ class _Pass:
             stable_d = self.observed.deployment(d.class_name, cs.stable_revision) if cs and cs.stable_revision else None
             if d.revision in promoted and d.revision not in self.failed_revisions() and cs and (
                     stable_d is None or stable_d.ready < base_replicas(self.by_name[d.class_name])):
-                # A previous stable keeps serving until its successor is fully Ready (scale-down delay).
-                self.actions.append(EnsureServing(self.by_name[d.class_name], d.revision, d.replicas,
-                                                  cs.stable, "stable"))
+                # A previous stable is left as it is, serving, until its successor is fully Ready
+                # (a scale-down delay); the next pass after that deletes it.
                 continue
             self.actions.append(DeleteServing(d.class_name, d.revision))
 

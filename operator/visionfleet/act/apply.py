@@ -1,0 +1,155 @@
+"""Carry out a plan: server-side apply of what should exist, deletes of what should not, one status
+write per pass (only when it changed) and the plan's Events.
+
+Writes in a steady state: zero. Each object we apply carries ``visionfleet.io/applied-hash``, the
+hash of the manifest we rendered; an object whose hash already matches is not sent again, and the
+status is written only when the planner's status differs from the one read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from visionfleet.api import crd
+from visionfleet.api.status import VisionDeploymentStatus
+from visionfleet.builders.manifests import (
+    ANNOTATION_APPLIED,
+    build_compile_job,
+    build_config_map,
+    build_service,
+    build_triton_deployment,
+    serving_name,
+    with_applied_hash,
+)
+from visionfleet.observe.kube import ObservedObjects
+from visionfleet.planner.model import DeleteServing, EnsureCompileJob, EnsureService, EnsureServing, Plan, VisionDeploymentView
+
+FIELD_MANAGER = "visionfleet"
+log = logging.getLogger("visionfleet.act")
+
+_PATHS = {
+    "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps/{name}",
+    "Service": "/api/v1/namespaces/{ns}/services/{name}",
+}
+
+
+@dataclass
+class WriteCounter:
+    applies: int = 0
+    deletes: int = 0
+    status_writes: int = 0
+    events: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.applies + self.deletes + self.status_writes + self.events
+
+
+def request(api: client.ApiClient, method: str, path: str, body: Any = None,
+            query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> dict[str, Any]:
+    """One raw API call through the official client (its auth, TLS and retries), JSON in and out."""
+    params = api.param_serialize(method=method, resource_path=path, query_params=query or [],
+                                 header_params={"Content-Type": content_type, "Accept": "application/json"},
+                                 body=body, auth_settings=["BearerToken"])
+    resp = api.call_api(*params)
+    data = resp.read()
+    if not 200 <= resp.status < 300:
+        raise ApiException(status=resp.status, reason=resp.reason, body=data)
+    return json.loads(data) if data else {}
+
+
+def object_path(kind: str, namespace: str, name: str) -> str:
+    if kind == crd.KIND:
+        return f"/apis/{crd.GROUP}/{crd.VERSION}/namespaces/{namespace}/{crd.PLURAL}/{name}"
+    return _PATHS[kind].format(ns=namespace, name=name)
+
+
+def server_side_apply(api: client.ApiClient, obj: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+    md = obj["metadata"]
+    path = object_path(obj["kind"], md["namespace"], md["name"]) + (f"/{subresource}" if subresource else "")
+    return request(api, "PATCH", path, body=obj, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                   content_type="application/apply-patch+yaml")
+
+
+def delete(api: client.ApiClient, kind: str, namespace: str, name: str) -> bool:
+    try:
+        request(api, "DELETE", object_path(kind, namespace, name), body={"propagationPolicy": "Background"})
+        return True
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+
+
+def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Manifests to apply and (kind, name) pairs to delete."""
+    apply_, delete_ = [], []
+    for a in plan.actions:
+        if isinstance(a, EnsureService):
+            apply_.append(build_service(vd.name, vd.namespace, vd.uid))
+        elif isinstance(a, EnsureCompileJob):
+            apply_.append(build_compile_job(vd.name, vd.namespace, vd.uid, vd.spec, a.cls, a.revision))
+        elif isinstance(a, EnsureServing):
+            apply_.append(build_config_map(vd.name, vd.namespace, vd.uid, vd.spec, a.cls, a.revision, a.compile))
+            apply_.append(build_triton_deployment(vd.name, vd.namespace, vd.uid, vd.spec, a.cls, a.revision,
+                                                  a.replicas, a.compile, a.track))
+        elif isinstance(a, DeleteServing):
+            name = serving_name(vd.name, a.class_name, a.revision)
+            delete_ += [("Deployment", name), ("ConfigMap", name)]
+    return apply_, delete_
+
+
+def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, observed: ObservedObjects,
+               writes: WriteCounter | None = None) -> WriteCounter:
+    writes = writes or WriteCounter()
+    to_apply, to_delete = render(vd, plan)
+    for obj in to_apply:
+        obj = with_applied_hash(obj)
+        key = (obj["kind"], obj["metadata"]["name"])
+        if observed.applied.get(key) == obj["metadata"]["annotations"][ANNOTATION_APPLIED]:
+            continue
+        server_side_apply(api, obj)
+        writes.applies += 1
+    for kind, name in to_delete:
+        if delete(api, kind, vd.namespace, name):
+            writes.deletes += 1
+    new = plan.status.to_wire()
+    if new != vd.status.to_wire():
+        server_side_apply(api, {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": crd.KIND,
+                                "metadata": {"name": vd.name, "namespace": vd.namespace}, "status": new},
+                          subresource="status")
+        writes.status_writes += 1
+    for e in plan.events:
+        post_event(api, vd, e.type, e.reason, e.message)
+        writes.events += 1
+    return writes
+
+
+def post_event(api: client.ApiClient, vd: VisionDeploymentView, type_: str, reason: str, message: str) -> None:
+    now = datetime.now(timezone.utc)
+    body = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{vd.name}.", namespace=vd.namespace),
+        involved_object=client.V1ObjectReference(api_version=f"{crd.GROUP}/{crd.VERSION}", kind=crd.KIND,
+                                                  name=vd.name, namespace=vd.namespace, uid=vd.uid),
+        reason=reason, message=message[:1024], type=type_,
+        source=client.V1EventSource(component="visionfleet"),
+        first_timestamp=now, last_timestamp=now, count=1,
+        reporting_component="visionfleet.io/operator", reporting_instance="visionfleet-operator",
+    )
+    try:
+        client.CoreV1Api(api).create_namespaced_event(vd.namespace, body)
+    except ApiException as e:  # an Event is a courtesy; the status already records the transition
+        log.warning("could not post event %s for %s/%s: %s", reason, vd.namespace, vd.name, e.reason)
+
+
+def status_from(body_status: dict[str, Any] | None) -> VisionDeploymentStatus:
+    return VisionDeploymentStatus.model_validate(body_status or {})

@@ -1,0 +1,291 @@
+"""Manifests of everything a VisionDeployment creates. Pure: dicts in, dicts out.
+
+    VisionDeployment <vd>
+      ├─ Job         <vd>-<class>-<rev8>-compile     one per class and revision, runs on the class
+      ├─ ConfigMap   <vd>-<class>-<rev8>             config.pbtxt of that artifact
+      ├─ Deployment  <vd>-<class>-<rev8>             Triton serving that artifact on the class
+      └─ Service     <vd>                            every Ready Triton pod of the VisionDeployment
+
+Names are deterministic (a restart recreates nothing) and at most 63 characters (they become label
+values); a long name is cut and given a short hash of the full name, so it stays unique. Every
+object carries an owner reference to the VisionDeployment (garbage collection on delete) and the
+labels Argo CD and ``kubectl`` users filter by.
+
+Pods follow the Pod Security Standard ``restricted``: non-root, no privilege escalation, all
+capabilities dropped, RuntimeDefault seccomp, read-only root filesystem (an emptyDir for /tmp).
+The compile Job's pod gets no service account token at all: its result goes back through the
+container's termination message, so it needs no API access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from visionfleet.api import crd
+from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.status import CompileResult
+from visionfleet.planner.classes import ResolvedClass
+from visionfleet.planner.durations import seconds
+
+from .triton_config import build_triton_config
+
+NAME_MAX = 63
+LABEL_VD = "visionfleet.io/vision-deployment"
+LABEL_CLASS = "visionfleet.io/class"
+LABEL_REVISION = "visionfleet.io/revision"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+ANNOTATION_APPLIED = "visionfleet.io/applied-hash"
+TRACK_ANNOTATION = "visionfleet.io/track"
+TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
+COMPILE_REQUEST_ENV = "VISIONFLEET_COMPILE_REQUEST"
+# Exit codes of the compile program that no retry can fix (bad model, failed accuracy gate): the
+# Job fails at once instead of burning its backoffLimit.
+PERMANENT_EXIT_CODES = [2, 3]
+
+
+def child_name(*parts: str) -> str:
+    name = "-".join(parts)
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"{name[:NAME_MAX - 7].rstrip('-')}-{digest}"
+
+
+def serving_name(vd: str, class_name: str, revision: str) -> str:
+    return child_name(vd, class_name, revision[:8])
+
+
+def compile_job_name(vd: str, class_name: str, revision: str) -> str:
+    return child_name(vd, class_name, revision[:8], "compile")
+
+
+def labels(vd: str, component: str, class_name: str | None = None, revision: str | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "visionfleet",
+        "app.kubernetes.io/instance": vd,
+        LABEL_COMPONENT: component,
+        "app.kubernetes.io/managed-by": "visionfleet",
+        LABEL_VD: vd,
+    }
+    if class_name:
+        out[LABEL_CLASS] = class_name
+    if revision:
+        out[LABEL_REVISION] = revision
+    return out
+
+
+def owner_reference(vd: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": crd.KIND, "name": vd, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def meta(name: str, namespace: str, vd: str, uid: str, lbls: dict[str, str],
+         annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    out = {"name": name, "namespace": namespace, "labels": lbls, "ownerReferences": [owner_reference(vd, uid)]}
+    if annotations:
+        out["annotations"] = annotations
+    return out
+
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _placement(cls: ResolvedClass) -> dict[str, Any]:
+    out: dict[str, Any] = {"nodeSelector": dict(cls.spec.node_selector)}
+    if cls.spec.tolerations:
+        out["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in cls.spec.tolerations]
+    if cls.absent_labels:
+        out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": k, "operator": "DoesNotExist"} for k in cls.absent_labels]}]}}}
+    return out
+
+
+def _resources(cls: ResolvedClass) -> dict[str, Any]:
+    r = cls.spec.resources
+    if r is None:
+        return {}
+    out = {}
+    if r.requests:
+        out["requests"] = {k: str(v) for k, v in r.requests.items()}
+    if r.limits:
+        out["limits"] = {k: str(v) for k, v in r.limits.items()}
+    return out
+
+
+def _pvc(uri: str | None) -> tuple[str, str] | None:
+    """pvc://<claim>/<path> -> (claim, path)."""
+    if not uri or not uri.startswith("pvc://"):
+        return None
+    claim, _, path = uri[len("pvc://"):].partition("/")
+    return claim, path
+
+
+def artifact_dir(spec: VisionDeploymentSpec, class_name: str, revision: str) -> str:
+    """Where in the model repository the artifact of (class, revision) lives."""
+    repo = _pvc(spec.serving.model_repository)
+    base = repo[1].strip("/") if repo else ""
+    return "/".join(p for p in (base, spec.model.name, f"{revision}-{class_name}") if p)
+
+
+def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
+                      revision: str) -> dict[str, Any]:
+    request = {
+        "revision": revision,
+        "class": cls.name,
+        "runtime": cls.spec.runtime,
+        "precision": cls.spec.precision,
+        "model": spec.model.to_wire(),
+        "compile": spec.compile.to_wire(),
+        "output": {"repository": spec.serving.model_repository, "dir": artifact_dir(spec, cls.name, revision)},
+    }
+    volumes = [{"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    repo = _pvc(spec.serving.model_repository)
+    if repo:
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": repo[0]}})
+        mounts.append({"name": "models", "mountPath": "/models"})
+    lbls = labels(vd, "compile", cls.name, revision)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": RESTRICTED_POD,
+        **_placement(cls),
+        "containers": [{
+            "name": "compile",
+            "image": spec.compile.image,
+            "args": ["compile"],
+            "env": [{"name": COMPILE_REQUEST_ENV, "value": json.dumps(request, sort_keys=True)}],
+            "resources": _resources(cls),
+            "securityContext": RESTRICTED_CONTAINER,
+            "volumeMounts": mounts,
+            # The result JSON is written to /dev/termination-log; a crash leaves the log tail instead.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": volumes,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta(compile_job_name(vd, cls.name, revision), namespace, vd, uid, lbls),
+        "spec": {
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": int(seconds(spec.compile.timeout)),
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+                "containerName": "compile", "operator": "In", "values": PERMANENT_EXIT_CODES}}]},
+            "template": {"metadata": {"labels": lbls}, "spec": pod_spec},
+        },
+    }
+
+
+def build_config_map(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
+                     revision: str, result: CompileResult) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(serving_name(vd, cls.name, revision), namespace, vd, uid,
+                         labels(vd, "triton-config", cls.name, revision)),
+        "data": {"config.pbtxt": build_triton_config(spec.model, cls.spec.runtime, result.batching)},
+    }
+
+
+def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
+                            revision: str, replicas: int, result: CompileResult, track: str) -> dict[str, Any]:
+    name = serving_name(vd, cls.name, revision)
+    model = spec.model.name
+    pod_labels = labels(vd, "triton", cls.name, revision)
+    selector = {LABEL_VD: vd, LABEL_CLASS: cls.name, LABEL_REVISION: revision}
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "config", "configMap": {"name": name}},
+    ]
+    mounts = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "config", "mountPath": f"/models/{model}/config.pbtxt", "subPath": "config.pbtxt", "readOnly": True},
+    ]
+    repo = _pvc(spec.serving.model_repository)
+    if repo:
+        volumes.append({"name": "artifact", "persistentVolumeClaim": {"claimName": repo[0], "readOnly": True}})
+        mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1",
+                       "subPath": artifact_dir(spec, cls.name, revision), "readOnly": True})
+    else:
+        volumes.append({"name": "artifact", "emptyDir": {}})
+        mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1"})
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    container = {
+        "name": "triton",
+        "image": spec.serving.image,
+        "args": ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
+                 f"--load-model={model}", "--strict-readiness=true", "--allow-metrics=true",
+                 "--metrics-config=summary_latencies=true", "--exit-on-error=true"],
+        "ports": [{"name": "http", "containerPort": TRITON_HTTP}, {"name": "grpc", "containerPort": TRITON_GRPC},
+                  {"name": "metrics", "containerPort": TRITON_METRICS}],
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3},
+        "startupProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5,
+                         "failureThreshold": 120},
+        "resources": _resources(cls),
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(name, namespace, vd, uid, labels(vd, "triton", cls.name, revision),
+                         {TRACK_ANNOTATION: track, "visionfleet.io/artifact": result.artifact or ""}),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS)}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": RESTRICTED_POD,
+                    **_placement(cls),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def build_service(vd: str, namespace: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(vd, namespace, vd, uid, labels(vd, "triton")),
+        "spec": {
+            # Every Ready Triton pod of every revision: with replica-ratio traffic the canary's share is
+            # its share of the Ready pods.
+            "selector": {LABEL_VD: vd, LABEL_COMPONENT: "triton"},
+            "ports": [{"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
+                      {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
+                      {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"}],
+        },
+    }
+
+
+def manifest_hash(obj: dict[str, Any]) -> str:
+    """Hash of what we apply; stored on the object so an unchanged one is never re-applied."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def with_applied_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    h = manifest_hash(obj)
+    out = json.loads(json.dumps(obj))
+    out["metadata"].setdefault("annotations", {})[ANNOTATION_APPLIED] = h
+    return out
+

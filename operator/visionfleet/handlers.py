@@ -1,0 +1,103 @@
+"""Thin kopf handlers: observe -> plan -> act, level-based.
+
+One daemon per VisionDeployment runs passes in a loop: it reads the world, asks the planner, applies
+the plan, then sleeps for the planner's requeue delay — or less, when a watch event on the object
+nudges it (``memo.nudge``). No handler keys on ``status.phase`` changes: every pass starts from the
+current state, so a restart at any moment resumes from ``status`` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from visionfleet.act.apply import WriteCounter, apply_plan, status_from
+from visionfleet.api import crd
+from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.observe.kube import gather
+from visionfleet.observe.prometheus import measure
+from visionfleet.planner.model import Observed, VisionDeploymentView
+from visionfleet.planner.rollout import plan
+
+log = logging.getLogger("visionfleet")
+_local = threading.local()
+WRITES = WriteCounter()
+
+
+def api_client() -> client.ApiClient:
+    """One ApiClient per worker thread (the sync client is not safe to share across threads)."""
+    if getattr(_local, "api", None) is None:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config()
+        _local.api = client.ApiClient()
+    return _local.api
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{crd.GROUP}/finalizer"
+    settings.posting.enabled = False  # our Events come from the plan, not from kopf's own logging
+    settings.watching.server_timeout = 300
+    settings.peering.standalone = os.environ.get("VISIONFLEET_PEERING") is None
+    if not settings.peering.standalone:
+        settings.peering.name = os.environ["VISIONFLEET_PEERING"]
+        settings.peering.priority = int(os.environ.get("VISIONFLEET_PRIORITY", "0"))
+        settings.peering.clusterwide = True
+
+
+@kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
+def nudge(memo: kopf.Memo, **_: Any) -> None:
+    event = memo.get("nudge")
+    if event is not None:
+        event.set()
+
+
+def run_pass(body: dict[str, Any]) -> float:
+    """One observe -> plan -> act pass (blocking I/O; runs in a worker thread)."""
+    md = body["metadata"]
+    name, namespace = md["name"], md["namespace"]
+    try:
+        spec = VisionDeploymentSpec.model_validate(body.get("spec") or {})
+    except Exception as e:  # the CRD admits it but the models do not: say so, do nothing else
+        log.error("%s/%s: spec rejected by the models: %s", namespace, name, e)
+        return 60.0
+    vd = VisionDeploymentView(name=name, namespace=namespace, generation=md.get("generation", 0), spec=spec,
+                              status=status_from(body.get("status")), annotations=dict(md.get("annotations") or {}),
+                              uid=md["uid"])
+    api = api_client()
+    core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
+    seen = gather(core, batch, apps, name, namespace)
+    canary = vd.status.canary_revision
+    measurement = measure(spec.analysis, namespace, name, canary) if canary else None
+    observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
+                        measurement=measurement)
+    p = plan(vd, observed, datetime.now(timezone.utc))
+    apply_plan(api, vd, p, seen, WRITES)
+    for e in p.events:
+        log.info("%s/%s: %s %s", namespace, name, e.reason, e.message)
+    return p.requeue_seconds
+
+
+@kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=10)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    memo.nudge = asyncio.Event()
+    while not stopped:
+        memo.nudge.clear()
+        try:
+            delay = await asyncio.to_thread(run_pass, dict(body))
+        except Exception:
+            log.exception("%s/%s: reconcile pass failed; retrying", body["metadata"]["namespace"], body["metadata"]["name"])
+            delay = 5.0
+        try:
+            await asyncio.wait_for(memo.nudge.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,124 @@
+"""Read-only: what the cluster holds for one VisionDeployment, turned into planner values.
+
+Every call here is a GET or LIST; nothing in this module writes. Compile results are read from the
+compile container's termination message (the Job's pod needs no API access to report them):
+
+    Job Complete  + pod terminated, message = result JSON ──► ObservedJob(Succeeded, result)
+    Job Failed    + pod terminated (OOMKilled, exit 3, …) ──► ObservedJob(Failed, "<reason>: <message>")
+    Job Failed    without a pod (DeadlineExceeded, …)    ──► ObservedJob(Failed, the Job's condition)
+    Job active / pending pods                              ──► Running / Pending
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from visionfleet.api.status import ChosenBatching, CompileResult
+from visionfleet.builders.manifests import ANNOTATION_APPLIED, LABEL_CLASS, LABEL_COMPONENT, LABEL_REVISION, LABEL_VD
+from visionfleet.planner.classes import GPU_RESOURCE, ObservedNode
+from visionfleet.planner.model import ObservedDeployment, ObservedJob
+
+RESULT_KEYS = {"artifact", "sha256", "accuracy", "p99MsAtBatch", "batching"}
+
+
+@dataclass
+class ObservedObjects:
+    """Planner inputs plus what the act layer needs: the applied-hash of every object we own."""
+
+    nodes: list[ObservedNode] = field(default_factory=list)
+    jobs: list[ObservedJob] = field(default_factory=list)
+    deployments: list[ObservedDeployment] = field(default_factory=list)
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> applied hash
+
+
+def parse_result(message: str | None) -> tuple[CompileResult | None, str | None]:
+    """The compile program's result JSON -> (result, None), or (None, why it is unreadable)."""
+    if not message:
+        return None, "the compile container wrote no result"
+    try:
+        raw = json.loads(message)
+    except json.JSONDecodeError:
+        return None, f"the compile result is not JSON: {message[:200]!r}"
+    if not isinstance(raw, dict):
+        return None, "the compile result is not a JSON object"
+    fields = {k: v for k, v in raw.items() if k in RESULT_KEYS}
+    try:
+        if isinstance(fields.get("batching"), dict):
+            known = set(ChosenBatching.model_fields) | {f.alias for f in ChosenBatching.model_fields.values() if f.alias}
+            fields["batching"] = {k: v for k, v in fields["batching"].items() if k in known}
+        return CompileResult.model_validate({"state": "Succeeded", **fields}), None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return None, f"the compile result is invalid at {where}: {first['msg']}"
+
+
+def _terminated(pod: Any, container: str) -> Any | None:
+    for cs in (pod.status.container_statuses or []):
+        if cs.name == container and cs.state and cs.state.terminated:
+            return cs.state.terminated
+    return None
+
+
+def _job_state(job: Any, pods: list[Any]) -> ObservedJob:
+    lbl = job.metadata.labels or {}
+    cls, rev = lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, "")
+    conds = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+    newest = sorted(pods, key=lambda p: p.metadata.creation_timestamp or 0)
+    term = next((t for p in reversed(newest) if (t := _terminated(p, "compile")) is not None), None)
+    if "Complete" in conds:
+        result, why = parse_result(term.message if term else None)
+        return ObservedJob(cls, rev, "Succeeded", result=result, message=why)
+    if "Failed" in conds or "FailureTarget" in conds:
+        c = conds.get("Failed") or conds.get("FailureTarget")
+        if term is not None and (term.reason or term.message or term.exit_code):
+            detail = f"{term.reason or 'Error'} (exit {term.exit_code})"
+            if term.message:
+                detail += f": {term.message.strip()[-500:]}"
+            return ObservedJob(cls, rev, "Failed", message=f"{c.reason}: {detail}")
+        return ObservedJob(cls, rev, "Failed", message=f"{c.reason}: {c.message or 'the Job failed'}")
+    if (job.status.active or 0) > 0 and any(p.status.phase == "Running" for p in pods):
+        return ObservedJob(cls, rev, "Running")
+    waiting = [f"{p.metadata.name}: {c.message}" for p in pods for c in (p.status.conditions or [])
+               if c.type == "PodScheduled" and c.status == "False" and c.message]
+    return ObservedJob(cls, rev, "Pending", message=waiting[0][:500] if waiting else None)
+
+
+def gather_nodes(core: Any) -> list[ObservedNode]:
+    out = []
+    for n in core.list_node().items:
+        cap = (n.status.capacity or {}) if n.status else {}
+        try:
+            gpus = int(cap.get(GPU_RESOURCE, 0))
+        except ValueError:
+            gpus = 0
+        ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+        taints = tuple((t.key, t.value, t.effect) for t in (n.spec.taints or []))
+        out.append(ObservedNode(n.metadata.name, dict(n.metadata.labels or {}), taints, gpus, ready))
+    return out
+
+
+def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
+           nodes: list[ObservedNode] | None = None) -> ObservedObjects:
+    obs = ObservedObjects(nodes=nodes if nodes is not None else gather_nodes(core))
+    selector = f"{LABEL_VD}={name}"
+    jobs = batch.list_namespaced_job(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
+    for job in jobs:
+        mine = [p for p in pods if (p.metadata.labels or {}).get("job-name") == job.metadata.name]
+        obs.jobs.append(_job_state(job, mine))
+        obs.applied[("Job", job.metadata.name)] = (job.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
+    for d in apps.list_namespaced_deployment(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton").items:
+        lbl = d.metadata.labels or {}
+        obs.deployments.append(ObservedDeployment(lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, ""),
+                                                  d.spec.replicas or 0, (d.status.ready_replicas or 0) if d.status else 0))
+        obs.applied[("Deployment", d.metadata.name)] = (d.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
+    for cm in core.list_namespaced_config_map(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton-config").items:
+        obs.applied[("ConfigMap", cm.metadata.name)] = (cm.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
+    for svc in core.list_namespaced_service(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton").items:
+        obs.applied[("Service", svc.metadata.name)] = (svc.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
+    return obs
