@@ -12,18 +12,9 @@ import pytest
 from visionfleet_e2e.cluster import LocalCluster
 from visionfleet_e2e.fleet import CLASS_LABEL, FLEET_LABEL
 
+from ..helpers import wait_for
+
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(predicate, timeout=90, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def test_control_plane_is_the_pinned_upstream_release(cluster):
