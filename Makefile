@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test unit binaries crd check-crd down clean
+.PHONY: demo test unit binaries prometheus crd check-crd down clean venv
 
 $(STAMP): pyproject.toml
 	@echo "==> Creating $(VENV) and installing VisionFleet with its test dependencies"
@@ -26,7 +26,10 @@ binaries:
 demo: $(STAMP) binaries
 	$(VENV)/bin/visionfleet-fleet demo
 
-test: $(STAMP) binaries
+prometheus:
+	e2e/prometheus/ensure-prometheus.sh
+
+test: $(STAMP) binaries prometheus
 	$(VENV)/bin/pytest
 
 unit: $(STAMP)

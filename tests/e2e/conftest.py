@@ -61,3 +61,34 @@ def pytest_runtest_makereport(item, call):
     op = item.funcargs.get("operator") if hasattr(item, "funcargs") else None
     if report.when == "call" and report.failed and op is not None:
         report.sections.append(("operator log (tail)", op.tail()))
+
+
+@pytest.fixture(scope="session")
+def triton_sim(cluster):
+    from visionfleet_e2e.triton_sim import TritonMetricsSim
+
+    def pods():
+        return cluster.kubectl_json("get", "pods", "-A", "-l", "app.kubernetes.io/component=triton")["items"]
+
+    sim = TritonMetricsSim(pods).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(triton_sim, tmp_path_factory):
+    """Debian's real Prometheus, scraping the simulated Triton pods' metrics every second."""
+    from visionfleet_e2e.prometheus import PrometheusServer
+
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
+                              {"triton": f"127.0.0.1:{triton_sim.port}"}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def behave(triton_sim):
+    """Set how revisions behave for one test; back to a healthy default afterwards."""
+    yield triton_sim.behave
+    triton_sim.behaviours.clear()
+    triton_sim.behave(None)

@@ -1,0 +1,97 @@
+"""A real Prometheus server (Debian's ``prometheus`` package) for the e2e suite and the demo.
+
+Started on 127.0.0.1 with its own config and a throw-away TSDB; ``stop()`` ends it. The binary is
+found on PATH or at /usr/bin/prometheus; ``e2e/prometheus/ensure-prometheus.sh`` installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_prometheus() -> str:
+    path = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+    if not path:
+        raise PrometheusError("prometheus not found: run e2e/prometheus/ensure-prometheus.sh "
+                              "(installs Debian's prometheus package)")
+    return path
+
+
+class PrometheusServer:
+    def __init__(self, workdir: Path, scrape_targets: dict[str, str], scrape_interval: str = "1s"):
+        self.workdir = workdir
+        self.targets = scrape_targets  # job name -> host:port
+        self.interval = scrape_interval
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> "PrometheusServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "scrape_configs": [
+                # honor_labels: the scraped series carry namespace/revision/class themselves, as the
+                # relabelled series of a real Triton pod would.
+                {"job_name": job, "honor_labels": True, "static_configs": [{"targets": [target]}]}
+                for job, target in self.targets.items()
+            ],
+        }
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(conf))
+        self.log = open(self.workdir / "prometheus.log", "w")
+        self.proc = subprocess.Popen(
+            [find_prometheus(), f"--config.file={self.workdir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             "--storage.tsdb.retention.time=2h", "--web.enable-lifecycle"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise PrometheusError(f"prometheus did not start; log: {self.workdir / 'prometheus.log'}")
+            time.sleep(0.2)
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def query(self, q: str) -> list[dict]:
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": q}), timeout=5) as r:
+            return json.loads(r.read())["data"]["result"]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
