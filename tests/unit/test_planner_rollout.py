@@ -271,3 +271,14 @@ def test_inconclusive_never_advances_a_step_however_long_it_lasts():
     assert w.status.phase == "Paused"
     w.measurement = GOOD
     w.run_until("Healthy", seconds=30)
+
+
+def test_a_promote_annotation_set_while_idle_never_skips_a_later_canarys_analysis():
+    w = healthy_world()
+    w.annotations[ANNOTATION_PROMOTE] = "left-in-git"
+    w.tick()
+    assert w.status.handled_promote == "left-in-git", "recorded as handled while nothing was in flight"
+    w.set_spec(spec(model__version="2"))
+    w.measurement = SLOW
+    w.run_until("RolledBack")
+    assert w.status.history[-1].outcome == "RolledBack"

@@ -28,7 +28,6 @@ from visionfleet.builders.manifests import (
     serving_name,
     with_applied_hash,
 )
-from visionfleet.observe.kube import ObservedObjects
 from visionfleet.planner.model import DeleteServing, EnsureCompileJob, EnsureService, EnsureServing, Plan, VisionDeploymentView
 
 FIELD_MANAGER = "visionfleet"
@@ -108,14 +107,15 @@ def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], 
     return apply_, delete_
 
 
-def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, observed: ObservedObjects,
+def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, applied: dict[tuple[str, str], str],
                writes: WriteCounter | None = None) -> WriteCounter:
+    """``applied``: (kind, name) -> the applied-hash annotation of each object as observed."""
     writes = writes or WriteCounter()
     to_apply, to_delete = render(vd, plan)
     for obj in to_apply:
         obj = with_applied_hash(obj)
         key = (obj["kind"], obj["metadata"]["name"])
-        if observed.applied.get(key) == obj["metadata"]["annotations"][ANNOTATION_APPLIED]:
+        if applied.get(key) == obj["metadata"]["annotations"][ANNOTATION_APPLIED]:
             continue
         server_side_apply(api, obj)
         writes.applies += 1

@@ -443,6 +443,12 @@ class _Pass:
 def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
     p = _Pass(vd, observed, now)
     desired = revision_of(vd.spec)
+    if p.st.canary_revision is None:
+        # promote/abort act on the rollout in flight when their value changes. A value set while
+        # none is in flight is recorded and ignored, so that a stale annotation (left in Git, say)
+        # can never wave a future canary through without its analysis.
+        p.command(ANNOTATION_PROMOTE, "handled_promote")
+        p.command(ANNOTATION_ABORT, "handled_abort")
     p.choose_canary(desired)
     ok: list[str] | None = None
     compiling = False

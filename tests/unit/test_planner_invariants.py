@@ -1,0 +1,128 @@
+"""Property-based: random histories of ticks, measurements, spec changes, compile failures and
+annotations, with the rollout invariants checked after every step.
+
+  1. never promote on an inconclusive (or failed) analysis: a promotion over a stable revision
+     follows a Passed verdict, or the promote annotation;
+  2. a failed revision never returns without a spec change;
+  3. a class's stable never drops below its minimum while its canary is not fully Ready;
+  4. at most one rollout in flight: one canary revision at a time, and only its Deployments
+     besides the stable's (and a previous stable during its scale-down delay).
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from visionfleet.planner.model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE
+
+from .planner_sim import GOOD, NO_DATA, SLOW, World, spec
+
+MEASUREMENTS = {"good": GOOD, "slow": SLOW, "no-data": NO_DATA, "none": None}
+FAILED = {"RolledBack", "CompileFailed", "Aborted"}
+
+
+class Rollouts(RuleBasedStateMachine):
+    # Short steps and a generous inconclusive limit, so that random histories reach the last step
+    # (and its 100 % weight) often, inconclusive streaks included.
+    SPEC = dict(analysis__inconclusiveLimit=50,
+                rollout__steps=[{"setWeight": 50, "pause": "10s"}, {"setWeight": 100, "pause": "10s"}])
+
+    @initialize()
+    def start(self):
+        self.w = World(spec(**self.SPEC))
+        self.version = 1
+        self.promote_tokens = 0
+        self.failed_seen: set[str] = set()
+
+    @rule(seconds=st.sampled_from([1, 5, 15, 31, 61]))
+    def tick(self, seconds):
+        before_stable = self.w.status.stable_revision
+        before_canary = self.w.status.canary_revision
+        self.w.tick(seconds)
+        st_ = self.w.status
+        if st_.stable_revision != before_stable and before_stable is not None:
+            why = st_.history[-1].reason
+            by_hand = "visionfleet.io/promote annotation" in why and st_.handled_promote == \
+                self.w.annotations.get(ANNOTATION_PROMOTE)
+            assert by_hand or (st_.analysis is not None and st_.analysis.verdict == "Passed"), \
+                f"promoted {before_canary} over {before_stable} on {st_.analysis} ({why})"
+        for h in st_.history or []:
+            if h.outcome in FAILED:
+                self.failed_seen.add(h.revision)
+
+    @rule(kind=st.sampled_from(sorted(MEASUREMENTS)))
+    def measure(self, kind):
+        self.w.measurement = MEASUREMENTS[kind]
+
+    @rule(version=st.integers(min_value=1, max_value=4))
+    def change_spec(self, version):
+        self.w.set_spec(spec(model__version=str(version), **self.SPEC))
+
+    @rule(classes=st.sets(st.sampled_from(["l4", "xeon"])))
+    def compile_failures(self, classes):
+        self.w.fail_compile = set(classes)
+
+    @rule(flag=st.booleans())
+    def readiness(self, flag):
+        self.w.never_ready = flag
+
+    @rule()
+    def promote(self):
+        self.promote_tokens += 1
+        self.w.annotations[ANNOTATION_PROMOTE] = f"p{self.promote_tokens}"
+
+    @rule()
+    def abort(self):
+        self.promote_tokens += 1
+        self.w.annotations[ANNOTATION_ABORT] = f"a{self.promote_tokens}"
+
+    @rule(paused=st.booleans())
+    def pause(self, paused):
+        if paused:
+            self.w.annotations[ANNOTATION_PAUSED] = "true"
+        else:
+            self.w.annotations.pop(ANNOTATION_PAUSED, None)
+
+    @invariant()
+    def failed_revision_never_returns(self):
+        if not hasattr(self, "w"):
+            return
+        assert self.w.status.canary_revision not in self.failed_seen
+        assert self.w.status.stable_revision not in self.failed_seen or \
+            self.w.status.stable_revision in {h.revision for h in self.w.status.history or [] if h.outcome == "Promoted"}
+
+    @invariant()
+    def stable_keeps_its_minimum_while_the_canary_is_not_ready(self):
+        if not hasattr(self, "w"):
+            return
+        canary = self.w.status.canary_revision
+        for cs in self.w.status.classes or []:
+            if not cs.stable_revision or not canary:
+                continue
+            stable_d = self.w.deployments.get((cs.name, cs.stable_revision))
+            canary_d = self.w.deployments.get((cs.name, canary))
+            if stable_d is None:
+                continue
+            base = 2  # both classes have replicas.min 2
+            if canary_d is None or canary_d.ready < canary_d.replicas:
+                assert stable_d.replicas >= base, (cs.name, stable_d, canary_d)
+
+    @invariant()
+    def one_rollout_in_flight(self):
+        if not hasattr(self, "w"):
+            return
+        st_ = self.w.status
+        promoted = {h.revision for h in st_.history or [] if h.outcome == "Promoted"}
+        for cls in ("l4", "xeon"):
+            revs = {rev for (c, rev) in self.w.deployments if c == cls}
+            unpromoted = revs - promoted
+            assert len(unpromoted) <= 1, (cls, revs)
+            if unpromoted:
+                assert unpromoted == {st_.canary_revision} or st_.canary_revision is None, (unpromoted, st_.canary_revision)
+
+
+TestRollouts = Rollouts.TestCase
+TestRollouts.settings = settings(max_examples=100, stateful_step_count=40, deadline=None,
+                                 suppress_health_check=[HealthCheck.too_slow])
