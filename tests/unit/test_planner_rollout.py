@@ -282,3 +282,14 @@ def test_a_promote_annotation_set_while_idle_never_skips_a_later_canarys_analysi
     w.measurement = SLOW
     w.run_until("RolledBack")
     assert w.status.history[-1].outcome == "RolledBack"
+
+
+def test_reverting_the_spec_to_stable_after_a_rollback_is_healthy_again():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2"))
+    w.measurement = SLOW
+    w.run_until("RolledBack")
+    w.set_spec(spec(model__version="1"))
+    w.tick()
+    assert w.status.phase == "Healthy"
+    assert conditions(w)["RolledBack"] == "False"

@@ -5,7 +5,10 @@ from __future__ import annotations
 from visionfleet.api.status import Phase, Verdict, VisionDeploymentStatus
 
 
-def derive_phase(st: VisionDeploymentStatus, *, compiling: bool, paused: bool, rolling_back: bool) -> Phase:
+def derive_phase(st: VisionDeploymentStatus, *, desired: str, compiling: bool, paused: bool,
+                 rolling_back: bool) -> Phase:
+    """``desired``: the spec's revision. RolledBack lasts while the spec still asks for the revision
+    that was rolled back; once the spec returns to the stable revision the phase is Healthy again."""
     last = st.history[-1] if st.history else None
     if st.canary_revision:
         if compiling:
@@ -15,7 +18,7 @@ def derive_phase(st: VisionDeploymentStatus, *, compiling: bool, paused: bool, r
         if st.step_started_at is None:
             return Phase.VERIFYING  # canary pods starting, or a first revision waiting to be Ready
         return Phase.ROLLING_OUT
-    if last is not None and last.outcome in ("RolledBack", "Aborted"):
+    if last is not None and last.outcome in ("RolledBack", "Aborted") and last.revision == desired:
         return Phase.ROLLING_BACK if rolling_back else Phase.ROLLED_BACK
     if st.stable_revision:
         return Phase.HEALTHY

@@ -112,6 +112,7 @@ class _Pass:
             cs.runtime, cs.precision, cs.nodes = c.spec.runtime, c.spec.precision, c.nodes
             self.cs[c.name] = cs
         self.requeue = MAX_REQUEUE
+        self.desired = ""
 
     # -- history and events --------------------------------------------------------------------
 
@@ -422,7 +423,8 @@ class _Pass:
         else:
             conds = set_condition(conds, CondType.DEGRADED, False, Reason.NONE, "all classes compiled and placed", now, gen)
         last = st.history[-1] if st.history else None
-        if last is not None and last.outcome in ("RolledBack", "Aborted") and not st.canary_revision:
+        if last is not None and last.outcome in ("RolledBack", "Aborted") and not st.canary_revision \
+                and last.revision == self.desired:
             conds = set_condition(conds, CondType.ROLLED_BACK, True, Reason.ANALYSIS_FAILED if last.outcome == "RolledBack"
                                   else Reason.ABORTED, f"revision {last.revision}: {last.reason}", now, gen)
         elif get_condition(conds, CondType.ROLLED_BACK) is not None:
@@ -442,7 +444,7 @@ class _Pass:
 
 def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
     p = _Pass(vd, observed, now)
-    desired = revision_of(vd.spec)
+    desired = p.desired = revision_of(vd.spec)
     if p.st.canary_revision is None:
         # promote/abort act on the rollout in flight when their value changes. A value set while
         # none is in flight is recorded and ignored, so that a stale annotation (left in Git, say)
@@ -465,7 +467,7 @@ def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
     p.st.classes = [p.cs[c.name] for c in p.classes]
     p.st.observed_generation = vd.generation
     p.conditions(compiling)
-    p.st.phase = derive_phase(p.st, compiling=compiling, paused=vd.annotations.get(ANNOTATION_PAUSED) == "true",
+    p.st.phase = derive_phase(p.st, desired=desired, compiling=compiling, paused=vd.annotations.get(ANNOTATION_PAUSED) == "true",
                               rolling_back=any(isinstance(a, DeleteServing) for a in p.actions)
                               and bool(p.st.history) and p.st.history[-1].outcome in ("RolledBack", "Aborted"))
     return Plan(actions=p.actions, status=p.st, events=p.events, requeue_seconds=p.requeue)
