@@ -5,7 +5,7 @@
     visionfleet-fleet status             nodes per class, control-plane processes
     visionfleet-fleet env                shell exports (KUBECONFIG, PATH) for this cluster
     visionfleet-fleet kubectl ARGS...    kubectl against this cluster
-    visionfleet-fleet demo               up + install the CRD + apply the examples + kubectl get vd
+    visionfleet-fleet demo               up + CRD + operator + the examples, until they are Healthy
     visionfleet-fleet down               stop everything it started; no process is left behind
 """
 
@@ -129,18 +129,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     show("Installing the VisionDeployment CRD (generated from the pydantic models)")
     install_crds(cluster)
     print(cluster.kubectl("get", "crd", "visiondeployments.visionfleet.io").stdout)
+    show("Starting the operator (visionfleet-operator, log in "
+         f"{cluster.state_dir.relative_to(REPO) if cluster.state_dir.is_relative_to(REPO) else cluster.state_dir}"
+         "/operator.log)")
+    cluster.start_companion("operator", [str(Path(sys.executable).parent / "visionfleet-operator")])
     show(f"Applying the examples in docs/examples/ to namespace '{DEMO_NAMESPACE}'")
     ns = cluster.kubectl("create", "namespace", DEMO_NAMESPACE, "--dry-run=client", "-o", "yaml").stdout
     cluster.kubectl("apply", "-f", "-", input=ns)
+    names = []
     for example in sorted(EXAMPLES_DIR.glob("*.yaml")):
         out = cluster.kubectl("apply", "--server-side", "--field-manager=demo", "-n", DEMO_NAMESPACE,
                               "-f", str(example)).stdout.strip()
+        names.append(out.split()[0])
         print(f"{example.relative_to(REPO)}: {out}")
-    show("kubectl get vd  (phase and revisions stay empty until the operator runs: issue 2)")
+    show("Compile Jobs run on each node class (simulated by kwok), then Triton rolls out: waiting for Healthy")
+    deadline = time.monotonic() + args.timeout
+    while True:
+        items = cluster.kubectl_json("get", "vd", "-n", DEMO_NAMESPACE)["items"]
+        phases = {i["metadata"]["name"]: i.get("status", {}).get("phase", "Pending") for i in items}
+        print("  " + ", ".join(f"{n}: {p}" for n, p in sorted(phases.items())), flush=True)
+        if all(p in ("Healthy", "Failed", "RolledBack") for p in phases.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    show("kubectl get vd -o wide")
     print(cluster.kubectl("get", "vd", "-n", DEMO_NAMESPACE, "-o", "wide").stdout)
-    print(f"Done in {time.monotonic() - t0:.0f}s. The fleet keeps running:\n"
-          f"  eval \"$(.venv/bin/visionfleet-fleet env)\"; kubectl get vd -A\n"
-          f"  .venv/bin/visionfleet-fleet down     # stops it, leaving no process behind")
+    show("What the operator created: compile Jobs, Triton Deployments, Services")
+    print(cluster.kubectl("get", "jobs,deployments,services", "-n", DEMO_NAMESPACE).stdout)
+    print(f"Done in {time.monotonic() - t0:.0f}s. The fleet and the operator keep running:\n"
+          f"  eval \"$(.venv/bin/visionfleet-fleet env)\"; kubectl get vd -A; kubectl describe vd -n {DEMO_NAMESPACE}\n"
+          f"  .venv/bin/visionfleet-fleet down     # stops them, leaving no process behind")
     return 0
 
 
@@ -164,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="start the control plane and create the fleet's nodes")
     fleet_args(p)
     p.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop the cluster; no process is left behind").set_defaults(func=cmd_down)
+    sub.add_parser("down", help="stop the cluster and the demo's operator; no process is left behind").set_defaults(
+        func=cmd_down)
     sub.add_parser("status", help="nodes per class and control-plane processes").set_defaults(func=cmd_status)
     sub.add_parser("env", help="print shell exports for KUBECONFIG and PATH").set_defaults(func=cmd_env)
     p = sub.add_parser("kubectl", help="run kubectl against the cluster")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_kubectl)
-    p = sub.add_parser("demo", help="up + install the CRD + apply docs/examples + kubectl get vd")
+    p = sub.add_parser("demo", help="up + install the CRD + start the operator + apply docs/examples + kubectl get vd")
     fleet_args(p)
     p.set_defaults(func=cmd_demo)
 

@@ -254,8 +254,49 @@ class LocalCluster:
                      f"--timeout={int(timeout)}s", timeout=timeout + 30)
         self.log(f"{len(nodes)} nodes Ready in {time.monotonic() - t0:.1f}s")
 
+    # -- companions: processes started beside the cluster (the demo's operator, Prometheus) ------
+
+    def start_companion(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Start ``argv`` detached, logging to ``<state>/<name>.log``; ``down()`` stops it."""
+        self.stop_companion(name)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.state_dir / f"{name}.log", "a")
+        proc = subprocess.Popen(argv, env=env or self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        (self.state_dir / f"{name}.pid").write_text(f"{proc.pid}\n{argv[0]}\n")
+        return proc.pid
+
+    def stop_companion(self, name: str) -> None:
+        pidfile = self.state_dir / f"{name}.pid"
+        if not pidfile.exists():
+            return
+        pid_s, _, exe = pidfile.read_text().partition("\n")
+        pid, exe = int(pid_s), exe.strip()
+
+        def alive() -> bool:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return False
+            return state != "Z" and any(exe.encode() in part for part in cmdline)
+
+        if alive():
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if alive():
+                os.killpg(pid, signal.SIGKILL)
+        pidfile.unlink()
+
+    def companions(self) -> list[str]:
+        return sorted(p.stem for p in self.state_dir.glob("*.pid")) if self.state_dir.exists() else []
+
     def down(self) -> list[int]:
         """Stop the cluster and every process it started; returns pids that had to be killed."""
+        for name in self.companions():
+            self.stop_companion(name)
         pids = self._recorded_pids()
         if self.cluster_dir.exists():
             subprocess.run([str(self.binary("kwokctl")), "--name", self.name, "delete", "cluster",
