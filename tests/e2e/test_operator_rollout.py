@@ -217,3 +217,30 @@ def test_deleting_the_visiondeployment_removes_everything_it_created(cluster, op
     g.c.kubectl("delete", "vd", "doorbell", "-n", namespace, "--timeout=60s", timeout=90)
     for kind in ("deployments", "jobs", "configmaps", "services"):
         wait_for(lambda: not g.objects(kind), timeout=60, what=f"{kind} garbage-collected")
+
+
+def test_waves_roll_out_one_class_group_after_another(cluster, operator, namespace):
+    waved = vd_with(rollout={"steps": [{"setWeight": 50, "pause": "3s"}, {"setWeight": 100}],
+                             "waves": [["xeon"], ["l4"]]})
+    g = Given(cluster, namespace).apply(waved)
+    v1 = g.wait_phase("Healthy")["stableRevision"]
+    waved["spec"]["model"]["version"] = "2"
+    g.apply(waved)
+    seen = set()
+
+    def done():
+        st = g.status()
+        canary = st.get("canaryRevision")
+        if canary:
+            classes = {d["metadata"]["labels"]["visionfleet.io/class"] for d in g.objects("deployments")
+                       if d["metadata"]["labels"]["visionfleet.io/revision"] == canary}
+            after = g.status()
+            # Only a sample whose status did not move while the Deployments were listed.
+            if (after.get("wave"), after.get("canaryRevision")) == (st.get("wave"), canary):
+                seen.add((st.get("wave"), frozenset(classes)))
+        return st.get("stableRevision") not in (None, v1) and st
+    st = wait_for(done, timeout=120, interval=0.3, what="promotion after both waves")
+    assert (0, frozenset({"xeon"})) in seen, seen
+    assert all(classes <= {"xeon"} for wave, classes in seen if wave == 0), "l4 waits for wave 1"
+    assert (1, frozenset({"xeon", "l4"})) in seen, seen
+    assert st["phase"] == "Healthy"

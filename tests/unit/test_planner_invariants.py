@@ -26,7 +26,7 @@ FAILED = {"RolledBack", "CompileFailed", "Aborted"}
 class Rollouts(RuleBasedStateMachine):
     # Short steps and a generous inconclusive limit, so that random histories reach the last step
     # (and its 100 % weight) often, inconclusive streaks included.
-    SPEC = dict(analysis__inconclusiveLimit=50,
+    SPEC = dict(analysis__inconclusiveLimit=50, rollout__waves=[["xeon"], ["l4"]],
                 rollout__steps=[{"setWeight": 50, "pause": "10s"}, {"setWeight": 100, "pause": "10s"}])
 
     @initialize()

@@ -293,3 +293,44 @@ def test_reverting_the_spec_to_stable_after_a_rollback_is_healthy_again():
     w.tick()
     assert w.status.phase == "Healthy"
     assert conditions(w)["RolledBack"] == "False"
+
+
+def test_waves_roll_out_class_by_class_and_promote_at_the_end():
+    w = World(spec(rollout__waves=[["xeon"], ["l4"]]))
+    w.run_until("Healthy")
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2", rollout__waves=[["xeon"], ["l4"]]))
+    v2 = revision_of(w.spec)
+    seen = []
+    for _ in range(300):
+        w.tick(10)
+        if w.status.canary_revision:
+            state = (w.status.wave, w.status.canary_weight, ("xeon", v2) in w.serving(), ("l4", v2) in w.serving())
+            if not seen or seen[-1] != state:
+                seen.append(state)
+        if w.status.stable_revision == v2:
+            break
+    # wave 0: only xeon has a canary; wave 1: l4 joins while xeon stays fully on the canary
+    assert all(not l4 for wave, _, _, l4 in seen if wave == 0)
+    assert any(wave == 1 and l4 for wave, _, _, l4 in seen)
+    steps = []
+    for wave, weight, _, _ in seen:
+        if not steps or steps[-1] != (wave, weight):
+            steps.append((wave, weight))
+    assert steps == [(0, 20), (0, 50), (0, 100), (1, 20), (1, 50), (1, 100)]
+    assert w.status.stable_revision == v2 and w.status.phase == "Healthy"
+    assert ("Normal", "WaveAdvanced") in [(t, r) for t, r, _ in w.all_events]
+    assert v1 != v2
+
+
+def test_a_failure_in_a_later_wave_rolls_every_class_back():
+    w = World(spec(rollout__waves=[["xeon"], ["l4"]]))
+    w.run_until("Healthy")
+    v1 = w.status.stable_revision
+    w.set_spec(spec(model__version="2", rollout__waves=[["xeon"], ["l4"]]))
+    while w.status.wave != 1:
+        w.tick(10)
+    w.measurement = SLOW
+    w.run_until("RolledBack")
+    w.tick()
+    assert w.serving() == {("l4", v1): 2, ("xeon", v1): 2}, "xeon, already through its wave, is back on stable too"

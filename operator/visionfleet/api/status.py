@@ -114,6 +114,7 @@ class VisionDeploymentStatus(Model):
     stable_revision: REVISION | None = None
     canary_revision: REVISION | None = None
     step: Annotated[int, Field(ge=0)] | None = None
+    wave: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Index of the rollout wave in flight.")
     canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
     step_started_at: Annotated[str, Field(max_length=64)] | None = Field(
         default=None, json_schema_extra={"format": "date-time"},

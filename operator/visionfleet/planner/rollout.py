@@ -130,12 +130,14 @@ class _Pass:
     def clear_canary(self) -> None:
         self.st.canary_revision = None
         self.st.step = None
+        self.st.wave = None
         self.st.canary_weight = None
         self.st.step_started_at = None
 
     def start_canary(self, revision: str) -> None:
         self.st.canary_revision = revision
         self.st.step = 0
+        self.st.wave = 0
         self.st.canary_weight = self.spec.rollout.steps[0].set_weight
         self.st.step_started_at = None
         self.st.analysis = None
@@ -212,10 +214,30 @@ class _Pass:
 
     # -- E: rollout -----------------------------------------------------------------------------
 
+    def waves(self) -> list[list[str]]:
+        """Class names in rollout order; classes no wave names go last, together."""
+        names = [c.name for c in self.classes]
+        declared = [[n for n in w if n in names] for w in (self.spec.rollout.waves or [])]
+        declared = [w for w in declared if w]
+        listed = {n for w in declared for n in w}
+        rest = [n for n in names if n not in listed]
+        return (declared + ([rest] if rest else [])) or [names]
+
+    def class_weight(self, c: ResolvedClass) -> int:
+        """The canary's share on class ``c``: 100 for waves already through, the step's weight for
+        the current wave, 0 (no canary yet) for later waves."""
+        index = next((i for i, w in enumerate(self.waves()) if c.name in w), 0)
+        current = self.st.wave or 0
+        if index < current:
+            return 100
+        if index == current:
+            return self.st.canary_weight or 0
+        return 0
+
     def canary_ready(self, ok: list[str]) -> bool:
         rev = self.st.canary_revision
         for c in self.classes:
-            if c.name not in ok:
+            if c.name not in ok or (not self.first_rollout(c) and self.class_weight(c) == 0):
                 continue
             want = self.canary_replicas(c)
             d = self.observed.deployment(c.name, rev)
@@ -226,7 +248,7 @@ class _Pass:
     def canary_replicas(self, c: ResolvedClass) -> int:
         if self.first_rollout(c):
             return base_replicas(c)
-        return split_replicas(base_replicas(c), self.st.canary_weight or 0, True)[1]
+        return split_replicas(base_replicas(c), self.class_weight(c), True)[1]
 
     def first_rollout(self, c: ResolvedClass) -> bool:
         return self.cs[c.name].stable_revision is None
@@ -298,7 +320,18 @@ class _Pass:
         passed = last is not None and last.verdict == Verdict.PASSED.value and parse_iso(last.at) >= started
         if passed and self.now >= pause_end:
             if (st.step or 0) + 1 >= len(spec.rollout.steps):
-                self.promote(ok, f"all {len(spec.rollout.steps)} steps passed their analysis")
+                waves = self.waves()
+                if (st.wave or 0) + 1 < len(waves):
+                    st.wave = (st.wave or 0) + 1
+                    st.step = 0
+                    st.canary_weight = spec.rollout.steps[0].set_weight
+                    st.step_started_at = None
+                    self.event("Normal", "WaveAdvanced", f"wave {st.wave} ({', '.join(waves[st.wave])}): "
+                               f"canary weight {st.canary_weight}%; earlier waves stay fully on the canary")
+                    self.requeue = MIN_REQUEUE
+                    return
+                self.promote(ok, f"all {len(spec.rollout.steps)} steps passed their analysis"
+                             + (f" in {len(waves)} waves" if len(waves) > 1 else ""))
                 return
             st.step = (st.step or 0) + 1
             st.canary_weight = spec.rollout.steps[st.step].set_weight
@@ -343,16 +376,18 @@ class _Pass:
         for c in self.classes:
             cs = self.cs[c.name]
             base = base_replicas(c)
-            in_canary = canary is not None and ok is not None and c.name in ok
+            in_canary = canary is not None and ok is not None and c.name in ok and (
+                cs.stable_revision is None or self.class_weight(c) > 0)
             stable_n, canary_n = base, 0
             if in_canary:
                 if cs.stable_revision is None:
                     stable_n, canary_n = 0, base
                 else:
+                    weight = self.class_weight(c)
                     d = self.observed.deployment(c.name, canary)
-                    want = split_replicas(base, self.st.canary_weight or 0, True)[1]
+                    want = split_replicas(base, weight, True)[1]
                     ready = d is not None and d.ready >= want
-                    stable_n, canary_n = split_replicas(base, self.st.canary_weight or 0, ready)
+                    stable_n, canary_n = split_replicas(base, weight, ready)
                 self.actions.append(EnsureServing(c, canary, canary_n, cs.compile, "canary"))
                 wanted.add((c.name, canary))
             stable_result = stable_result_of(cs)
