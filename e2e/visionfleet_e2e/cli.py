@@ -111,6 +111,29 @@ def install_crds(cluster: LocalCluster) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "crd/visiondeployments.visionfleet.io", "--timeout=60s")
 
 
+GATEWAY_API_GOMOD = REPO / "e2e" / "cluster" / "gomod" / "gateway-api"
+GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
+
+
+def gateway_api_crd_files() -> list[Path]:
+    """The standard-channel Gateway API CRDs of the release pinned in gomod/gateway-api (go.sum
+    verified, fetched through the Go module proxy)."""
+    proc = subprocess.run(["go", "mod", "download", "-json", "sigs.k8s.io/gateway-api"], cwd=GATEWAY_API_GOMOD,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"could not fetch the Gateway API module: {proc.stderr or proc.stdout}")
+    import json
+    root = Path(json.loads(proc.stdout)["Dir"]) / "config" / "crd" / "standard"
+    return [root / f"gateway.networking.k8s.io_{name}.yaml" for name in GATEWAY_API_CRDS]
+
+
+def install_gateway_api_crds(cluster: LocalCluster) -> None:
+    for f in gateway_api_crd_files():
+        cluster.kubectl("apply", "--server-side", "--field-manager=visionfleet-fleet", "-f", str(f))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io",
+                    "--timeout=60s")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     step = 0

@@ -81,7 +81,7 @@ def run_pass(body: dict[str, Any]) -> float:
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
                         measurement=measurement)
     p = plan(vd, observed, datetime.now(timezone.utc))
-    apply_plan(api, vd, p, seen.applied, WRITES)
+    apply_plan(api, vd, p, seen.applied, WRITES, seen.revision_services)
     for e in p.events:
         log.info("%s/%s: %s %s", namespace, name, e.reason, e.message)
     return p.requeue_seconds

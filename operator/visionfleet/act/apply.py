@@ -23,12 +23,23 @@ from visionfleet.builders.manifests import (
     ANNOTATION_APPLIED,
     build_compile_job,
     build_config_map,
+    build_revision_service,
     build_service,
     build_triton_deployment,
+    revision_service_name,
+    route_backends,
     serving_name,
     with_applied_hash,
 )
-from visionfleet.planner.model import DeleteServing, EnsureCompileJob, EnsureService, EnsureServing, Plan, VisionDeploymentView
+from visionfleet.planner.model import (
+    DeleteServing,
+    EnsureCompileJob,
+    EnsureService,
+    EnsureServing,
+    Plan,
+    SetRouteWeights,
+    VisionDeploymentView,
+)
 
 FIELD_MANAGER = "visionfleet"
 log = logging.getLogger("visionfleet.act")
@@ -38,6 +49,7 @@ _PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps/{name}",
     "Service": "/api/v1/namespaces/{ns}/services/{name}",
+    "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/{name}",
 }
 
 
@@ -104,14 +116,46 @@ def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], 
         elif isinstance(a, DeleteServing):
             name = serving_name(vd.name, a.class_name, a.revision)
             delete_ += [("Deployment", name), ("ConfigMap", name)]
+        elif isinstance(a, SetRouteWeights):
+            apply_ += [build_revision_service(vd.name, vd.namespace, vd.uid, rev) for rev, _ in a.weights]
     return apply_, delete_
 
 
+def set_route_weights(api: client.ApiClient, vd: VisionDeploymentView, action: SetRouteWeights,
+                      revision_services: dict[str, str]) -> bool:
+    """Point the HTTPRoute's backends for this VisionDeployment at its per-revision Services with the
+    planned weights. Rules that route elsewhere are left alone. Written (with the route's
+    resourceVersion, so a concurrent edit wins and we retry next pass) only when something changed."""
+    path = object_path("HTTPRoute", vd.namespace, action.route)
+    try:
+        route = request(api, "GET", path)
+    except ApiException as e:
+        if e.status == 404:
+            log.warning("%s/%s: HTTPRoute %s not found; traffic stays as it is", vd.namespace, vd.name, action.route)
+            return False
+        raise
+    ours = {vd.name, *revision_services}
+    changed = False
+    for rule in route.get("spec", {}).get("rules", []):
+        new = route_backends(rule.get("backendRefs", []), vd.name, ours, list(action.weights))
+        if new is not None and new != rule.get("backendRefs"):
+            rule["backendRefs"] = new
+            changed = True
+    if changed:
+        request(api, "PUT", path, body=route, query=[("fieldManager", FIELD_MANAGER)])
+    return changed
+
+
 def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, applied: dict[tuple[str, str], str],
-               writes: WriteCounter | None = None) -> WriteCounter:
-    """``applied``: (kind, name) -> the applied-hash annotation of each object as observed."""
+               writes: WriteCounter | None = None, revision_services: dict[str, str] | None = None) -> WriteCounter:
+    """``applied``: (kind, name) -> the applied-hash annotation of each object as observed;
+    ``revision_services``: name -> revision of the per-revision Services that exist."""
     writes = writes or WriteCounter()
+    revision_services = revision_services or {}
     to_apply, to_delete = render(vd, plan)
+    routed = {revision_service_name(vd.name, rev) for a in plan.actions if isinstance(a, SetRouteWeights)
+              for rev, _ in a.weights}
+    to_delete += [("Service", name) for name in revision_services if name not in routed]
     for obj in to_apply:
         obj = with_applied_hash(obj)
         key = (obj["kind"], obj["metadata"]["name"])
@@ -119,6 +163,9 @@ def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, appl
             continue
         server_side_apply(api, obj)
         writes.applies += 1
+    for a in plan.actions:
+        if isinstance(a, SetRouteWeights) and set_route_weights(api, vd, a, revision_services):
+            writes.applies += 1
     for kind, name in to_delete:
         if delete(api, kind, vd.namespace, name):
             writes.deletes += 1

@@ -278,6 +278,34 @@ def build_service(vd: str, namespace: str, uid: str) -> dict[str, Any]:
     }
 
 
+def revision_service_name(vd: str, revision: str) -> str:
+    return child_name(vd, revision[:8])
+
+
+def build_revision_service(vd: str, namespace: str, uid: str, revision: str) -> dict[str, Any]:
+    """One revision's Triton pods, on every class: the backends an HTTPRoute splits traffic between."""
+    svc = build_service(vd, namespace, uid)
+    svc["metadata"]["name"] = revision_service_name(vd, revision)
+    svc["metadata"]["labels"] = labels(vd, "triton", revision=revision)
+    svc["spec"]["selector"] = {LABEL_VD: vd, LABEL_COMPONENT: "triton", LABEL_REVISION: revision}
+    return svc
+
+
+def route_backends(refs: list[dict[str, Any]], vd: str, ours: set[str],
+                   weights: list[tuple[str, int]]) -> list[dict[str, Any]] | None:
+    """An HTTPRoute rule's backendRefs with this VisionDeployment's backends replaced by weighted
+    per-revision Services; None when the rule does not route to this VisionDeployment at all.
+    ``ours``: Service names that belong to it (``<vd>`` and its per-revision Services)."""
+    def mine(ref: dict[str, Any]) -> bool:
+        return ref.get("kind", "Service") == "Service" and ref.get("group", "") == "" and ref.get("name") in ours
+    if not any(mine(r) for r in refs):
+        return None
+    port = next(r.get("port", TRITON_HTTP) for r in refs if mine(r))
+    return [r for r in refs if not mine(r)] + [
+        {"group": "", "kind": "Service", "name": revision_service_name(vd, rev), "port": port, "weight": w}
+        for rev, w in weights]
+
+
 def manifest_hash(obj: dict[str, Any]) -> str:
     """Hash of what we apply; stored on the object so an unchanged one is never re-applied."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -33,6 +33,7 @@ class ObservedObjects:
     jobs: list[ObservedJob] = field(default_factory=list)
     deployments: list[ObservedDeployment] = field(default_factory=list)
     applied: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> applied hash
+    revision_services: dict[str, str] = field(default_factory=dict)  # per-revision Service name -> revision
 
 
 def parse_result(message: str | None) -> tuple[CompileResult | None, str | None]:
@@ -121,4 +122,6 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
         obs.applied[("ConfigMap", cm.metadata.name)] = (cm.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
     for svc in core.list_namespaced_service(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton").items:
         obs.applied[("Service", svc.metadata.name)] = (svc.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
+        if LABEL_REVISION in (svc.metadata.labels or {}):
+            obs.revision_services[svc.metadata.name] = svc.metadata.labels[LABEL_REVISION]
     return obs

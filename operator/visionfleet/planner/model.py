@@ -98,7 +98,16 @@ class EnsureService:
     pass
 
 
-Action = EnsureCompileJob | EnsureServing | DeleteServing | EnsureService
+@dataclass(frozen=True)
+class SetRouteWeights:
+    """Gateway API traffic: the named HTTPRoute's backends for this VisionDeployment become one
+    per-revision Service each, with these weights (percent, summing to 100)."""
+
+    route: str
+    weights: tuple[tuple[str, int], ...]  # (revision, weight)
+
+
+Action = EnsureCompileJob | EnsureServing | DeleteServing | EnsureService | SetRouteWeights
 
 
 @dataclass(frozen=True)

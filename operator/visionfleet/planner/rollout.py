@@ -53,6 +53,7 @@ from .model import (
     EnsureService,
     EnsureServing,
     Event,
+    SetRouteWeights,
     Observed,
     Plan,
     VisionDeploymentView,
@@ -79,6 +80,25 @@ def split_replicas(base: int, weight: int, canary_ready: bool) -> tuple[int, int
         return (0 if canary_ready else base), base
     canary = max(1, math.ceil(base * weight / (100 - weight)))
     return base, min(canary, base * 99)
+
+
+def route_weights(canary: str | None, canary_weight: int, stable: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """Percent of the route's traffic per revision: the canary its weight, the stable revisions the
+    rest in proportion to their replicas; integers that sum to exactly 100."""
+    shares: dict[str, float] = {}
+    rest = 100 - (canary_weight if canary else 0)
+    total = sum(stable.values())
+    for rev, n in sorted(stable.items()):
+        shares[rev] = rest * n / total if total else 0.0
+    if canary:
+        shares[canary] = float(canary_weight) if total else 100.0
+    if not shares:
+        return ()
+    out = {rev: int(v) for rev, v in shares.items()}
+    left = 100 - sum(out.values())
+    for rev in sorted(shares, key=lambda r: (-(shares[r] - int(shares[r])), r))[:left]:
+        out[rev] += 1
+    return tuple(sorted(out.items()))
 
 
 def stable_result_of(cs: ClassStatus) -> CompileResult | None:
@@ -412,6 +432,36 @@ class _Pass:
                 continue
             self.actions.append(DeleteServing(d.class_name, d.revision))
 
+    def traffic(self) -> None:
+        """Gateway API: weights per revision on the user's HTTPRoute (replica ratio needs nothing)."""
+        gw = self.spec.rollout.traffic.gateway_api
+        if self.spec.rollout.traffic.method != "GatewayAPI" or gw is None:
+            return
+        stable: dict[str, int] = {}
+        canary_weight = 0
+        canary = self.st.canary_revision
+        for a in self.actions:
+            if isinstance(a, EnsureServing) and a.track == "stable" and a.replicas > 0:
+                stable[a.revision] = stable.get(a.revision, 0) + a.replicas
+        if canary is not None:
+            serving_canary = any(isinstance(a, EnsureServing) and a.revision == canary and a.replicas > 0
+                                 for a in self.actions)
+            # No traffic before the canary's pods are Ready (the step clock starts then).
+            if serving_canary and (self.st.step_started_at is not None or not stable):
+                canary_weight = self.st.canary_weight or 0
+            elif not serving_canary:
+                canary = None
+        if canary is not None and not stable:
+            ready = all((d := self.observed.deployment(c.name, canary)) is not None and d.ready > 0
+                        for c in self.classes if self.cs[c.name].compile and
+                        self.cs[c.name].compile.state == CompileState.SUCCEEDED.value)
+            canary_weight = 100 if ready else 0
+            if not ready:
+                canary = None
+        weights = route_weights(canary if canary_weight else None, canary_weight, stable)
+        if weights:
+            self.actions.append(SetRouteWeights(gw.http_route, weights))
+
     # -- conditions -----------------------------------------------------------------------------
 
     def conditions(self, compiling: bool) -> None:
@@ -499,6 +549,7 @@ def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
     if compiling:
         p.requeue = min(p.requeue, 2.0)
     p.serving(ok)
+    p.traffic()
     p.st.classes = [p.cs[c.name] for c in p.classes]
     p.st.observed_generation = vd.generation
     p.conditions(compiling)
