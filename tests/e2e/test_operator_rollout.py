@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import time
 
 import pytest
@@ -244,3 +245,24 @@ def test_waves_roll_out_one_class_group_after_another(cluster, operator, namespa
     assert all(classes <= {"xeon"} for wave, classes in seen if wave == 0), "l4 waits for wave 1"
     assert (1, frozenset({"xeon", "l4"})) in seen, seen
     assert st["phase"] == "Healthy"
+
+
+def test_operator_killed_mid_rollout_resumes_from_status(cluster, operator, namespace):
+    g = Given(cluster, namespace).apply(VD)
+    v1 = g.wait_phase("Healthy")["stableRevision"]
+    g.apply(vd_with(model__version="2", rollout__steps=[{"setWeight": 50, "pause": "6s"}, {"setWeight": 100}]))
+    st = g.wait_phase("RollingOut")
+    v2 = st["canaryRevision"]
+    jobs_before = {j["metadata"]["name"] for j in g.objects("jobs")}
+    operator.stop(signal.SIGKILL)
+    try:
+        # While it is down nothing moves on.
+        time.sleep(3)
+        assert g.status()["canaryRevision"] == v2 and g.status()["step"] == 0
+    finally:
+        operator.start()
+    st = wait_for(lambda: (s := g.status()).get("stableRevision") == v2 and s, timeout=90,
+                  what="the restarted operator to finish the rollout")
+    assert st["phase"] == "Healthy" and [h["outcome"] for h in st["history"]] == ["Promoted", "Promoted"]
+    assert {j["metadata"]["name"] for j in g.objects("jobs")} == jobs_before, "no compile Job was recreated"
+    assert v1 != v2
