@@ -1,4 +1,5 @@
-"""Analysis provider: the canary's latency, errors and drift, read from Prometheus.
+"""Analysis provider: the canary's latency, errors and drift, read from Prometheus
+(through ``prometheus-api-client``).
 
 All queries live here. They use Triton's own metric names, and the drift monitor's, with the
 labels the scrape configuration attaches to every series of a VisionFleet pod (see
@@ -16,12 +17,12 @@ Inconclusive: never a pass.
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
 
 from visionfleet.api.spec import AnalysisSpec
 from visionfleet.planner.analysis import Measurement
@@ -54,26 +55,24 @@ class QueryError(Exception):
     pass
 
 
-def instant(url: str, query: str, timeout: float) -> float:
+def connect(url: str, timeout: float) -> PrometheusConnect:
+    # No client-side retries: the planner's inconclusive count is the retry policy, and a pass must
+    # not stall on a Prometheus that is down.
+    return PrometheusConnect(url=url, timeout=timeout, retry=Retry(total=0, read=False))
+
+
+def instant(prom: PrometheusConnect, query: str) -> float:
     """One instant query that must return exactly one finite sample."""
-    full = f"{url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     try:
-        with urllib.request.urlopen(full, timeout=timeout) as resp:
-            payload = json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            detail = json.loads(e.read()).get("error", "")
-        except Exception:
-            detail = ""
-        raise QueryError(f"HTTP {e.code} from Prometheus{': ' + detail if detail else ''}") from e
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise QueryError(f"Prometheus unreachable at {url}: {reason}") from e
-    except json.JSONDecodeError as e:
-        raise QueryError("Prometheus answered with something that is not JSON") from e
-    if payload.get("status") != "success":
-        raise QueryError(f"query failed: {payload.get('error', 'unknown error')}")
-    result = payload.get("data", {}).get("result", [])
+        result = prom.custom_query(query)
+    except PrometheusApiClientException as e:
+        raise QueryError(f"Prometheus refused the query: {str(e)[:300]}") from e
+    except requests.exceptions.Timeout as e:
+        raise QueryError(f"Prometheus at {prom.url} did not answer in time") from e
+    except requests.exceptions.RequestException as e:
+        raise QueryError(f"Prometheus unreachable at {prom.url}: {type(e).__name__}") from e
+    except (ValueError, KeyError) as e:
+        raise QueryError("Prometheus answered with something that is not a query result") from e
     if len(result) == 0:
         raise QueryError("no data for the canary yet")
     if len(result) > 1:
@@ -88,23 +87,24 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> M
     """The canary's numbers, or None when no analysis source is configured."""
     if analysis.prometheus is None or (analysis.slo is None and analysis.drift is None):
         return None
-    url, timeout = analysis.prometheus.url, seconds(analysis.prometheus.timeout)
+    prom = connect(analysis.prometheus.url, seconds(analysis.prometheus.timeout))
     window = f"{max(int(seconds(analysis.interval)), 10)}s"
     q = queries(namespace, vd, revision, window)
     values: dict[str, float | None] = {}
     slo_error = drift_error = None
     if analysis.slo is not None:
         try:
-            values["requests"] = instant(url, q.requests, timeout)
+            values["requests"] = instant(prom, q.requests)
             if values["requests"] > 0:
-                values["error_rate"] = instant(url, q.errors, timeout)
-                values["p99_ms"] = instant(url, q.p99_ms, timeout)
+                values["error_rate"] = instant(prom, q.errors)
+                values["p99_ms"] = instant(prom, q.p99_ms)
         except QueryError as e:
             slo_error = str(e)
     if analysis.drift is not None:
         try:
-            values["drift_window_fill"] = instant(url, q.drift_window_fill, timeout)
-            values["drift_p_value"] = instant(url, q.drift_p_value, timeout)
+            values["drift_window_fill"] = instant(prom, q.drift_window_fill)
+            values["drift_p_value"] = instant(prom, q.drift_p_value)
         except QueryError as e:
             drift_error = str(e)
+    prom.close()
     return Measurement(slo_error=slo_error, drift_error=drift_error, **values)

@@ -1,0 +1,91 @@
+"""The Prometheus provider turns every answer that is not exactly one finite sample into an error
+the planner judges Inconclusive (a canned HTTP server plays Prometheus' query API)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from visionfleet.api.spec import AnalysisSpec
+from visionfleet.observe.prometheus import measure, queries
+
+ANSWERS: dict[str, tuple[int, object, float]] = {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        code, body, delay = ANSWERS["next"]
+        time.sleep(delay)
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_prometheus():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def vector(*values):
+    return {"status": "success", "data": {"resultType": "vector",
+                                          "result": [{"metric": {"pod": f"p{i}"}, "value": [0, v]}
+                                                     for i, v in enumerate(values)]}}
+
+
+def analysis(url):
+    return AnalysisSpec.model_validate({"prometheus": {"url": url, "timeout": "1s"},
+                                        "slo": {"latencyP99Ms": 20}})
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        pytest.param((200, vector(), 0), "no data for the canary yet", id="empty"),
+        pytest.param((200, vector("3", "4"), 0), "2 series where one was expected", id="several-series"),
+        pytest.param((200, vector("NaN"), 0), "the query returned nan", id="nan"),
+        pytest.param((200, vector("+Inf"), 0), "the query returned inf", id="inf"),
+        pytest.param((400, {"status": "error", "error": "parse error"}, 0), "refused the query", id="bad-query"),
+        pytest.param((503, {"status": "error"}, 0), "refused the query", id="unavailable"),
+        pytest.param((200, vector("1"), 2.5), "did not answer in time", id="timeout"),
+    ],
+)
+def test_anything_but_one_finite_sample_is_an_error(fake_prometheus, answer, error):
+    ANSWERS["next"] = answer
+    m = measure(analysis(fake_prometheus), "ns", "vd", "abc")
+    assert m.slo_error is not None and error in m.slo_error
+    assert m.p99_ms is None
+
+
+def test_one_sample_per_query_gives_the_numbers(fake_prometheus):
+    ANSWERS["next"] = (200, vector("12.5"), 0)
+    m = measure(analysis(fake_prometheus), "ns", "vd", "abc")
+    assert m.slo_error is None and (m.requests, m.error_rate, m.p99_ms) == (12.5, 12.5, 12.5)
+
+
+def test_unreachable():
+    m = measure(analysis("http://127.0.0.1:9"), "ns", "vd", "abc")
+    assert "Prometheus unreachable at http://127.0.0.1:9" in m.slo_error
+
+
+def test_no_source_configured_measures_nothing():
+    assert measure(AnalysisSpec(), "ns", "vd", "abc") is None
+
+
+def test_queries_select_the_revision_with_trition_metric_names():
+    q = queries("vision", "doorbell", "abc123", "30s")
+    assert 'nv_inference_request_success{namespace="vision",vision_deployment="doorbell",revision="abc123"}[30s]' \
+        in q.requests
+    assert 'quantile="0.99"' in q.p99_ms and q.p99_ms.endswith("/ 1000)")
