@@ -46,6 +46,9 @@ def api_client() -> client.ApiClient:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{crd.GROUP}/finalizer"
     settings.posting.enabled = False  # our Events come from the plan, not from kopf's own logging
+    # The nudge handler runs on every watch event; its per-event success line would drown the log.
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.peering.standalone = os.environ.get("VISIONFLEET_PEERING") is None
     if not settings.peering.standalone:
