@@ -18,11 +18,14 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from visionfleet.act.apply import WriteCounter, apply_plan, status_from
+from pydantic import ValidationError
+
+from visionfleet.act.apply import WriteCounter, apply_plan, status_from, write_status
 from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.observe.kube import gather
 from visionfleet.observe.prometheus import measure
+from visionfleet.planner.conditions import CondType, Reason, set_condition
 from visionfleet.planner.model import Observed, VisionDeploymentView
 from visionfleet.planner.rollout import plan
 
@@ -68,13 +71,25 @@ def run_pass(body: dict[str, Any]) -> float:
     """One observe -> plan -> act pass (blocking I/O; runs in a worker thread)."""
     md = body["metadata"]
     name, namespace = md["name"], md["namespace"]
+    status = status_from(body.get("status"))
     try:
         spec = VisionDeploymentSpec.model_validate(body.get("spec") or {})
-    except Exception as e:  # the CRD admits it but the models do not: say so, do nothing else
-        log.error("%s/%s: spec rejected by the models: %s", namespace, name, e)
+    except ValidationError as e:
+        # The CRD admitted what the models refuse (an older CRD, say): act on nothing, and say which
+        # field in a Degraded condition rather than crash or guess.
+        first = e.errors()[0]
+        where = "spec." + ".".join(str(p) for p in first["loc"])
+        message = f"{where}: {first['msg']} (nothing is rolled out until the spec is fixed)"
+        log.error("%s/%s: %s", namespace, name, message)
+        new = status.model_copy(deep=True)
+        new.conditions = set_condition(list(new.conditions or []), CondType.DEGRADED, True, Reason.INVALID_SPEC,
+                                       message, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                       md.get("generation"))
+        new.observed_generation = md.get("generation")
+        write_status(api_client(), name, namespace, status, new)
         return 60.0
     vd = VisionDeploymentView(name=name, namespace=namespace, generation=md.get("generation", 0), spec=spec,
-                              status=status_from(body.get("status")), annotations=dict(md.get("annotations") or {}),
+                              status=status, annotations=dict(md.get("annotations") or {}),
                               uid=md["uid"])
     api = api_client()
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)

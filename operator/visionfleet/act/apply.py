@@ -169,16 +169,24 @@ def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, appl
     for kind, name in to_delete:
         if delete(api, kind, vd.namespace, name):
             writes.deletes += 1
-    new = plan.status.to_wire()
-    if new != vd.status.to_wire():
-        server_side_apply(api, {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": crd.KIND,
-                                "metadata": {"name": vd.name, "namespace": vd.namespace}, "status": new},
-                          subresource="status")
+    if write_status(api, vd.name, vd.namespace, vd.status, plan.status):
         writes.status_writes += 1
     for e in plan.events:
         post_event(api, vd, e.type, e.reason, e.message)
         writes.events += 1
     return writes
+
+
+def write_status(api: client.ApiClient, name: str, namespace: str, old: VisionDeploymentStatus,
+                 new: VisionDeploymentStatus) -> bool:
+    """Server-side apply of the whole status, only when it differs from what was read."""
+    wire = new.to_wire()
+    if wire == old.to_wire():
+        return False
+    server_side_apply(api, {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": crd.KIND,
+                            "metadata": {"name": name, "namespace": namespace}, "status": wire},
+                      subresource="status")
+    return True
 
 
 def post_event(api: client.ApiClient, vd: VisionDeploymentView, type_: str, reason: str, message: str) -> None:

@@ -39,6 +39,7 @@ class Reason(str, Enum):
     REPLICAS_NOT_READY = "ReplicasNotReady"
     NONE = "AsExpected"
     DRIFT_DETECTED = "DriftDetected"
+    INVALID_SPEC = "InvalidSpec"
 
 
 def set_condition(conditions: list[Condition], type_: CondType, status: bool, reason: Reason, message: str,
