@@ -1,0 +1,169 @@
+"""Manifests and Triton config: pure functions, checked field by field."""
+
+from __future__ import annotations
+
+import pytest
+
+from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.status import ChosenBatching, CompileResult
+from visionfleet.builders.manifests import (
+    ANNOTATION_APPLIED,
+    NAME_MAX,
+    build_compile_job,
+    build_config_map,
+    build_service,
+    build_triton_deployment,
+    child_name,
+    compile_job_name,
+    manifest_hash,
+    with_applied_hash,
+)
+from visionfleet.builders.triton_config import build_triton_config
+from visionfleet.planner.classes import ObservedNode, resolve_classes
+
+from .planner_sim import SPEC
+
+REV = "0123456789ab"
+RESULT = CompileResult(state="Succeeded", artifact="pvc://models/repo/x", accuracy=0.99,
+                       batching=ChosenBatching(max_batch_size=8, preferred_batch_sizes=[4, 8],
+                                               max_queue_delay_microseconds=400, instance_count=2))
+
+
+def spec(**serving):
+    raw = dict(SPEC, serving=serving) if serving else dict(SPEC)
+    return VisionDeploymentSpec.model_validate(raw)
+
+
+def classes(s=None):
+    return {c.name: c for c in resolve_classes(s or spec(), [])}
+
+
+def restricted(pod_spec):
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod_spec["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True
+    assert pod_spec.get("hostNetwork") is not True and pod_spec.get("hostPID") is not True
+
+
+def test_compile_job_runs_on_its_class_without_api_access():
+    job = build_compile_job("doorbell", "vision", "uid-1", spec(), classes()["l4"], REV)
+    assert job["metadata"]["name"] == "doorbell-l4-01234567-compile"
+    assert job["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "visionfleet.io/v1alpha1", "kind": "VisionDeployment", "name": "doorbell", "uid": "uid-1",
+        "controller": True, "blockOwnerDeletion": True}
+    js = job["spec"]
+    assert js["backoffLimit"] == 1 and js["activeDeadlineSeconds"] == 1800 and js["ttlSecondsAfterFinished"] > 0
+    assert js["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3]
+    pod = js["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    restricted(pod)
+    labels = js["template"]["metadata"]["labels"]
+    assert labels["visionfleet.io/class"] == "l4" and labels["visionfleet.io/revision"] == REV
+
+
+def test_pvc_model_repository_is_mounted_at_the_artifact_dir():
+    s = spec(modelRepository="pvc://models/repository")
+    dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["xeon"], REV, 3, RESULT, "canary")
+    pod = dep["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models/effnet/1"]["subPath"] == f"repository/effnet/{REV}-xeon"
+    assert mounts["/models/effnet/config.pbtxt"]["subPath"] == "config.pbtxt"
+    claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": "models", "readOnly": True}]
+
+
+def test_triton_deployment_probes_selector_and_security():
+    dep = build_triton_deployment("doorbell", "vision", "u", spec(), classes()["l4"], REV, 2, RESULT, "stable")
+    assert dep["metadata"]["name"] == "doorbell-l4-01234567" and dep["spec"]["replicas"] == 2
+    assert dep["spec"]["selector"]["matchLabels"] == {"visionfleet.io/vision-deployment": "doorbell",
+                                                      "visionfleet.io/class": "l4", "visionfleet.io/revision": REV}
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert "--metrics-config=summary_latencies=true" in c["args"] and "--load-model=effnet" in c["args"]
+    assert {p["containerPort"] for p in c["ports"]} == {8000, 8001, 8002}
+    restricted(dep["spec"]["template"]["spec"])
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_discovered_cpu_class_avoids_gpu_nodes_by_affinity():
+    raw = dict(SPEC)
+    raw["fleet"] = {"discover": {"groupBy": ["nvidia.com/gpu.product"], "cpuPrecision": "fp32"}}
+    s = VisionDeploymentSpec.model_validate(raw)
+    nodes = [ObservedNode("x", {"kubernetes.io/arch": "amd64"}), ObservedNode("g", {"nvidia.com/gpu.product": "L4"}, gpus=1)]
+    cpu = next(c for c in resolve_classes(s, nodes) if c.name == "none")
+    job = build_compile_job("vd", "ns", "u", s, cpu, REV)
+    terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "DoesNotExist"}]}]
+
+
+def test_service_selects_every_triton_pod_of_the_visiondeployment():
+    svc = build_service("doorbell", "vision", "u")
+    assert svc["spec"]["selector"] == {"visionfleet.io/vision-deployment": "doorbell",
+                                       "app.kubernetes.io/component": "triton"}
+
+
+def test_config_pbtxt_for_each_runtime():
+    s = spec()
+    trt = build_triton_config(s.model, "tensorrt", RESULT.batching)
+    assert trt == """name: "effnet"
+platform: "tensorrt_plan"
+default_model_filename: "model.plan"
+max_batch_size: 8
+input [
+  {
+    name: "images"
+    data_type: TYPE_FP32
+    dims: [ 3, 224, 224 ]
+  }
+]
+output [
+  {
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ 1000 ]
+  }
+]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 400
+}
+instance_group [
+  {
+    count: 2
+    kind: KIND_GPU
+  }
+]
+"""
+    ov = build_triton_config(s.model, "openvino", None)
+    assert 'backend: "openvino"' in ov and "max_batch_size: 0" in ov and "dynamic_batching" not in ov
+    assert "kind: KIND_CPU" in ov and 'default_model_filename: "model.xml"' in ov
+
+
+def test_config_map_carries_the_config():
+    cm = build_config_map("doorbell", "vision", "u", spec(), classes()["xeon"], REV, RESULT)
+    assert cm["data"]["config.pbtxt"].startswith('name: "effnet"\nbackend: "onnxruntime"')
+
+
+@pytest.mark.parametrize("parts", [("a" * 40, "b" * 40, REV[:8], "compile"), ("vd", "c" * 63, REV[:8])])
+def test_long_names_are_cut_to_63_with_a_hash_and_stay_unique(parts):
+    name = child_name(*parts)
+    assert len(name) <= NAME_MAX and name == child_name(*parts)
+    assert name != child_name(*parts[:-1], parts[-1] + "x")
+
+
+def test_applied_hash_is_stable_and_tracks_content():
+    job = build_compile_job("doorbell", "vision", "u", spec(), classes()["l4"], REV)
+    a, b = with_applied_hash(job), with_applied_hash(job)
+    assert a == b and a["metadata"]["annotations"][ANNOTATION_APPLIED] == manifest_hash(job)
+    assert "annotations" not in job["metadata"], "the input is not modified"
+    other = build_compile_job("doorbell", "vision", "u", spec(), classes()["xeon"], REV)
+    assert manifest_hash(other) != manifest_hash(job)
+    assert compile_job_name("doorbell", "xeon", REV) == other["metadata"]["name"]
