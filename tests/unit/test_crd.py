@@ -35,6 +35,11 @@ def test_checked_in_crd_matches_the_models():
     assert path.read_text() == crdmod.render(), "crds/ is stale: run `make crd` (visionfleet-crd) and commit it"
 
 
+def test_checked_in_reference_matches_the_models():
+    path = REPO / "docs" / "reference.md"
+    assert path.read_text() == crdmod.render_reference(), "docs/reference.md is stale: run `make crd`"
+
+
 def test_check_mode_reports_a_stale_file(tmp_path, capsys):
     stale = tmp_path / "crd.yaml"
     stale.write_text(crdmod.render().replace("shortNames:", "shortNamez:"))
