@@ -67,6 +67,17 @@ def test_compile_job_runs_on_its_class_without_api_access():
     assert labels["visionfleet.io/class"] == "l4" and labels["visionfleet.io/revision"] == REV
 
 
+def test_compile_job_mounts_every_named_claim_read_only_but_the_repository():
+    s = spec(modelRepository="pvc://repo/triton")
+    job = build_compile_job("doorbell", "vision", "u", s, classes(s)["xeon"], REV)
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"models": True, "repo": False}  # model.uri is pvc://models/m.onnx
+    paths = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/pvc/models", "/pvc/repo", "/tmp"} == paths
+
+
 def test_pvc_model_repository_is_mounted_at_the_artifact_dir():
     s = spec(modelRepository="pvc://models/repository")
     dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["xeon"], REV, 3, RESULT, "canary")

@@ -149,10 +149,16 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
     }
     volumes = [{"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    # Every claim the request names is mounted at /pvc/<claim> (the compile program's
+    # VISIONFLEET_PVC_ROOT); only the model repository's is writable.
     repo = _pvc(spec.serving.model_repository)
+    sources = [spec.model.uri, spec.compile.calibration.uri if spec.compile.calibration else None]
+    claims = {c[0]: False for u in sources if (c := _pvc(u))}
     if repo:
-        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": repo[0]}})
-        mounts.append({"name": "models", "mountPath": "/models"})
+        claims[repo[0]] = True
+    for i, (claim, writable) in enumerate(sorted(claims.items())):
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"/pvc/{claim}", "readOnly": not writable})
     lbls = labels(vd, "compile", cls.name, revision)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

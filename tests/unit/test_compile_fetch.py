@@ -1,0 +1,91 @@
+"""Fetching and verifying the model: every failure names the spec field and says what was expected."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from visionfleet_compile.fetch import FetchError, fetch
+
+DATA = b"not really onnx, but bytes with a known digest"
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture()
+def pvc(tmp_path, monkeypatch):
+    root = tmp_path / "pvc"
+    (root / "models" / "effnet").mkdir(parents=True)
+    (root / "models" / "effnet" / "model.onnx").write_bytes(DATA)
+    monkeypatch.setenv("VISIONFLEET_PVC_ROOT", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    d = tmp_path_factory.mktemp("web")
+    (d / "model.onnx").write_bytes(DATA)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(d)))
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_pvc_is_read_in_place_and_verified(pvc, tmp_path):
+    path = fetch("pvc://models/effnet/model.onnx", SHA, "model.uri", tmp_path / "work")
+    assert path == pvc / "models" / "effnet" / "model.onnx"
+
+
+def test_file_uri(tmp_path):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(DATA)
+    assert fetch(f"file://{f}", None, "model.uri", tmp_path) == f
+
+
+def test_https_is_downloaded_into_the_work_dir(tmp_path, monkeypatch):
+    from visionfleet_compile import fetch as mod
+    calls = []
+
+    def fake_download(url, dest, field, timeout=300):
+        calls.append((url, dest, field))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(DATA)
+        return dest
+    monkeypatch.setattr(mod, "download", fake_download)
+    path = fetch("https://models.example.com/gate/m.onnx", SHA, "model.uri", tmp_path / "dl")
+    assert calls == [("https://models.example.com/gate/m.onnx", tmp_path / "dl" / "m.onnx", "model.uri")]
+    assert path.read_bytes() == DATA
+
+
+def test_download_over_a_real_socket(web, tmp_path):
+    from visionfleet_compile.fetch import download
+    assert download(web + "/model.onnx", tmp_path / "m.onnx", "model.uri").read_bytes() == DATA
+    with pytest.raises(FetchError, match="model.uri: .*HTTP 404"):
+        download(web + "/nope.onnx", tmp_path / "n.onnx", "model.uri")
+
+
+@pytest.mark.parametrize(
+    ("uri", "sha", "field", "message"),
+    [
+        pytest.param("pvc://models/effnet/missing.onnx", None, "model.uri", "no such file on claim 'models'",
+                     id="missing-file"),
+        pytest.param("pvc://other/x.onnx", None, "model.uri", "claim 'other' is not mounted", id="claim-not-mounted"),
+        pytest.param("pvc://models", None, "model.uri", "expected pvc://<claim>/<path>", id="no-path"),
+        pytest.param("pvc://models/effnet/model.onnx", "0" * 64, "model.sha256", f"has sha256 {SHA}",
+                     id="bad-hash"),
+        pytest.param("s3://bucket/m.onnx", None, "model.uri", "s3:// is not supported", id="s3"),
+        pytest.param("ftp://x/m.onnx", None, "model.uri", "unknown scheme 'ftp'", id="scheme"),
+        pytest.param("m.onnx", None, "model.uri", "is not a URI", id="not-a-uri"),
+        pytest.param("pvc://models/effnet/model.onnx", "0" * 64, "compile.calibration.sha256", "the spec says",
+                     id="calibration-hash"),
+    ],
+)
+def test_failures_name_the_field(pvc, tmp_path, uri, sha, field, message):
+    source_field = field.replace(".sha256", ".uri")
+    with pytest.raises(FetchError) as err:
+        fetch(uri, sha, source_field, tmp_path)
+    assert err.value.field == field and message in str(err.value) and str(err.value).startswith(field + ":")
