@@ -1,0 +1,164 @@
+"""The ONNX Runtime target, and the checks every target shares.
+
+    model.onnx ──► check_io (names, types, shapes vs spec.model)   error names e.g. model.inputs[0].dims
+        ├─ fp32: ORT graph optimisation (ORT_ENABLE_ALL), saved as the artifact
+        └─ int8: static QDQ quantisation with the calibration set (per-channel weights)
+    artifact vs fp32 reference on held-out samples ──► top-1 agreement (and top-1 accuracy with labels)
+    artifact on this node ──► p50/p99 latency and throughput per batch size (the batching profile)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .batching import ProfilePoint
+
+ONNX_TO_TRITON = {
+    onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.INT8: "INT8",
+    onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64",
+}
+NUMPY = {"FP32": np.float32, "FP16": np.float16, "INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32,
+         "INT64": np.int64}
+
+
+class ModelMismatch(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, … for a file that is not ONNX
+        raise ModelMismatch("model.uri", f"{path.name} is not a valid ONNX model: {str(e).splitlines()[0][:300]}") from e
+    return model
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int]:
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_io(model: onnx.ModelProto, spec_model: dict) -> None:
+    """The ONNX graph's inputs/outputs must be what ``spec.model`` declares (batch dimension first)."""
+    initializers = {i.name for i in model.graph.initializer}
+    graph_io = {
+        "inputs": [v for v in model.graph.input if v.name not in initializers],
+        "outputs": list(model.graph.output),
+    }
+    for kind, declared in (("inputs", spec_model["inputs"]), ("outputs", spec_model["outputs"])):
+        actual = {v.name: v for v in graph_io[kind]}
+        if len(declared) != len(actual):
+            raise ModelMismatch(f"model.{kind}", f"the spec declares {len(declared)}, the model has {len(actual)} "
+                                                  f"({', '.join(actual)})")
+        for i, t in enumerate(declared):
+            v = actual.get(t["name"])
+            if v is None:
+                raise ModelMismatch(f"model.{kind}[{i}].name",
+                                    f"no {kind[:-1]} named {t['name']!r} in the model (it has {', '.join(actual)})")
+            dtype = ONNX_TO_TRITON.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))
+            if dtype != t["dataType"]:
+                raise ModelMismatch(f"model.{kind}[{i}].dataType", f"the model's {t['name']} is {dtype}, "
+                                                                  f"the spec says {t['dataType']}")
+            dims = _dims(v)
+            if len(dims) != len(t["dims"]) + 1:
+                raise ModelMismatch(f"model.{kind}[{i}].dims",
+                                    f"the model's {t['name']} has shape {dims} (batch first); the spec's dims "
+                                    f"{t['dims']} need {len(t['dims']) + 1} dimensions with the batch")
+            for want, got in zip(t["dims"], dims[1:]):
+                if want != -1 and got != -1 and want != got:
+                    raise ModelMismatch(f"model.{kind}[{i}].dims", f"the model's {t['name']} is {dims[1:]} "
+                                                                  f"without the batch, the spec says {t['dims']}")
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def build_fp32(src: Path, dest: Path) -> Path:
+    """ORT's offline graph optimisation: the optimised graph is the artifact."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dest)
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    return dest
+
+
+class _Calibration:
+    def __init__(self, input_name: str, samples: np.ndarray, batch: int = 8):
+        self.batches = [{input_name: samples[i:i + batch]} for i in range(0, len(samples), batch)]
+
+    def get_next(self):
+        return self.batches.pop(0) if self.batches else None
+
+    def rewind(self):  # some ORT versions call it
+        pass
+
+
+def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(input_name, calibration)
+    quantize_static(str(src), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return dest
+
+
+def predict(sess: ort.InferenceSession, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1_agreement: float
+    top1_accuracy: float | None
+    reference_accuracy: float | None
+    samples: int
+
+
+def compare(reference: ort.InferenceSession, artifact: ort.InferenceSession, x: np.ndarray,
+            labels: np.ndarray | None) -> Accuracy:
+    ref = predict(reference, x).argmax(axis=1)
+    got = predict(artifact, x).argmax(axis=1)
+    agreement = float((ref == got).mean())
+    acc = float((got == labels).mean()) if labels is not None else None
+    ref_acc = float((ref == labels).mean()) if labels is not None else None
+    return Accuracy(agreement, acc, ref_acc, len(x))
+
+
+def profile(sess: ort.InferenceSession, sample: np.ndarray, batches: list[int], seconds_per_point: float = 1.0,
+            min_runs: int = 20) -> list[ProfilePoint]:
+    """Latency percentiles and throughput of each batch size, run back to back on this node."""
+    name = sess.get_inputs()[0].name
+    points = []
+    for b in batches:
+        x = np.repeat(sample[:1], b, axis=0)
+        for _ in range(3):  # warm-up
+            sess.run(None, {name: x})
+        times = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < seconds_per_point:
+            t0 = time.perf_counter()
+            sess.run(None, {name: x})
+            times.append((time.perf_counter() - t0) * 1000)
+            if len(times) >= 10_000:
+                break
+        arr = np.array(times)
+        points.append(ProfilePoint(batch=b, p50_ms=float(np.percentile(arr, 50)),
+                                   p99_ms=float(np.percentile(arr, 99)),
+                                   throughput=float(b * 1000 / arr.mean())))
+    return points

@@ -1,0 +1,223 @@
+"""``visionfleet-compile``: the program each compile Job runs.
+
+    request (env VISIONFLEET_COMPILE_REQUEST, or --request FILE), written by the operator
+      └─ fetch + verify the model ─ check its inputs/outputs against the spec
+      └─ build the artifact for this class's runtime and precision (ONNX Runtime fp32 / int8 here)
+      └─ accuracy gate against the fp32 reference on held-out samples
+      └─ latency profile per batch size on this node ─ batching choice under the budget
+      └─ write <repository>/<model>/<revision>-<class>/{model.onnx, config.pbtxt}
+      └─ result JSON ─► stdout and the termination message (how the operator reads it)
+
+Exit codes: 0 compiled; 2 bad input (the field is named: no retry can fix it); 3 accuracy gate
+failed (with the numbers); 1 anything else (the Job may retry). One JSON log line per phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT, EXIT_GATE = 2, 3
+TERMINATION_LOG = "/dev/termination-log"
+MESSAGE_MAX = 4096  # the kubelet keeps at most 4 KiB of a termination message
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+class TargetUnavailable(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class GateFailed(Exception):
+    pass
+
+
+def log(phase: str, **fields: Any) -> None:
+    print(json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "phase": phase, **fields}),
+          flush=True)
+
+
+def _output_dir(request: dict, workdir: Path) -> tuple[Path, str]:
+    from .fetch import pvc_root
+
+    out = request.get("output") or {}
+    repo, rel = out.get("repository"), out.get("dir") or f"{request['model']['name']}/{request['revision']}"
+    if repo and repo.startswith("pvc://"):
+        claim = repo[len("pvc://"):].split("/", 1)[0]
+        return pvc_root() / claim / rel, f"pvc://{claim}/{rel}"
+    local = workdir / "repository" / rel
+    return local, f"file://{local}"
+
+
+def _samples(request: dict, workdir: Path):
+    """(calibration inputs, evaluation inputs, evaluation labels or None)."""
+    import numpy as np
+
+    from .fetch import fetch
+
+    model = request["model"]
+    calib = (request.get("compile") or {}).get("calibration")
+    shape = [d if d > 0 else 1 for d in model["inputs"][0]["dims"]]
+    if calib is None:
+        if request["precision"] == "int8":
+            raise TargetUnavailable("compile.calibration", "precision int8 needs calibration data (set its uri)")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, *shape), dtype=np.float32)
+        return x[:0], x, None
+    path = fetch(calib["uri"], calib.get("sha256"), "compile.calibration.uri", workdir)
+    try:
+        data = np.load(path)
+        images = data["images"] if "images" in data.files else data[data.files[0]]
+        labels = data["labels"] if "labels" in data.files else None
+    except Exception as e:
+        raise TargetUnavailable("compile.calibration.uri", f"not a readable .npz with an 'images' array: {e}") from e
+    if list(images.shape[1:]) != shape:
+        raise TargetUnavailable("compile.calibration.uri", f"images are {list(images.shape[1:])} per sample, the "
+                                                           f"model input {model['inputs'][0]['name']} is {shape}")
+    n = min(int(calib.get("samples", 512)), len(images))
+    held_out = images[n:] if len(images) > n else images  # too few samples: evaluate on what there is
+    held_labels = (labels[n:] if len(images) > n else labels) if labels is not None else None
+    return images[:n].astype(np.float32), held_out.astype(np.float32), held_labels
+
+
+def compile_request(request: dict, workdir: Path) -> dict:
+    from visionfleet.api.spec import ModelSpec
+    from visionfleet.api.status import ChosenBatching
+    from visionfleet.builders.triton_config import build_triton_config
+
+    from . import onnxrt
+    from .batching import choose_batching
+    from .fetch import fetch, sha256_of
+
+    runtime, precision = request["runtime"], request["precision"]
+    if runtime == "tensorrt":
+        raise TargetUnavailable("fleet.classes[].runtime", "tensorrt needs an NVIDIA GPU and TensorRT on the node; "
+                                                           "this node has neither (use onnxruntime or openvino here)")
+    if runtime != "onnxruntime":
+        raise TargetUnavailable("fleet.classes[].runtime", f"the {runtime} target is not in this compile image yet")
+    model_spec, compile_spec = request["model"], request.get("compile") or {}
+
+    log("fetch", uri=model_spec["uri"])
+    src = fetch(model_spec["uri"], model_spec.get("sha256"), "model.uri", workdir)
+    log("inspect", file=src.name)
+    onnxrt.check_io(onnxrt.load_model(src), model_spec)
+    calib, held_out, labels = _samples(request, workdir)
+
+    out_dir, out_uri = _output_dir(request, workdir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifact = out_dir / "model.onnx"
+    log("build", runtime=runtime, precision=precision, calibration_samples=len(calib))
+    if precision == "int8":
+        onnxrt.build_int8(src, artifact, calib, model_spec["inputs"][0]["name"])
+    else:
+        onnxrt.build_fp32(src, artifact)
+
+    reference, built = onnxrt.session(src), onnxrt.session(artifact)
+    acc = onnxrt.compare(reference, built, held_out, labels)
+    gate = compile_spec.get("accuracyGate") or {"metric": "top1Agreement", "min": 0.99}
+    measured = acc.top1_agreement if gate["metric"] == "top1Agreement" else acc.top1_accuracy
+    log("accuracy", top1_agreement=acc.top1_agreement, top1_accuracy=acc.top1_accuracy,
+        reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, gate=gate)
+    if measured is None:
+        raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels in the calibration .npz")
+    if measured < gate["min"]:
+        raise GateFailed(f"accuracy gate failed: {gate['metric']} {measured:.4f} < {gate['min']} "
+                         f"on {acc.samples} held-out samples (runtime {runtime}, precision {precision})")
+
+    batching = compile_spec.get("batching") or {"mode": "auto", "latencyBudgetMs": 50}
+    log("profile", batches=list(BATCHES))
+    # Time per batch size: long enough for a stable p99 on a node; tests shorten it.
+    points = onnxrt.profile(built, held_out, list(BATCHES),
+                            seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")))
+    if batching.get("mode") == "manual":
+        chosen = ChosenBatching(max_batch_size=batching["maxBatchSize"],
+                                preferred_batch_sizes=batching.get("preferredBatchSizes"),
+                                max_queue_delay_microseconds=batching.get("maxQueueDelayMicroseconds"),
+                                instance_count=batching.get("instanceCount"))
+        reason = "manual settings from the spec"
+    else:
+        c = choose_batching(points, float(batching["latencyBudgetMs"]))
+        chosen = ChosenBatching(max_batch_size=c.max_batch_size, preferred_batch_sizes=list(c.preferred_batch_sizes),
+                                max_queue_delay_microseconds=c.max_queue_delay_microseconds,
+                                instance_count=c.instance_count)
+        reason = c.reason
+    log("batching", choice=chosen.to_wire(), reason=reason)
+    (out_dir / "config.pbtxt").write_text(
+        build_triton_config(ModelSpec.model_validate(model_spec), runtime, chosen))
+
+    import onnxruntime
+
+    return {
+        "artifact": f"{out_uri}/model.onnx",
+        "sha256": sha256_of(artifact),
+        "accuracy": round(measured, 6),
+        "p99MsAtBatch": {str(p.batch): round(p.p99_ms, 3) for p in points},
+        "batching": chosen.to_wire(),
+        "runtime": {"name": runtime, "precision": precision, "onnxruntime": onnxruntime.__version__,
+                    "cpu": platform.processor() or platform.machine()},
+        "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
+    }
+
+
+def write_termination_message(result: dict | str) -> None:
+    """The result JSON on success; on failure the plain message (the operator shows it as is)."""
+    if isinstance(result, str):
+        text = result[-MESSAGE_MAX:]
+    else:
+        text = json.dumps(result, separators=(",", ":"))
+        if len(text) > MESSAGE_MAX:  # keep what the operator reads; drop the extras first
+            text = json.dumps({k: result[k] for k in ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching")
+                               if k in result}, separators=(",", ":"))
+    path = Path(os.environ.get("VISIONFLEET_TERMINATION_LOG", TERMINATION_LOG))
+    try:
+        path.write_text(text)
+    except OSError:
+        pass  # not in a pod: stdout carries it
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visionfleet-compile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compile", help="compile the model for this node class (the compile Job's command)")
+    p.add_argument("--request", type=Path, help="request JSON file (default: $VISIONFLEET_COMPILE_REQUEST)")
+    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "visionfleet-compile")
+    args = parser.parse_args(argv)
+
+    from .fetch import FetchError
+    from .onnxrt import ModelMismatch
+
+    try:
+        raw = args.request.read_text() if args.request else os.environ["VISIONFLEET_COMPILE_REQUEST"]
+        request = json.loads(raw)
+    except (KeyError, OSError, json.JSONDecodeError) as e:
+        print(f"error: no readable compile request ({e}); pass --request or set VISIONFLEET_COMPILE_REQUEST",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        result = compile_request(request, args.workdir)
+    except (FetchError, ModelMismatch, TargetUnavailable) as e:
+        log("failed", field=e.field, error=str(e))
+        write_termination_message(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except GateFailed as e:
+        log("failed", error=str(e))
+        write_termination_message(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_GATE
+    write_termination_message(result)
+    log("done", **{k: result[k] for k in ("artifact", "accuracy", "batching")})
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

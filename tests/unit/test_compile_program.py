@@ -1,0 +1,136 @@
+"""The compile program on a tiny real ONNX classifier with ONNX Runtime: fp32 and int8 artifacts,
+accuracy gate, profile, batching, config.pbtxt, and a result the operator can read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from visionfleet.observe.kube import parse_result
+from visionfleet_compile import program
+
+C, H, W, CLASSES = 3, 8, 8, 10
+
+
+def tiny_classifier(path, seed=0):
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: a real (small) image classifier graph."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, C, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "conv_b"),
+        numpy_helper.from_array(rng.standard_normal((16, CLASSES)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.standard_normal(CLASSES).astype(np.float32) * 0.1, "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", C, H, W])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path, monkeypatch):
+    root = tmp_path / "pvc"
+    (root / "models").mkdir(parents=True)
+    model = tiny_classifier(root / "models" / "tiny.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(root / "models" / "calib.npz", images=rng.standard_normal((96, C, H, W)).astype(np.float32),
+             labels=rng.integers(0, CLASSES, 96))
+    monkeypatch.setenv("VISIONFLEET_PVC_ROOT", str(root))
+    monkeypatch.setenv("VISIONFLEET_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    monkeypatch.setenv("VISIONFLEET_PROFILE_SECONDS", "0.05")
+    return {"root": root, "sha": hashlib.sha256(model.read_bytes()).hexdigest(), "tmp": tmp_path}
+
+
+def request(files, precision="fp32", **compile_changes):
+    compile_spec = {"calibration": {"uri": "pvc://models/calib.npz", "samples": 64},
+                    "accuracyGate": {"metric": "top1Agreement", "min": 0.9},
+                    "batching": {"mode": "auto", "latencyBudgetMs": 50}}
+    compile_spec.update(compile_changes)
+    return {
+        "revision": "0123456789ab", "class": "xeon", "runtime": "onnxruntime", "precision": precision,
+        "model": {"name": "tiny", "version": "1", "uri": "pvc://models/tiny.onnx", "sha256": files["sha"],
+                  "inputs": [{"name": "images", "dataType": "FP32", "dims": [C, H, W]}],
+                  "outputs": [{"name": "logits", "dataType": "FP32", "dims": [CLASSES]}]},
+        "compile": compile_spec,
+        "output": {"repository": "pvc://models/repository", "dir": "repository/tiny/0123456789ab-xeon"},
+    }
+
+
+def run(files, req, capsys):
+    path = files["tmp"] / "request.json"
+    path.write_text(json.dumps(req))
+    code = program.main(["compile", "--request", str(path), "--workdir", str(files["tmp"] / "work")])
+    message = (files["tmp"] / "termination-log").read_text()
+    capsys.readouterr()
+    return code, message
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_compiles_and_reports_a_result_the_operator_reads(files, capsys, precision):
+    code, message = run(files, request(files, precision), capsys)
+    assert code == 0, message
+    result, why = parse_result(message)
+    assert why is None and result.state == "Succeeded"
+    out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
+    assert result.artifact == "pvc://models/repository/tiny/0123456789ab-xeon/model.onnx"
+    assert result.sha256 == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert result.accuracy >= 0.9
+    assert set(result.p99_ms_at_batch) == {"1", "2", "4", "8", "16", "32"}
+    assert result.batching.max_batch_size in (1, 2, 4, 8, 16, 32)
+    config = (out / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and f"max_batch_size: {result.batching.max_batch_size}" in config
+    if precision == "int8":
+        ops = {n.op_type for n in onnx.load(out / "model.onnx").graph.node}
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, "a real int8 (QDQ) graph"
+
+
+def test_accuracy_gate_failure_exits_3_with_the_numbers(files, capsys):
+    code, message = run(files, request(files, "int8", accuracyGate={"metric": "top1Agreement", "min": 1.01}), capsys)
+    assert code == 3
+    assert "accuracy gate failed: top1Agreement" in message and "< 1.01" in message and "held-out samples" in message
+
+
+def test_manual_batching_overrides_the_profile(files, capsys):
+    manual = {"mode": "manual", "maxBatchSize": 4, "preferredBatchSizes": [2, 4], "maxQueueDelayMicroseconds": 700}
+    code, message = run(files, request(files, batching=manual), capsys)
+    result, _ = parse_result(message)
+    assert code == 0 and result.batching.max_batch_size == 4 and result.batching.max_queue_delay_microseconds == 700
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "text"),
+    [
+        pytest.param(lambda r: r["model"]["inputs"][0].update(dims=[C, 16, 16]), "model.inputs[0].dims",
+                     "without the batch", id="shape"),
+        pytest.param(lambda r: r["model"]["inputs"][0].update(name="pixels"), "model.inputs[0].name",
+                     "no input named 'pixels'", id="name"),
+        pytest.param(lambda r: r["model"]["outputs"][0].update(dataType="FP16"), "model.outputs[0].dataType",
+                     "is FP32, the spec says FP16", id="dtype"),
+        pytest.param(lambda r: r["model"].update(sha256="0" * 64), "model.sha256", "the spec says", id="hash"),
+        pytest.param(lambda r: r["model"].update(uri="pvc://models/calib.npz", sha256=None), "model.uri",
+                     "is not a valid ONNX model", id="not-onnx"),
+        pytest.param(lambda r: r.update(runtime="tensorrt"), "fleet.classes[].runtime", "needs an NVIDIA GPU",
+                     id="no-gpu"),
+        pytest.param(lambda r: r["compile"].pop("calibration") and r.update(precision="int8"), "compile.calibration",
+                     "int8 needs calibration data", id="int8-without-calibration"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(files, capsys, change, field, text):
+    req = request(files)
+    change(req)
+    code, message = run(files, req, capsys)
+    assert code == 2 and message.startswith(field + ":") and text in message
