@@ -159,6 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     show(f"Applying the examples in docs/examples/ to namespace '{DEMO_NAMESPACE}'")
     ns = cluster.kubectl("create", "namespace", DEMO_NAMESPACE, "--dry-run=client", "-o", "yaml").stdout
     cluster.kubectl("apply", "-f", "-", input=ns)
+    cluster.ensure_claim(DEMO_NAMESPACE, "models")  # the examples keep models on pvc://models/...
     names = []
     for example in sorted(EXAMPLES_DIR.glob("*.yaml")):
         out = cluster.kubectl("apply", "--server-side", "--field-manager=demo", "-n", DEMO_NAMESPACE,

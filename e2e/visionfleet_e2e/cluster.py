@@ -254,6 +254,26 @@ class LocalCluster:
                      f"--timeout={int(timeout)}s", timeout=timeout + 30)
         self.log(f"{len(nodes)} nodes Ready in {time.monotonic() - t0:.1f}s")
 
+    def ensure_claim(self, namespace: str, claim: str = "models", size: str = "10Gi") -> None:
+        """A bound PersistentVolumeClaim ``claim`` in ``namespace`` (statically provisioned: a
+        hostPath PersistentVolume reserved for it), as a cluster with a models volume has. kwok pods
+        never touch its files; the scheduler only needs the claim to exist and be bound."""
+        pv = {"apiVersion": "v1", "kind": "PersistentVolume",
+              "metadata": {"name": f"{namespace}-{claim}", "labels": {"visionfleet.io/fleet-volume": "true"}},
+              "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteMany"],
+                       "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+                       "hostPath": {"path": f"/var/lib/visionfleet/{namespace}/{claim}"},
+                       "claimRef": {"namespace": namespace, "name": claim}}}
+        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
+               "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{namespace}-{claim}",
+                        "resources": {"requests": {"storage": size}}}}
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+        deadline = time.monotonic() + 60
+        while self.kubectl_json("get", "pvc", claim, "-n", namespace).get("status", {}).get("phase") != "Bound":
+            if time.monotonic() > deadline:
+                raise ClusterError(f"claim {namespace}/{claim} did not bind to its volume within 60s")
+            time.sleep(0.3)
+
     # -- companions: processes started beside the cluster (the demo's operator, Prometheus) ------
 
     def start_companion(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:

@@ -115,7 +115,10 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
         except Exception:
             log.exception("%s/%s: reconcile pass failed; retrying", body["metadata"]["namespace"], body["metadata"]["name"])
             delay = 5.0
-        try:
-            await asyncio.wait_for(memo.nudge.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            pass
+        # Sleep until the planner's requeue time, a watch event (nudge), or kopf stopping the daemon
+        # (deletion, shutdown): the latter must not wait out a 30 s requeue.
+        nudged = asyncio.ensure_future(memo.nudge.wait())
+        halted = asyncio.ensure_future(stopped.wait())
+        _, pending = await asyncio.wait({nudged, halted}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()

@@ -42,6 +42,14 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text().splitlines()[-lines:])
 
 
+@pytest.fixture()
+def namespace(namespace, cluster):
+    """The shared fresh namespace, plus the bound "models" claim the specs keep their models on (the
+    operator mounts it into compile Jobs, so their pods need it to schedule, as in a real cluster)."""
+    cluster.ensure_claim(namespace, "models")
+    return namespace
+
+
 @pytest.fixture(scope="session")
 def operator(cluster, tmp_path_factory):
     install_crds(cluster)
