@@ -294,12 +294,7 @@ class LocalCluster:
         pid, exe = int(pid_s), exe.strip()
 
         def alive() -> bool:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                return False
-            return state != "Z" and any(exe.encode() in part for part in cmdline)
+            return _running_with(pid, exe)
 
         if alive():
             os.killpg(pid, signal.SIGTERM)
@@ -340,12 +335,7 @@ class LocalCluster:
 
     def _owns(self, pid: int) -> bool:
         """Is ``pid`` alive and one of this cluster's processes (not a reused pid, not a zombie)?"""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state != "Z" and str(self.cluster_dir) in cmdline
+        return _running_with(pid, str(self.cluster_dir))
 
     def processes(self) -> list[int]:
         """Live processes whose command line points into this cluster's files."""
@@ -363,3 +353,13 @@ class LocalCluster:
             except ValueError:
                 continue
         return out
+
+
+def _running_with(pid: int, needle: str) -> bool:
+    """Is ``pid`` alive (not a zombie) with ``needle`` in its command line? Guards against pid reuse."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and needle in cmdline

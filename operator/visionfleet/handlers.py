@@ -26,7 +26,7 @@ from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.observe.kube import gather
 from visionfleet.observe.prometheus import measure
 from visionfleet.planner.conditions import CondType, Reason, set_condition
-from visionfleet.planner.model import Observed, VisionDeploymentView
+from visionfleet.planner.model import Observed, VisionDeploymentView, iso
 from visionfleet.planner.rollout import plan
 
 log = logging.getLogger("visionfleet")
@@ -83,7 +83,7 @@ def run_pass(body: dict[str, Any]) -> float:
         log.error("%s/%s: %s", namespace, name, message)
         new = status.model_copy(deep=True)
         new.conditions = set_condition(list(new.conditions or []), CondType.DEGRADED, True, Reason.INVALID_SPEC,
-                                       message, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                       message, iso(datetime.now(timezone.utc)),
                                        md.get("generation"))
         new.observed_generation = md.get("generation")
         write_status(api_client(), name, namespace, status, new)
