@@ -4,7 +4,10 @@
                            (default /pvc); read in place
     file:///abs/path       a local file (the local fleet, tests)
     https://host/path      downloaded to the work directory
-    s3://, gs://           not supported by this compile image yet: a clear error, not a guess
+    s3://bucket/key        downloaded with boto3: credentials and region from the usual AWS chain
+                           (env, IRSA web identity, instance profile); AWS_ENDPOINT_URL_S3 or
+                           AWS_ENDPOINT_URL for S3-compatible stores (MinIO, Ceph)
+    gs://                  not supported by this compile image: a clear error, not a guess
 
 A sha256, when given, must match; a mismatch names the field and both digests. Every error is a
 ``FetchError`` carrying the spec field it concerns, which the compile program reports in its
@@ -53,6 +56,35 @@ def download(url: str, dest: Path, field: str, timeout: float = 300) -> Path:
     return dest
 
 
+def download_s3(uri: str, rest: str, workdir: Path, field: str, timeout: float) -> Path:
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise FetchError(field, f"{uri!r}: expected s3://<bucket>/<key>")
+    try:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError:
+        raise FetchError(field, "s3:// needs boto3, which this compile image lacks; use pvc:// or https://") from None
+    dest = workdir / Path(key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cfg = botocore.config.Config(connect_timeout=min(timeout, 30), read_timeout=timeout,
+                                 retries={"max_attempts": 3, "mode": "standard"})
+    try:
+        boto3.client("s3", config=cfg).download_file(bucket, key, str(dest))
+    except botocore.exceptions.NoCredentialsError:
+        raise FetchError(field, f"{uri!r}: no AWS credentials (give the compile Job's ServiceAccount an IAM role, "
+                                "or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
+    except botocore.exceptions.ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "?")
+        what = {"404": "no such object", "NoSuchKey": "no such object", "NoSuchBucket": "no such bucket",
+                "403": "access denied", "AccessDenied": "access denied"}.get(code, f"error {code}")
+        raise FetchError(field, f"{uri!r}: {what}") from None
+    except (botocore.exceptions.BotoCoreError, OSError) as e:
+        raise FetchError(field, f"{uri!r}: download failed: {e}") from None
+    return dest
+
+
 def resolve(uri: str, field: str, workdir: Path, timeout: float = 300) -> Path:
     """The local path of ``uri``, downloading it into ``workdir`` when it is remote."""
     scheme, sep, rest = uri.partition("://")
@@ -75,9 +107,11 @@ def resolve(uri: str, field: str, workdir: Path, timeout: float = 300) -> Path:
         return local
     if scheme == "https":
         return download(uri, workdir / (Path(rest).name or "download"), field, timeout)
-    if scheme in ("s3", "gs"):
-        raise FetchError(field, f"{scheme}:// is not supported by this compile image yet; "
-                                "use pvc:// or https:// (with sha256)")
+    if scheme == "s3":
+        return download_s3(uri, rest, workdir, field, timeout)
+    if scheme == "gs":
+        raise FetchError(field, "gs:// is not supported by this compile image; use pvc://, s3:// or an "
+                                "https:// URL (a signed URL works), with sha256")
     raise FetchError(field, f"unknown scheme {scheme!r} in {uri!r}")
 
 

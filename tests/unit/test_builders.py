@@ -178,3 +178,36 @@ def test_applied_hash_is_stable_and_tracks_content():
     other = build_compile_job("doorbell", "vision", "u", spec(), classes()["xeon"], REV)
     assert manifest_hash(other) != manifest_hash(job)
     assert compile_job_name("doorbell", "xeon", REV) == other["metadata"]["name"]
+
+
+@pytest.mark.parametrize("runtime", ["tensorrt", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_config_pbtxt_parses_with_tritons_own_model_config(runtime, batched):
+    """Triton's ModelConfig protobuf (from tritonclient) reads back every field the builder writes."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    s = spec()
+    cfg = text_format.Parse(build_triton_config(s.model, runtime, RESULT.batching if batched else None),
+                            model_config_pb2.ModelConfig())
+    assert cfg.name == "effnet" and [i.name for i in cfg.input] == ["images"] and list(cfg.input[0].dims) == [3, 224, 224]
+    assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32 and list(cfg.output[0].dims) == [1000]
+    assert (cfg.platform == "tensorrt_plan") if runtime == "tensorrt" else (cfg.backend == runtime)
+    kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if runtime == "tensorrt" else \
+        model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cfg.instance_group[0].kind == kind
+    if batched:
+        assert cfg.max_batch_size == 8 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 400 and cfg.instance_group[0].count == 2
+    else:
+        assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+
+
+def test_the_compile_programs_config_check_rejects_what_triton_would():
+    from google.protobuf.text_format import ParseError
+
+    from visionfleet_compile.program import check_triton_config
+
+    check_triton_config('name: "m"\nbackend: "onnxruntime"\nmax_batch_size: 4\n')
+    with pytest.raises(ParseError):
+        check_triton_config('name: "m"\nmax_batch: 4\n')  # no such field in ModelConfig

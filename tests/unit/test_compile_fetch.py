@@ -77,7 +77,8 @@ def test_download_over_a_real_socket(web, tmp_path):
         pytest.param("pvc://models", None, "model.uri", "expected pvc://<claim>/<path>", id="no-path"),
         pytest.param("pvc://models/effnet/model.onnx", "0" * 64, "model.sha256", f"has sha256 {SHA}",
                      id="bad-hash"),
-        pytest.param("s3://bucket/m.onnx", None, "model.uri", "s3:// is not supported", id="s3"),
+        pytest.param("gs://bucket/m.onnx", None, "model.uri", "gs:// is not supported", id="gs"),
+        pytest.param("s3://bucket", None, "model.uri", "expected s3://<bucket>/<key>", id="s3-no-key"),
         pytest.param("ftp://x/m.onnx", None, "model.uri", "unknown scheme 'ftp'", id="scheme"),
         pytest.param("m.onnx", None, "model.uri", "is not a URI", id="not-a-uri"),
         pytest.param("pvc://models/effnet/model.onnx", "0" * 64, "compile.calibration.sha256", "the spec says",
@@ -89,3 +90,43 @@ def test_failures_name_the_field(pvc, tmp_path, uri, sha, field, message):
     with pytest.raises(FetchError) as err:
         fetch(uri, sha, source_field, tmp_path)
     assert err.value.field == field and message in str(err.value) and str(err.value).startswith(field + ":")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3 API (moto's server) on loopback, reached by boto3 exactly as a cluster's S3 would be."""
+    import os
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="models")
+    client.put_object(Bucket="models", Key="effnet/model.onnx", Body=DATA)
+    yield client
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    server.stop()
+
+
+def test_s3_download_with_hash(s3, tmp_path):
+    path = fetch("s3://models/effnet/model.onnx", SHA, "model.uri", tmp_path)
+    assert path.read_bytes() == DATA and path.parent == tmp_path
+
+
+@pytest.mark.parametrize(("uri", "sha", "field", "message"), [
+    pytest.param("s3://models/effnet/missing.onnx", None, "model.uri", "no such object", id="missing-key"),
+    pytest.param("s3://nobucket/m.onnx", None, "model.uri", "no such", id="missing-bucket"),
+    pytest.param("s3://models/effnet/model.onnx", "1" * 64, "model.sha256", f"has sha256 {SHA}", id="bad-hash"),
+])
+def test_s3_failures_name_the_field(s3, tmp_path, uri, sha, field, message):
+    with pytest.raises(FetchError) as err:
+        fetch(uri, sha, "model.uri", tmp_path)
+    assert err.value.field == field and message in str(err.value)

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from visionfleet.observe.kube import parse_result
-from visionfleet_compile import program
+from visionfleet_compile import program, tensorrt_target
 
 C, H, W, CLASSES = 3, 8, 8, 10
 
@@ -55,13 +55,13 @@ def files(tmp_path, monkeypatch):
     return {"root": root, "sha": hashlib.sha256(model.read_bytes()).hexdigest(), "tmp": tmp_path}
 
 
-def request(files, precision="fp32", **compile_changes):
+def request(files, precision="fp32", runtime="onnxruntime", **compile_changes):
     compile_spec = {"calibration": {"uri": "pvc://models/calib.npz", "samples": 64},
                     "accuracyGate": {"metric": "top1Agreement", "min": 0.9},
                     "batching": {"mode": "auto", "latencyBudgetMs": 50}}
     compile_spec.update(compile_changes)
     return {
-        "revision": "0123456789ab", "class": "xeon", "runtime": "onnxruntime", "precision": precision,
+        "revision": "0123456789ab", "class": "xeon", "runtime": runtime, "precision": precision,
         "model": {"name": "tiny", "version": "1", "uri": "pvc://models/tiny.onnx", "sha256": files["sha"],
                   "inputs": [{"name": "images", "dataType": "FP32", "dims": [C, H, W]}],
                   "outputs": [{"name": "logits", "dataType": "FP32", "dims": [CLASSES]}]},
@@ -79,23 +79,37 @@ def run(files, req, capsys):
     return code, message
 
 
+ARTIFACT = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_compiles_and_reports_a_result_the_operator_reads(files, capsys, precision):
-    code, message = run(files, request(files, precision), capsys)
+def test_compiles_and_reports_a_result_the_operator_reads(files, capsys, precision, runtime):
+    code, message = run(files, request(files, precision, runtime), capsys)
     assert code == 0, message
     result, why = parse_result(message)
     assert why is None and result.state == "Succeeded"
+    raw = json.loads(message)
     out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
-    assert result.artifact == "pvc://models/repository/tiny/0123456789ab-xeon/model.onnx"
-    assert result.sha256 == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    artifact = ARTIFACT[runtime]
+    assert result.artifact == f"pvc://models/repository/tiny/0123456789ab-xeon/{artifact}"
+    assert result.sha256 == hashlib.sha256((out / artifact).read_bytes()).hexdigest()
     assert result.accuracy >= 0.9
     assert set(result.p99_ms_at_batch) == {"1", "2", "4", "8", "16", "32"}
     assert result.batching.max_batch_size in (1, 2, 4, 8, 16, 32)
+    assert raw["runtime"]["name"] == runtime and raw["runtime"]["precision"] == precision
+    assert raw["runtime"][runtime].count(".") >= 2, "the runtime's version is recorded"
+    assert raw["files"][artifact] == result.sha256
     config = (out / "config.pbtxt").read_text()
-    assert 'backend: "onnxruntime"' in config and f"max_batch_size: {result.batching.max_batch_size}" in config
-    if precision == "int8":
+    assert f'backend: "{runtime}"' in config and f"max_batch_size: {result.batching.max_batch_size}" in config
+    assert f'default_model_filename: "{artifact}"' in config
+    if runtime == "onnxruntime" and precision == "int8":
         ops = {n.op_type for n in onnx.load(out / "model.onnx").graph.node}
         assert "QuantizeLinear" in ops and "DequantizeLinear" in ops, "a real int8 (QDQ) graph"
+    if runtime == "openvino":
+        assert (out / "model.bin").stat().st_size > 0 and raw["files"]["model.bin"]
+        xml = (out / "model.xml").read_text()
+        assert ("FakeQuantize" in xml or "FakeConvert" in xml) == (precision == "int8"), "int8 IR iff int8"
 
 
 def test_accuracy_gate_failure_exits_3_with_the_numbers(files, capsys):
@@ -123,8 +137,11 @@ def test_manual_batching_overrides_the_profile(files, capsys):
         pytest.param(lambda r: r["model"].update(sha256="0" * 64), "model.sha256", "the spec says", id="hash"),
         pytest.param(lambda r: r["model"].update(uri="pvc://models/calib.npz", sha256=None), "model.uri",
                      "is not a valid ONNX model", id="not-onnx"),
-        pytest.param(lambda r: r.update(runtime="tensorrt"), "fleet.classes[].runtime", "needs an NVIDIA GPU",
-                     id="no-gpu"),
+        pytest.param(lambda r: r.update(runtime="tensorrt", precision="fp16"), "fleet.classes[].runtime",
+                     "tensorrt cannot run on this node: no NVIDIA GPU is visible", id="no-gpu",
+                     marks=pytest.mark.skipif(tensorrt_target.gpu() is not None, reason="this machine has a GPU")),
+        pytest.param(lambda r: r.update(runtime="openvino", precision="fp16"), "fleet.classes[].precision",
+                     "openvino on CPU builds fp32 or int8, not fp16", id="openvino-fp16"),
         pytest.param(lambda r: r["compile"].pop("calibration") and r.update(precision="int8"), "compile.calibration",
                      "int8 needs calibration data", id="int8-without-calibration"),
     ],

