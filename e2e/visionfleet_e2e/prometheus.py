@@ -36,10 +36,20 @@ def find_prometheus() -> str:
     return path
 
 
+def _static(target: str | tuple[str, dict[str, str]]) -> dict:
+    if isinstance(target, str):
+        return {"targets": [target]}
+    address, labels = target
+    return {"targets": [address], "labels": dict(labels)}
+
+
 class PrometheusServer:
-    def __init__(self, workdir: Path, scrape_targets: dict[str, str], scrape_interval: str = "1s"):
+    def __init__(self, workdir: Path, scrape_targets: dict[str, str | tuple[str, dict[str, str]]],
+                 scrape_interval: str = "1s"):
         self.workdir = workdir
-        self.targets = scrape_targets  # job name -> host:port
+        # job name -> host:port, or (host:port, labels): the labels a real cluster's relabelling puts on
+        # a Triton pod's series (namespace, vision_deployment, revision, class), given here statically.
+        self.targets = scrape_targets
         self.interval = scrape_interval
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -55,7 +65,7 @@ class PrometheusServer:
             "scrape_configs": [
                 # honor_labels: the scraped series carry namespace/revision/class themselves, as the
                 # relabelled series of a real Triton pod would.
-                {"job_name": job, "honor_labels": True, "static_configs": [{"targets": [target]}]}
+                {"job_name": job, "honor_labels": True, "static_configs": [_static(target)]}
                 for job, target in self.targets.items()
             ],
         }

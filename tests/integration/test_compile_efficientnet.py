@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from visionfleet.observe.kube import parse_result
-from visionfleet_compile import zoo
+from visionfleet_compile import tensorrt_target, zoo
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,18 @@ def test_gate_rejects_an_artifact_made_worse_on_purpose(sample, tmp_path):
     measured = next(e for e in logs if e["phase"] == "accuracy")
     assert measured["top1_agreement"] < 0.5 and f"{measured['top1_agreement']:.4f}" in message
     assert not any(e["phase"] == "profile" for e in logs), "nothing is profiled or written after a failed gate"
+
+
+@pytest.mark.skipif(tensorrt_target.available() is not None,
+                    reason=f"TensorRT path needs an NVIDIA GPU with TensorRT: {tensorrt_target.available()}")
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_engine_on_a_gpu(sample, tmp_path, precision):
+    code, message, logs = compile_(tmp_path, request(sample, "tensorrt", precision,
+                                                     {"metric": "top1Accuracy", "min": 0.85}))
+    assert code == 0, message
+    raw = json.loads(message)
+    out = tmp_path / "work" / "repository" / "effnet" / f"tensorrt-{precision}"
+    key = json.loads((out / "engine-key.json").read_text())
+    assert raw["runtime"]["gpu"] == key["gpu"] and raw["runtime"]["computeCapability"] == key["computeCapability"]
+    cfg = text_format.Parse((out / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.platform == "tensorrt_plan" and cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU

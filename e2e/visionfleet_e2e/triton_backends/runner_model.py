@@ -8,7 +8,7 @@ instance groups and the metrics are Triton's own; only the execution of one batc
 
 Test hooks, read from the environment of the server (never set in a cluster):
     VISIONFLEET_TRITON_DELAY_MS    extra time per batch (a deliberately slow version)
-    VISIONFLEET_TRITON_FAIL_EVERY  fail every Nth request (a deliberately failing version)
+    VISIONFLEET_TRITON_FAIL_EVERY  fail every Nth batch (a deliberately failing version)
 Both can be limited to one model version by VISIONFLEET_TRITON_HOOK_VERSION.
 """
 
@@ -65,6 +65,12 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # One batch: Triton's dynamic batcher hands us the requests it gathered; run them together.
+        self.count += 1
+        if self.fail_every and self.count % self.fail_every == 0:
+            # Raised, as a crashing runtime would: Triton fails every request of the batch and counts
+            # them in nv_inference_request_failure{reason="BACKEND"}. (An error set on a response
+            # instead is counted as a *success* by Triton 2.51's metrics: measured.)
+            raise pb_utils.TritonModelException("injected failure (VISIONFLEET_TRITON_FAIL_EVERY)")
         feeds, sizes = {}, []
         for name in self.inputs:
             arrays = [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
@@ -75,13 +81,8 @@ class TritonPythonModel:
             time.sleep(self.delay)
         responses, start = [], 0
         for n in sizes:
-            self.count += 1
-            if self.fail_every and self.count % self.fail_every == 0:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError("injected failure (VISIONFLEET_TRITON_FAIL_EVERY)")))
-            else:
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
-                           for name, out in zip(self.outputs, results)]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[start:start + n]))
+                       for name, out in zip(self.outputs, results)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += n
         return responses
