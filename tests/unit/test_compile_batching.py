@@ -19,7 +19,7 @@ PROFILE = [
 @pytest.mark.parametrize(
     ("budget", "batch", "delay_us"),
     [
-        pytest.param(50, 16, 4000, id="generous: biggest batch, slack to the queue"),
+        pytest.param(50, 16, 2000, id="generous: biggest batch, queue delay at most batch 1's p50"),
         pytest.param(25, 8, 2000, id="batch 16 would need 42 ms"),
         pytest.param(12, 4, 200, id="tight"),
         pytest.param(5, 1, 0, id="only batch 1 fits: no queue delay"),
@@ -45,8 +45,13 @@ def test_multi_instance_points_can_win():
 
 
 def test_queue_delay_is_capped():
-    c = choose_batching([ProfilePoint(2, 1, 1, 100)], 10_000)
+    c = choose_batching([ProfilePoint(1, 500, 500, 2), ProfilePoint(2, 600, 600, 3.3)], 10_000)
     assert c.max_queue_delay_microseconds == 100_000
+
+
+def test_queue_delay_never_exceeds_running_alone():
+    c = choose_batching(PROFILE, 1000)
+    assert c.max_batch_size == 16 and c.max_queue_delay_microseconds == 2000  # batch 1's p50, not 479 ms
 
 
 @pytest.mark.parametrize(("profile", "budget", "message"), [([], 10, "empty latency profile"),
