@@ -3,7 +3,7 @@
     visionfleet-load --url 127.0.0.1:8000 --model effnet --rate 50 --duration 30      # open loop
     visionfleet-load --url triton.vision:8000 --model effnet --concurrency 8 --duration 30  # closed loop
 
-Works against any Triton (KServe v2 HTTP API, tritonclient's asyncio client): the input name,
+Works against any Triton (KServe v2 HTTP or gRPC API, tritonclient's asyncio clients): the input name,
 data type and shape come from the server's model metadata. Images: the held-out views of the
 packaged sample set (``--images FILE.npz`` for your own ``images`` array), sent as batches of
 ``--batch`` (default 1).
@@ -60,18 +60,30 @@ def sample_images(path: str | None) -> np.ndarray:
 
 
 async def _run(args, images: np.ndarray, stats: Stats) -> dict:
-    import tritonclient.http.aio as aiohttp_client
     from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-    client = aiohttp_client.InferenceServerClient(args.url, conn_limit=max(64, args.concurrency or 0))
+    grpc = getattr(args, "protocol", "http") == "grpc"
+    if grpc:
+        import tritonclient.grpc.aio as aio
+
+        client = aio.InferenceServerClient(args.url)
+    else:
+        import tritonclient.http.aio as aio
+
+        client = aio.InferenceServerClient(args.url, conn_limit=max(64, args.concurrency or 0))
     try:
-        meta = await client.get_model_metadata(args.model)
-        config = await client.get_model_config(args.model)
+        if grpc:
+            meta = await client.get_model_metadata(args.model, as_json=True)
+            config = (await client.get_model_config(args.model, as_json=True))["config"]
+            outputs = [aio.InferRequestedOutput(o["name"]) for o in meta["outputs"]]
+        else:
+            meta = await client.get_model_metadata(args.model)
+            config = await client.get_model_config(args.model)
+            outputs = [aio.InferRequestedOutput(o["name"], binary_data=True) for o in meta["outputs"]]
         inp = meta["inputs"][0]
         batched = int(config.get("max_batch_size", 0)) > 0
         dtype = triton_to_np_dtype(inp["datatype"])
         data = images.astype(dtype)
-        outputs = [aiohttp_client.InferRequestedOutput(o["name"], binary_data=True) for o in meta["outputs"]]
         counter = 0
 
         async def one(scheduled: float) -> None:
@@ -79,11 +91,17 @@ async def _run(args, images: np.ndarray, stats: Stats) -> dict:
             i = counter % max(1, len(data) - args.batch + 1)
             counter += 1
             x = data[i:i + args.batch] if batched else data[i]
-            request = aiohttp_client.InferInput(inp["name"], list(x.shape), inp["datatype"])
-            request.set_data_from_numpy(np.ascontiguousarray(x), binary_data=True)
+            request = aio.InferInput(inp["name"], list(x.shape), inp["datatype"])
+            if grpc:
+                request.set_data_from_numpy(np.ascontiguousarray(x))
+            else:
+                request.set_data_from_numpy(np.ascontiguousarray(x), binary_data=True)
             stats.sent += 1
             try:
-                await client.infer(args.model, [request], outputs=outputs, timeout=int(args.timeout * 1e6))
+                if grpc:
+                    await client.infer(args.model, [request], outputs=outputs, client_timeout=args.timeout)
+                else:
+                    await client.infer(args.model, [request], outputs=outputs, timeout=int(args.timeout * 1e6))
             except InferenceServerException as e:
                 stats.errors[(e.message() or str(e))[:120]] += 1
                 return
@@ -138,10 +156,11 @@ async def _progress(stats: Stats, stop: float, quiet: bool) -> None:
 
 
 def run_load(url: str, model: str, duration: float, rate: float | None = None, concurrency: int | None = None,
-             batch: int = 1, images: np.ndarray | None = None, timeout: float = 30, quiet: bool = True) -> dict:
+             batch: int = 1, images: np.ndarray | None = None, timeout: float = 30, quiet: bool = True,
+             protocol: str = "http") -> dict:
     """The same load from Python (tests, benchmarks)."""
     args = argparse.Namespace(url=url, model=model, duration=duration, rate=rate, concurrency=concurrency or 0,
-                              batch=batch, timeout=timeout, quiet=quiet)
+                              batch=batch, timeout=timeout, quiet=quiet, protocol=protocol)
     imgs = images if images is not None else sample_images(None)
     return asyncio.run(_run(args, imgs, Stats()))
 
@@ -149,7 +168,8 @@ def run_load(url: str, model: str, duration: float, rate: float | None = None, c
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="visionfleet-load", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", required=True, help="Triton HTTP endpoint, host:port")
+    ap.add_argument("--url", required=True, help="Triton endpoint, host:port (HTTP port, or gRPC with --protocol grpc)")
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--model", required=True)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--rate", type=float, help="open loop: requests per second")
