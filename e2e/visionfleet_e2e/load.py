@@ -70,7 +70,8 @@ async def _run(args, images: np.ndarray, stats: Stats) -> dict:
     else:
         import tritonclient.http.aio as aio
 
-        client = aio.InferenceServerClient(args.url, conn_limit=max(64, args.concurrency or 0))
+        client = aio.InferenceServerClient(args.url, conn_limit=max(64, args.concurrency or 0),
+                                           conn_timeout=args.timeout)
     try:
         if grpc:
             meta = await client.get_model_metadata(args.model, as_json=True)
@@ -128,7 +129,10 @@ async def _run(args, images: np.ndarray, stats: Stats) -> dict:
                 t.add_done_callback(tasks.discard)
                 n += 1
             if tasks:
-                await asyncio.wait(tasks, timeout=args.timeout)
+                _, pending = await asyncio.wait(tasks, timeout=args.timeout)
+                for t in pending:  # still unanswered after the timeout: the client saw an error
+                    t.cancel()
+                    stats.errors[f"no response within {args.timeout:g}s"] += 1
         else:
             async def worker() -> None:
                 while time.perf_counter() < stop:

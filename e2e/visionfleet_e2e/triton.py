@@ -28,7 +28,21 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .prometheus import free_port
+import socket
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (the sockets are held until all are chosen)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -79,7 +93,7 @@ class TritonServer:
     def __init__(self, repository: Path, workdir: Path, env: dict[str, str] | None = None,
                  models: list[str] | None = None):
         self.repository, self.workdir, self.extra_env, self.models = repository, workdir, env or {}, models
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.proc: subprocess.Popen | None = None
 
     @property

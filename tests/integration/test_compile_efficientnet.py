@@ -44,7 +44,9 @@ def compile_(tmp_path, req):
                           env={**__import__("os").environ, "VISIONFLEET_TERMINATION_LOG": str(tmp_path / "term"),
                                "VISIONFLEET_PROFILE_SECONDS": "0.3"})
     logs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"ts"')]
-    return proc.returncode, (tmp_path / "term").read_text(), logs
+    term = tmp_path / "term"
+    assert term.is_file(), f"no termination message (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.returncode, term.read_text(), logs
 
 
 def test_sample_model_is_the_real_efficientnet_lite0(sample):

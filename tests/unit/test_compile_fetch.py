@@ -107,13 +107,15 @@ def s3(tmp_path_factory):
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="models")
-    client.put_object(Bucket="models", Key="effnet/model.onnx", Body=DATA)
-    yield client
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    server.stop()
+    try:
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="models")
+        client.put_object(Bucket="models", Key="effnet/model.onnx", Body=DATA)
+        yield client
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        server.stop()
 
 
 def test_s3_download_with_hash(s3, tmp_path):

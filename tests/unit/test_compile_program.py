@@ -151,3 +151,14 @@ def test_bad_input_exits_2_naming_the_field(files, capsys, change, field, text):
     change(req)
     code, message = run(files, req, capsys)
     assert code == 2 and message.startswith(field + ":") and text in message
+
+
+def test_a_runtime_crash_still_reaches_the_operator(files, capsys, monkeypatch):
+    """Anything unexpected (a runtime's own error, OOM in a library): exit 1 (the Job may retry) and the
+    message in the termination log, never a silent traceback."""
+    def boom(*args, **kwargs):
+        raise RuntimeError("the runtime fell over")
+
+    monkeypatch.setattr(program, "build_artifact", boom)
+    code, message = run(files, request(files), capsys)
+    assert code == 1 and message == "RuntimeError: the runtime fell over"

@@ -46,8 +46,13 @@ class TritonPythonModel:
                 props["INFERENCE_NUM_THREADS"] = threads
             compiled = ov.Core().compile_model(str(artifact), "CPU", props)
             request = compiled.create_infer_request()
-            outs = [compiled.output(i) for i in range(len(self.outputs))]
-            self.run = lambda feeds: [request.infer([feeds[n] for n in self.inputs])[o] for o in outs]
+            outs = [compiled.output(name) for name in self.outputs]
+
+            def run(feeds):
+                result = request.infer([feeds[n] for n in self.inputs])
+                return [result[o] for o in outs]
+
+            self.run = run
         else:
             import onnxruntime as ort
 
