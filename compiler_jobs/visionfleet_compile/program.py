@@ -11,7 +11,8 @@
       └─ result JSON ─► stdout and the termination message (how the operator reads it)
 
 Exit codes: 0 compiled; 2 bad input (the field is named: no retry can fix it); 3 accuracy gate
-failed (with the numbers); 1 anything else (the Job may retry). One JSON log line per phase.
+failed (with the numbers); 1 anything else (the Job may retry; the message still goes to the
+termination log). One JSON log line per phase.
 """
 
 from __future__ import annotations
