@@ -36,19 +36,16 @@ from visionfleet.api.status import ChosenBatching
 from visionfleet.builders.triton_config import build_triton_config
 from visionfleet_compile import program, zoo
 from visionfleet_e2e.load import run_load, sample_images
-from visionfleet_e2e.triton import TritonServer
+from visionfleet_e2e.triton import TritonServer, repository_entry
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 
 
 def score(entry: Path, model: ModelSpec, batching: ChosenBatching | None, budget_ms: float, seconds: float,
-          images: np.ndarray, work: Path, batched: bool = True) -> tuple[float, int, list[tuple[int, float, float]]]:
+          images: np.ndarray, work: Path) -> tuple[float, int, list[tuple[int, float, float]]]:
     """(best throughput within the budget, load measurements taken, [(concurrency, req/s, p99)])."""
     repo = Path(tempfile.mkdtemp(dir=work, prefix="repo-"))
-    (repo / "effnet" / "1").mkdir(parents=True)
-    for f in entry.iterdir():
-        if f.name != "config.pbtxt":
-            (repo / "effnet" / "1" / f.name).symlink_to(f)
+    repository_entry(repo, "effnet", "1", entry)  # then this configuration's config.pbtxt replaces the chosen one
     if batching is None:  # default: no dynamic batching, one instance (batch dimension kept)
         cfg = build_triton_config(model, "openvino", ChosenBatching(max_batch_size=8, instance_count=1))
         cfg = cfg[:cfg.index("dynamic_batching")] + cfg[cfg.index("instance_group"):]
@@ -83,13 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     info = zoo.ensure_sample_model(log=lambda m: print(m, file=sys.stderr))
     work = Path(tempfile.mkdtemp(prefix="vf-bench-serving-"))
-    req = {"revision": "0123456789ab", "class": "xeon", "runtime": "openvino", "precision": "int8",
-           "model": {"name": "effnet", "version": "1", "uri": f"file://{info['model']}",
-                     "inputs": [info["input"]], "outputs": [info["output"]]},
-           "compile": {"calibration": {"uri": f"file://{info['data']}", "samples": info["calibrationSamples"]},
-                       "accuracyGate": {"metric": "top1Accuracy", "min": 0.8},
-                       "batching": {"mode": "auto", "latencyBudgetMs": args.budget_ms}},
-           "output": {"dir": "effnet/bench"}}
+    req = zoo.compile_request(info, "openvino", "int8", {"metric": "top1Accuracy", "min": 0.8}, args.budget_ms,
+                              "effnet/bench")
     print("compiling (OpenVINO int8) and profiling on this node …", file=sys.stderr)
     result = program.compile_request(req, work / "compile")
     entry = work / "compile" / "repository" / "effnet" / "bench"

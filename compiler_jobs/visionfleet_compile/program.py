@@ -114,31 +114,22 @@ def _target(runtime: str, precision: str | None = None):
 
 def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
                    workdir: Path):
-    """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions)."""
+    """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions).
+    ``_target`` has already refused a pair this node cannot build."""
     target = _target(runtime, precision)
     workdir.mkdir(parents=True, exist_ok=True)
     if runtime == "onnxruntime":
-        from . import onnxrt
-
-        if precision == "int8":
-            artifact = onnxrt.build_int8(src, out_dir / "model.onnx", calib, input_name)
-        elif precision == "fp32":
-            artifact = onnxrt.build_fp32(src, out_dir / "model.onnx")
-        else:
-            raise TargetUnavailable("fleet.classes[].precision", f"onnxruntime on CPU builds fp32 or int8, not "
-                                                                 f"{precision}")
         import onnxruntime
 
-        return artifact, onnxrt.Runner(artifact), {"onnxruntime": onnxruntime.__version__}
+        if precision == "int8":
+            artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name)
+        else:
+            artifact = target.build_fp32(src, out_dir / "model.onnx")
+        return artifact, target.Runner(artifact), {"onnxruntime": onnxruntime.__version__}
     if runtime == "openvino":
-        if precision not in ("fp32", "int8"):
-            raise TargetUnavailable("fleet.classes[].precision", f"openvino on CPU builds fp32 or int8, not "
-                                                                 f"{precision}")
         artifact = target.build(src, out_dir, precision, calib)
-        return artifact, target.Runner(artifact), target.versions()
-    if precision not in ("fp16", "int8"):
-        raise TargetUnavailable("fleet.classes[].precision", f"tensorrt builds fp16 or int8 engines, not {precision}")
-    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir)
+    else:
+        artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir)
     return artifact, target.Runner(artifact), target.versions()
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fetch import sha256_of
+
 SIZE, RESIZE = 224, 256
 MEAN, STD = 127.0, 128.0
 INPUT, OUTPUT, CLASSES = "images", "logits", 1000
@@ -174,14 +176,6 @@ def export_efficientnet_lite0(dest: Path, opset: int = 17) -> Path:
     return dest
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key() -> str:
     """Changes with the packages and this module: a cached export is reused only when nothing moved."""
     from importlib.metadata import PackageNotFoundError, version
@@ -210,8 +204,23 @@ def ensure_sample_model(out_dir: Path | None = None, log=print) -> dict:
     export_efficientnet_lite0(model)
     log(f"preparing the sample images in {data}")
     counts = sample_set(data)
-    info = {"model": str(model), "modelSha256": sha256(model), "data": str(data), "dataSha256": sha256(data),
+    info = {"model": str(model), "modelSha256": sha256_of(model), "data": str(data), "dataSha256": sha256_of(data),
             "input": {"name": INPUT, "dataType": "FP32", "dims": [3, SIZE, SIZE]},
             "output": {"name": OUTPUT, "dataType": "FP32", "dims": [CLASSES]}, **counts}
     manifest.write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def compile_request(info: dict, runtime: str, precision: str, gate: dict, budget_ms: float, out_dir: str,
+                    calibration_uri: str | None = None) -> dict:
+    """The request the operator would write for one class, for the sample model of ``ensure_sample_model``
+    (tests, benchmarks)."""
+    return {
+        "revision": "0123456789ab", "class": "xeon", "runtime": runtime, "precision": precision,
+        "model": {"name": "effnet", "version": "1", "uri": f"file://{info['model']}", "sha256": info["modelSha256"],
+                  "inputs": [info["input"]], "outputs": [info["output"]]},
+        "compile": {"calibration": {"uri": calibration_uri or f"file://{info['data']}",
+                                    "samples": info["calibrationSamples"]},
+                    "accuracyGate": gate, "batching": {"mode": "auto", "latencyBudgetMs": budget_ms}},
+        "output": {"dir": out_dir},
+    }

@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import yaml
 
+from .local_process import free_port, http_ok, stop_process, wait_ready
+
 
 class PrometheusError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_prometheus() -> str:
@@ -76,32 +70,19 @@ class PrometheusServer:
              f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
              "--storage.tsdb.retention.time=2h", "--web.enable-lifecycle"],
             stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise PrometheusError(f"prometheus did not start; log: {self.workdir / 'prometheus.log'}")
-            time.sleep(0.2)
+        if not wait_ready(self.proc, f"{self.url}/-/ready", timeout):
+            raise PrometheusError(f"prometheus did not start; log: {self.workdir / 'prometheus.log'}")
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
+        return http_ok(f"{self.url}/-/ready")
 
     def query(self, q: str) -> list[dict]:
         with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": q}), timeout=5) as r:
             return json.loads(r.read())["data"]["result"]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=10)
         if getattr(self, "log", None):
             self.log.close()
 

@@ -24,25 +24,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 from pathlib import Path
 
-import socket
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (the sockets are held until all are chosen)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from .local_process import free_ports, http_ok, stop_process, wait_ready
 
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -118,34 +103,21 @@ class TritonServer:
         self.log_path = self.workdir / "tritonserver.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environment(self.extra_env))
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log_path.read_text()[-3000:]
-                raise TritonError(f"tritonserver did not become ready; log {self.log_path}:\n{tail}")
-            time.sleep(0.3)
+        if not wait_ready(self.proc, f"http://{self.url}/v2/health/ready", timeout, interval=0.3):
+            self.stop()
+            tail = self.log_path.read_text()[-3000:]
+            raise TritonError(f"tritonserver did not become ready; log {self.log_path}:\n{tail}")
         return self
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except Exception:
-            return False
+        return http_ok(f"http://{self.url}/v2/health/ready")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return r.read().decode()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=20)
         if getattr(self, "log", None):
             self.log.close()
 

@@ -24,15 +24,7 @@ def sample():
 
 
 def request(sample, runtime, precision, gate, calibration_uri=None):
-    return {
-        "revision": "0123456789ab", "class": "xeon", "runtime": runtime, "precision": precision,
-        "model": {"name": "effnet", "version": "1", "uri": f"file://{sample['model']}", "sha256": sample["modelSha256"],
-                  "inputs": [sample["input"]], "outputs": [sample["output"]]},
-        "compile": {"calibration": {"uri": calibration_uri or f"file://{sample['data']}",
-                                    "samples": sample["calibrationSamples"]},
-                    "accuracyGate": gate, "batching": {"mode": "auto", "latencyBudgetMs": 200}},
-        "output": {"dir": f"effnet/{runtime}-{precision}"},
-    }
+    return zoo.compile_request(sample, runtime, precision, gate, 200, f"effnet/{runtime}-{precision}", calibration_uri)
 
 
 def compile_(tmp_path, req):

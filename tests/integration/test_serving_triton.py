@@ -8,7 +8,6 @@ Three servers play three versions of one revision each, labelled as a cluster's 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -36,20 +35,11 @@ def entry(tmp_path_factory):
     """The compile program's output for an OpenVINO int8 class: artifact + config.pbtxt."""
     sample = zoo.ensure_sample_model()
     work = tmp_path_factory.mktemp("compile")
-    req = {"revision": "0123456789ab", "class": "xeon", "runtime": "openvino", "precision": "int8",
-           "model": {"name": "effnet", "version": "1", "uri": f"file://{sample['model']}",
-                     "inputs": [sample["input"]], "outputs": [sample["output"]]},
-           "compile": {"calibration": {"uri": f"file://{sample['data']}", "samples": sample["calibrationSamples"]},
-                       "accuracyGate": {"metric": "top1Accuracy", "min": 0.85},
-                       "batching": {"mode": "auto", "latencyBudgetMs": 150}},
-           "output": {"dir": "effnet/0123456789ab-xeon"}}
-    old = os.environ.get("VISIONFLEET_PROFILE_SECONDS")
-    os.environ["VISIONFLEET_PROFILE_SECONDS"] = "0.3"
-    try:
+    req = zoo.compile_request(sample, "openvino", "int8", {"metric": "top1Accuracy", "min": 0.85}, 150,
+                              "effnet/0123456789ab-xeon")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONFLEET_PROFILE_SECONDS", "0.3")
         result = program.compile_request(req, work)
-    finally:
-        os.environ.pop("VISIONFLEET_PROFILE_SECONDS") if old is None else os.environ.__setitem__(
-            "VISIONFLEET_PROFILE_SECONDS", old)
     return work / "repository" / "effnet" / "0123456789ab-xeon", result
 
 
