@@ -147,17 +147,18 @@ def test_load_command_line_names_a_missing_model(servers, capsys):
     assert code == 1 and "nope" in capsys.readouterr().err
 
 
-def test_prometheus_p99_agrees_with_the_clients(loaded):
-    """Triton's p99 (server side: queue + compute) through Prometheus and the analysis provider, vs
-    the load generator's p99 (client side: + HTTP and (de)serialisation): the server's figure may
-    only be lower, and by at most 30 ms or 35 %."""
+def test_prometheus_p99_is_bounded_by_what_the_server_must_and_the_clients_did(loaded):
+    """Triton's p99 (server side: queue + compute) read through Prometheus and the analysis provider.
+    Bounds that hold however loaded the machine is: above the delay the slow version injects per
+    batch, and never above what the clients saw (which adds HTTP and (de)serialisation). How close
+    the two are is a timing figure and lives in bench/serving.py, not here."""
     _, reports, measured = loaded
-    m = measured["good"]
-    client = reports["good"]["latencyMs"]["p99"]
-    # increase() extrapolates to the window's edges: a few per cent above the true count (measured 5.5 %).
-    assert m.slo_error is None and m.requests == pytest.approx(reports["good"]["ok"], rel=0.12)
-    assert m.p99_ms <= client * 1.05, (m.p99_ms, client)
-    assert client - m.p99_ms <= max(30.0, 0.35 * client), (m.p99_ms, client)
+    for version in ("good", "slow"):
+        m, client = measured[version], reports[version]["latencyMs"]["p99"]
+        # increase() extrapolates to the window's edges: a few per cent above the true count (measured 5.5 %).
+        assert m.slo_error is None and m.requests == pytest.approx(reports[version]["ok"], rel=0.12)
+        assert 0 < m.p99_ms <= client * 1.05, (version, m.p99_ms, client)
+    assert measured["slow"].p99_ms >= 300, measured["slow"].p99_ms
 
 
 @pytest.mark.parametrize(("version", "verdict", "why"), [
