@@ -186,6 +186,17 @@ def compile_request(request: dict, workdir: Path) -> dict:
                          + (f", top-1 accuracy {acc.top1_accuracy:.4f} vs fp32 {acc.reference_accuracy:.4f})"
                             if acc.top1_accuracy is not None else ")"))
 
+    drift_ref = None
+    if len(calib):
+        # The drift monitor's reference: this artifact's outputs on the calibration samples (and the
+        # samples reduced), next to the artifact, so each revision of each class carries its own.
+        from visionfleet_monitor import reference
+
+        ref = reference.build(calib, onnxrt.predict(built, calib))
+        drift_ref = reference.write(ref, out_dir)
+        log("drift-reference", file=drift_ref.name, samples=ref.samples, classes=ref.classes,
+            reduced_dims=ref.reduced.shape[1])
+
     batching = compile_spec.get("batching") or {"mode": "auto", "latencyBudgetMs": 50}
     log("profile", batches=list(BATCHES))
     # Time per batch size: long enough for a stable p99 on a node; tests shorten it.
@@ -221,6 +232,7 @@ def compile_request(request: dict, workdir: Path) -> dict:
                     "cpu": platform.processor() or platform.machine()},
         "files": {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != "config.pbtxt"},
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
+        "driftReference": f"{out_uri}/{drift_ref.name}" if drift_ref else None,
         "top1Agreement": round(acc.top1_agreement, 6),
         **({"top1Accuracy": round(acc.top1_accuracy, 6), "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
            if acc.top1_accuracy is not None else {}),

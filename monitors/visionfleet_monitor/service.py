@@ -1,0 +1,286 @@
+"""visionfleet-monitor: the drift monitor that runs as a sidecar in every Triton pod of a revision
+whose spec asks for a drift test.
+
+Where its samples come from (see docs/drift.md): a *mirror* of the inference requests. The gateway
+(Gateway API ``RequestMirror``, Istio ``mirror``, NGINX ``mirror`` …) sends a copy of each request to
+the monitor's port, fire-and-forget: the client's request is answered by Triton as before and the
+mirror's answer is thrown away, so the serving path does not wait on the monitor. The monitor
+accepts exactly what Triton accepts — ``POST /v2/models/<model>/infer``, KServe v2 JSON or its
+binary-data extension — so any mirroring proxy works unchanged.
+
+For the default test (bbsd-ks) it needs the model's outputs: it asks its own pod's Triton
+(``--triton``, localhost) for them, at most ``--max-rate`` samples a second, through a bounded queue
+(a full queue drops the sample and counts it). Those requests show up in Triton's request count —
+at most ``--max-rate`` per pod, which the SLO analysis tolerates. The mmd test needs no Triton.
+
+Metrics (``GET /metrics``; Prometheus attaches namespace/vision_deployment/revision/class from the
+pod's labels, as for Triton):
+
+    visionfleet_drift_p_value            last test's p-value (absent until the window is first full)
+    visionfleet_drift_distance           last test's distance (max KS statistic, or MMD²)
+    visionfleet_drift_detected           1 when the last test found drift (p < --p-value)
+    visionfleet_drift_window_fill        samples held / window size (0..1)
+    visionfleet_drift_samples_total      samples added to the window
+    visionfleet_drift_samples_dropped_total{reason}   rate_limited | queue_full | bad_request | inference_failed
+    visionfleet_drift_tests_total        tests run
+    visionfleet_drift_test_seconds       duration of the last test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .detect import DETECTORS, Detector
+from .reference import ReferenceError, load
+from .window import TokenBucket, Window
+
+log = logging.getLogger("visionfleet.monitor")
+
+DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
+          "INT16": np.int16, "INT32": np.int32, "INT64": np.int64}
+MAX_BODY = 64 * 1024 * 1024
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def parse_infer(body: bytes, header_length: str | None, input_name: str | None) -> np.ndarray:
+    """One input tensor from a KServe v2 inference request (JSON, or JSON header + binary data)."""
+    try:
+        if header_length is not None:
+            n = int(header_length)
+            header, binary = json.loads(body[:n]), body[n:]
+        else:
+            header, binary = json.loads(body), b""
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"not a KServe v2 inference request: {e}") from e
+    inputs = header.get("inputs") if isinstance(header, dict) else None
+    if not inputs:
+        raise BadRequest("the request has no inputs")
+    offset = 0
+    for t in inputs:
+        size = int((t.get("parameters") or {}).get("binary_data_size", 0))
+        if input_name is None or t.get("name") == input_name:
+            dtype = DTYPES.get(t.get("datatype", ""))
+            if dtype is None:
+                raise BadRequest(f"input {t.get('name')}: datatype {t.get('datatype')!r} is not one of {sorted(DTYPES)}")
+            shape = [int(s) for s in t.get("shape", [])]
+            if size:
+                arr = np.frombuffer(binary[offset:offset + size], dtype=dtype)
+            elif "data" in t:
+                arr = np.asarray(t["data"], dtype=dtype)
+            else:
+                raise BadRequest(f"input {t.get('name')} carries no data")
+            try:
+                return arr.reshape(shape).astype(np.float32)
+            except ValueError as e:
+                raise BadRequest(f"input {t.get('name')}: {arr.size} values do not make shape {shape}") from e
+        offset += size
+    raise BadRequest(f"the request has no input named {input_name!r}")
+
+
+class Monitor:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.reference = load(Path(args.reference))
+        self.detector = Detector(self.reference, args.detector, args.p_value)
+        dims = self.reference.classes if self.detector.needs_outputs else self.reference.reduced.shape[1]
+        self.window = Window(args.window, dims)
+        self.bucket = TokenBucket(args.max_rate)
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=args.queue)
+        self.tested_total = -1  # window.total at the last test
+        self.last: dict | None = None
+        r = self.registry = CollectorRegistry()
+        # The last test's figures are exported only once a test ran: absent, never a default value.
+        t = self.tested_registry = CollectorRegistry()
+        self.g_p = Gauge("visionfleet_drift_p_value", "p-value of the last drift test", registry=t)
+        self.g_dist = Gauge("visionfleet_drift_distance", "distance of the last drift test", registry=t)
+        self.g_drift = Gauge("visionfleet_drift_detected", "1 when the last test found drift", registry=t)
+        self.g_fill = Gauge("visionfleet_drift_window_fill", "samples held / window size", registry=r)
+        self.c_samples = Counter("visionfleet_drift_samples", "samples added to the window", registry=r)
+        self.c_dropped = Counter("visionfleet_drift_samples_dropped", "samples not used", ["reason"], registry=r)
+        self.c_tests = Counter("visionfleet_drift_tests", "drift tests run", registry=r)
+        self.g_secs = Gauge("visionfleet_drift_test_seconds", "duration of the last drift test", registry=r)
+        self.g_fill.set(0)
+        self._p_exported = False
+        self.triton = None
+
+    # -- samples ---------------------------------------------------------------------------------
+
+    async def mirror(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            x = parse_infer(body, request.headers.get("Inference-Header-Content-Length"), self.args.input)
+        except BadRequest as e:
+            self.c_dropped.labels("bad_request").inc()
+            return web.json_response({"error": str(e)}, status=400)
+        rows = len(x) if x.ndim > 1 else 1
+        granted = self.bucket.take(rows)
+        if granted < rows:
+            self.c_dropped.labels("rate_limited").inc(rows - granted)
+        if granted:
+            x = x[:granted]
+            if self.detector.needs_outputs:
+                try:
+                    self.queue.put_nowait(x)
+                except asyncio.QueueFull:
+                    self.c_dropped.labels("queue_full").inc(granted)
+                    granted = 0
+            else:
+                self.add(self.detector.features(x, None))
+        return web.json_response({"accepted": granted})
+
+    def add(self, features: np.ndarray) -> None:
+        self.window.add(features)
+        self.c_samples.inc(len(features))
+        self.g_fill.set(self.window.fill)
+
+    async def outputs_worker(self) -> None:
+        import tritonclient.http.aio as httpclient
+
+        url = self.args.triton.split("://", 1)[-1]
+        self.triton = client = httpclient.InferenceServerClient(url=url)
+        while True:
+            x = await self.queue.get()
+            try:
+                inp = httpclient.InferInput(self.args.input or "INPUT", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x.astype(np.float32), binary_data=True)
+                outputs = [httpclient.InferRequestedOutput(self.args.output, binary_data=True)] if self.args.output else None
+                res = await client.infer(self.args.model, [inp], outputs=outputs)
+                name = self.args.output or res.get_response()["outputs"][0]["name"]
+                self.add(self.detector.features(None, res.as_numpy(name)))
+            except Exception as e:  # Triton down, model unloaded, shape mismatch: count, keep going
+                self.c_dropped.labels("inference_failed").inc(len(x))
+                log.warning("outputs for %d samples failed: %s", len(x), str(e)[:300])
+
+    # -- tests -----------------------------------------------------------------------------------
+
+    async def scheduler(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.interval)
+            if self.window.full and self.window.total != self.tested_total:
+                self.tested_total = self.window.total
+                try:
+                    result = await asyncio.to_thread(self.detector.test, self.window.values())
+                except Exception:
+                    log.exception("drift test failed")
+                    continue
+                self.g_p.set(result.p_value)
+                self.g_dist.set(result.distance)
+                self.g_drift.set(1 if result.drift else 0)
+                self.g_secs.set(result.seconds)
+                self.c_tests.inc()
+                self._p_exported = True
+                self.last = {"pValue": result.p_value, "distance": result.distance, "drift": result.drift,
+                             "samples": result.samples, "seconds": round(result.seconds, 3), "at": time.time()}
+                log.info(json.dumps({"phase": "tested", "detector": self.detector.kind, **self.last}))
+
+    # -- http ------------------------------------------------------------------------------------
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        text = generate_latest(self.registry) + (generate_latest(self.tested_registry) if self._p_exported else b"")
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(self, _: web.Request) -> web.Response:
+        return web.json_response({"detector": self.detector.kind, "pValueThreshold": self.args.p_value,
+                                  "window": self.window.size, "held": self.window.count,
+                                  "samplesTotal": self.window.total, "referenceSamples": self.reference.samples,
+                                  "queued": self.queue.qsize(), "lastTest": self.last})
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.add_routes([web.post("/v2/models/{model}/infer", self.mirror),
+                        web.post("/v2/models/{model}/versions/{version}/infer", self.mirror),
+                        web.get("/metrics", self.metrics), web.get("/v1/status", self.status),
+                        web.get("/healthz", _ok), web.get("/readyz", _ok)])
+        return app
+
+
+async def _ok(_: web.Request) -> web.Response:
+    return web.Response(text="ok")  # ready as soon as it listens: the reference loaded before that
+
+
+async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
+    mon = Monitor(args)
+    runner = web.AppRunner(mon.app(), access_log=None)
+    await runner.setup()
+    host, _, port = args.listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    tasks = [asyncio.create_task(mon.scheduler())]
+    if mon.detector.needs_outputs:
+        tasks += [asyncio.create_task(mon.outputs_worker()) for _ in range(max(1, args.workers))]
+    log.info(json.dumps({"phase": "listening", "listen": args.listen, "detector": args.detector, "window": args.window,
+                         "pValue": args.p_value, "referenceSamples": mon.reference.samples}))
+    if ready is not None:
+        ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        if mon.triton is not None:
+            await mon.triton.close()
+        await runner.cleanup()
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="visionfleet-monitor", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Samples: POST /v2/models/<model>/infer (a mirror of Triton's traffic). "
+                                        "Metrics: GET /metrics. State: GET /v1/status.")
+    ap.add_argument("--reference", required=True, help="drift-reference.npz written by the compile Job")
+    ap.add_argument("--detector", choices=DETECTORS, default="bbsd-ks", help="test (default bbsd-ks)")
+    ap.add_argument("--window", type=int, default=500, help="samples per test (default 500)")
+    ap.add_argument("--p-value", type=float, default=0.01, help="drift when p < this (default 0.01)")
+    ap.add_argument("--model", required=True, help="the Triton model name")
+    ap.add_argument("--input", default=None, help="input tensor to test (default: the request's first)")
+    ap.add_argument("--output", default=None, help="output tensor with the logits (default: the first)")
+    ap.add_argument("--triton", default="http://127.0.0.1:8000", help="Triton asked for outputs (bbsd-ks)")
+    ap.add_argument("--listen", default="0.0.0.0:8010", help="address for samples and metrics")
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between tests (default 5)")
+    ap.add_argument("--max-rate", type=float, default=50.0, help="samples a second taken, the rest dropped (default 50)")
+    ap.add_argument("--queue", type=int, default=16, help="mirrored requests waiting for outputs (default 16)")
+    ap.add_argument("--workers", type=int, default=2, help="concurrent output requests to Triton (default 2)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for name, value, low in (("--window", args.window, 20), ("--max-rate", args.max_rate, 1), ("--queue", args.queue, 1)):
+        if value < low:
+            print(f"visionfleet-monitor: {name} {value}: must be ≥ {low}", file=sys.stderr)
+            return 2
+    if not 0 < args.p_value < 1:
+        print(f"visionfleet-monitor: --p-value {args.p_value}: must be in (0, 1)", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(args))
+    except ReferenceError as e:
+        print(f"visionfleet-monitor: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
