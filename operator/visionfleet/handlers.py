@@ -24,7 +24,7 @@ from visionfleet.act.apply import WriteCounter, apply_plan, status_from, write_s
 from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.observe.kube import gather
-from visionfleet.observe.prometheus import measure
+from visionfleet.observe.prometheus import measure, measure_drift
 from visionfleet.planner.conditions import CondType, Reason, set_condition
 from visionfleet.planner.model import Observed, VisionDeploymentView, iso
 from visionfleet.planner.rollout import plan
@@ -96,8 +96,10 @@ def run_pass(body: dict[str, Any]) -> float:
     seen = gather(core, batch, apps, name, namespace)
     canary = vd.status.canary_revision
     measurement = measure(spec.analysis, namespace, name, canary) if canary else None
+    stable = vd.status.stable_revision
+    stable_drift = measure_drift(spec.analysis, namespace, name, stable) if stable else None
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
-                        measurement=measurement)
+                        measurement=measurement, stable_drift=stable_drift)
     p = plan(vd, observed, datetime.now(timezone.utc))
     apply_plan(api, vd, p, seen.applied, WRITES, seen.revision_services)
     for e in p.events:

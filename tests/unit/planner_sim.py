@@ -96,6 +96,7 @@ class World:
     jobs: dict[tuple[str, str], ObservedJob] = field(default_factory=dict)
     deployments: dict[tuple[str, str], ObservedDeployment] = field(default_factory=dict)
     measurement: Measurement | None = GOOD
+    stable_drift: Measurement | None = None
     fail_compile: set[str] = field(default_factory=set)   # classes whose compile Job fails
     never_ready: bool = False
     last: Plan | None = None
@@ -122,7 +123,7 @@ class World:
         vd = VisionDeploymentView(name="doorbell", namespace="vision", generation=self.generation, spec=self.spec,
                                   status=self.status, annotations=dict(self.annotations))
         observed = Observed(nodes=NODES, jobs=tuple(self.jobs.values()), deployments=tuple(self.deployments.values()),
-                            measurement=self.measurement)
+                            measurement=self.measurement, stable_drift=self.stable_drift)
         p = plan(vd, observed, self.now)
         for a in p.actions:
             if isinstance(a, EnsureCompileJob):

@@ -211,3 +211,45 @@ def test_the_compile_programs_config_check_rejects_what_triton_would():
     check_triton_config('name: "m"\nbackend: "onnxruntime"\nmax_batch_size: 4\n')
     with pytest.raises(ParseError):
         check_triton_config('name: "m"\nmax_batch: 4\n')  # no such field in ModelConfig
+
+
+def drift_spec(**drift):
+    raw = dict(SPEC, serving={"modelRepository": "pvc://models/repo"},
+               compile={"calibration": {"uri": "pvc://models/calib.npz"}},
+               analysis={"prometheus": {"url": "http://prom:9090"}, "drift": {"window": 300, **drift}})
+    return VisionDeploymentSpec.model_validate(raw)
+
+
+def test_drift_monitor_sidecar_reads_its_revisions_reference_and_its_own_triton():
+    s = drift_spec(detector="mmd", pValue=0.05)
+    dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["l4"], REV, 2, RESULT, "canary")
+    pod = dep["spec"]["template"]["spec"]
+    triton, mon = pod["containers"]
+    assert mon["name"] == "drift-monitor" and mon["image"] == "ghcr.io/visionfleet/monitor:0.1.0"
+    args = mon["args"]
+    assert args[0] == "visionfleet-monitor" and "--detector=mmd" in args and "--window=300" in args
+    assert "--p-value=0.05" in args and "--triton=http://127.0.0.1:8000" in args and "--model=effnet" in args
+    assert "--reference=/reference/drift-reference.npz" in args and "--max-rate=50" in args
+    ref = next(m for m in mon["volumeMounts"] if m["mountPath"] == "/reference")
+    art = next(m for m in triton["volumeMounts"] if m["name"] == "artifact")
+    # The same claim and sub-path as the artifact Triton serves: this revision's, this class's reference.
+    assert ref["name"] == "artifact" and ref["subPath"] == art["subPath"] == f"repo/effnet/{REV}-l4" and ref["readOnly"]
+    assert dep["spec"]["template"]["metadata"]["annotations"]["visionfleet.io/drift-port"] == "8010"
+    restricted(pod)
+    # No drift test, no sidecar.
+    plain = build_triton_deployment("doorbell", "vision", "u", spec(), classes()["l4"], REV, 2, RESULT, "stable")
+    assert [c["name"] for c in plain["spec"]["template"]["spec"]["containers"]] == ["triton"]
+
+
+def test_drift_service_and_mirror_filter():
+    from visionfleet.builders.manifests import build_drift_service, mirror_filters
+
+    svc = build_drift_service("doorbell", "vision", "u")
+    assert svc["metadata"]["name"] == "doorbell-drift" and svc["spec"]["ports"][0]["port"] == 8010
+    assert svc["spec"]["selector"] == {"visionfleet.io/vision-deployment": "doorbell",
+                                       "app.kubernetes.io/component": "triton"}
+    theirs = {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}
+    on = mirror_filters([theirs], "doorbell", True)
+    assert on[0] == theirs and on[1]["requestMirror"]["backendRef"]["name"] == "doorbell-drift"
+    assert mirror_filters(on, "doorbell", True) == on  # idempotent: no write on the next pass
+    assert mirror_filters(on, "doorbell", False) == [theirs]  # drift switched off: only ours removed

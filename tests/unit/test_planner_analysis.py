@@ -55,3 +55,47 @@ def test_without_slo_or_drift_the_pause_alone_judges():
 def test_slo_only_ignores_missing_drift_numbers():
     analysis = AnalysisSpec.model_validate({"prometheus": {"url": "http://p:9090"}, "slo": {"latencyP99Ms": 20}})
     assert assess(Measurement(p99_ms=5, error_rate=0, requests=500), analysis).verdict == "Passed"
+
+
+def drifting_world():
+    from .planner_sim import World, spec
+
+    w = World(spec(analysis__drift={"pValue": 0.01, "window": 500},
+                   compile__calibration={"uri": "pvc://models/calib.npz"}))
+    w.measurement = Measurement(p99_ms=12.0, error_rate=0.0, requests=500, drift_p_value=0.4, drift_window_fill=1.0)
+    w.run_until("Healthy")
+    return w
+
+
+def test_stable_drift_raises_a_condition_and_one_event_but_never_rolls_back():
+    w = drifting_world()
+    stable = w.status.stable_revision
+    w.stable_drift = Measurement(drift_p_value=0.002, drift_window_fill=1.0)
+    w.tick()
+    cond = next(c for c in w.status.conditions if c.type == "InputDrift")
+    assert cond.status == "True" and cond.reason == "DriftDetected" and "p=0.002 < 0.01" in cond.message
+    assert [e for e in w.all_events if e[1] == "InputDrift"][0][0] == "Warning"
+    for _ in range(5):
+        w.tick()
+    assert len([e for e in w.all_events if e[1] == "InputDrift"]) == 1  # once per episode, not per pass
+    assert w.status.phase == "Healthy" and w.status.stable_revision == stable and not w.status.canary_revision
+    # The monitor restarted (window filling): no verdict, the last known one stands.
+    w.stable_drift = Measurement(drift_p_value=0.5, drift_window_fill=0.3)
+    w.tick()
+    assert next(c for c in w.status.conditions if c.type == "InputDrift").status == "True"
+    # Back in distribution: the condition clears; a later episode warns again.
+    w.stable_drift = Measurement(drift_p_value=0.5, drift_window_fill=1.0)
+    w.tick()
+    assert next(c for c in w.status.conditions if c.type == "InputDrift").status == "False"
+    w.stable_drift = Measurement(drift_p_value=0.001, drift_window_fill=1.0)
+    w.tick()
+    assert len([e for e in w.all_events if e[1] == "InputDrift"]) == 2
+
+
+def test_without_a_drift_test_there_is_no_drift_condition():
+    from .planner_sim import World, spec
+
+    w = World(spec())
+    w.stable_drift = Measurement(drift_p_value=0.001, drift_window_fill=1.0)
+    w.run_until("Healthy")
+    assert all(c.type != "InputDrift" for c in w.status.conditions)

@@ -23,9 +23,11 @@ from visionfleet.builders.manifests import (
     ANNOTATION_APPLIED,
     build_compile_job,
     build_config_map,
+    build_drift_service,
     build_revision_service,
     build_service,
     build_triton_deployment,
+    mirror_filters,
     revision_service_name,
     route_backends,
     serving_name,
@@ -107,6 +109,8 @@ def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], 
     for a in plan.actions:
         if isinstance(a, EnsureService):
             apply_.append(build_service(vd.name, vd.namespace, vd.uid))
+            if vd.spec.analysis.drift is not None:
+                apply_.append(build_drift_service(vd.name, vd.namespace, vd.uid))
         elif isinstance(a, EnsureCompileJob):
             apply_.append(build_compile_job(vd.name, vd.namespace, vd.uid, vd.spec, a.cls, a.revision))
         elif isinstance(a, EnsureServing):
@@ -138,8 +142,14 @@ def set_route_weights(api: client.ApiClient, vd: VisionDeploymentView, action: S
     changed = False
     for rule in route.get("spec", {}).get("rules", []):
         new = route_backends(rule.get("backendRefs", []), vd.name, ours, list(action.weights))
-        if new is not None and new != rule.get("backendRefs"):
+        if new is None:
+            continue
+        if new != rule.get("backendRefs"):
             rule["backendRefs"] = new
+            changed = True
+        filters = mirror_filters(rule.get("filters") or [], vd.name, vd.spec.analysis.drift is not None)
+        if filters != (rule.get("filters") or []):
+            rule["filters"] = filters
             changed = True
     if changed:
         request(api, "PUT", path, body=route, query=[("fieldManager", FIELD_MANAGER)])

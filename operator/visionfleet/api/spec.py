@@ -37,6 +37,7 @@ URI_PATTERN = r"^(pvc|s3|gs|https|file)://.+$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the release tested locally
 COMPILE_IMAGE = "ghcr.io/visionfleet/compile:0.1.0"
+MONITOR_IMAGE = "ghcr.io/visionfleet/monitor:0.1.0"
 
 NodeSelector = Annotated[
     dict[
@@ -372,9 +373,16 @@ class DriftDetector(str, Enum):
 
 
 class DriftSpec(Model):
-    detector: DriftDetector = DriftDetector.BBSD_KS
-    p_value: Annotated[float, Field(gt=0, lt=1)] = 0.01
-    window: Annotated[int, Field(ge=20, le=100_000)] = 500
+    """The drift monitor, a sidecar in every Triton pod (docs/drift.md)."""
+
+    detector: DriftDetector = Field(default=DriftDetector.BBSD_KS, description=(
+        "bbsd-ks: KS tests on the model's softmax outputs, Bonferroni-corrected; mmd: MMD on reduced inputs."))
+    p_value: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.01, description="Drift when p < this.")
+    window: Annotated[int, Field(ge=20, le=100_000)] = Field(
+        default=500, description="Samples per test; the canary is judged only once its window is full.")
+    max_samples_per_second: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=50, description="Samples each monitor takes from the mirrored traffic; the rest are dropped.")
+    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = MONITOR_IMAGE
 
 
 class AnalysisSpec(Model):
@@ -393,6 +401,9 @@ class AnalysisSpec(Model):
         "json_schema_extra": validations(
             cel("!has(self.slo) || has(self.prometheus)",
                 "analysis.slo needs analysis.prometheus.url to read latency and errors from",
+                field_path=".prometheus", reason="FieldValueRequired"),
+            cel("!has(self.drift) || has(self.prometheus)",
+                "analysis.drift needs analysis.prometheus.url to read the drift monitors' p-values from",
                 field_path=".prometheus", reason="FieldValueRequired"),
         )
     }
@@ -421,6 +432,13 @@ class VisionDeploymentSpec(Model):
                 " || (has(self.fleet.discover) && (self.fleet.discover.cpuPrecision == 'int8'"
                 " || self.fleet.discover.gpuPrecision == 'int8')))",
                 "precision int8 needs calibration data: set compile.calibration.uri (or choose fp32/fp16)",
+                field_path=".compile.calibration",
+                reason="FieldValueRequired",
+            ),
+            cel(
+                "!has(self.analysis.drift) || has(self.compile.calibration)",
+                "analysis.drift needs compile.calibration.uri: each revision's drift reference is built "
+                "from its calibration set",
                 field_path=".compile.calibration",
                 reason="FieldValueRequired",
             ),

@@ -4,7 +4,9 @@
       ├─ Job         <vd>-<class>-<rev8>-compile     one per class and revision, runs on the class
       ├─ ConfigMap   <vd>-<class>-<rev8>             config.pbtxt of that artifact
       ├─ Deployment  <vd>-<class>-<rev8>             Triton serving that artifact on the class
-      └─ Service     <vd>                            every Ready Triton pod of the VisionDeployment
+      ├─ Service     <vd>                            every Ready Triton pod of the VisionDeployment
+      └─ Service     <vd>-drift                      the drift monitor sidecars (the traffic mirror's
+                                                     target), when spec.analysis.drift is set
 
 Names are deterministic (a restart recreates nothing) and at most 63 characters (they become label
 values); a long name is cut and given a short hash of the full name, so it stays unique. Every
@@ -31,6 +33,8 @@ from visionfleet.planner.durations import seconds
 
 from .triton_config import build_triton_config
 
+REFERENCE_FILE = "drift-reference.npz"  # written by the compile Job next to the artifact
+
 NAME_MAX = 63
 LABEL_VD = "visionfleet.io/vision-deployment"
 LABEL_CLASS = "visionfleet.io/class"
@@ -39,6 +43,7 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_APPLIED = "visionfleet.io/applied-hash"
 TRACK_ANNOTATION = "visionfleet.io/track"
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
+MONITOR_PORT = 8010
 COMPILE_REQUEST_ENV = "VISIONFLEET_COMPILE_REQUEST"
 # Exit codes of the compile program that no retry can fix (bad model, failed accuracy gate): the
 # Job fails at once instead of burning its backoffLimit.
@@ -244,6 +249,11 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         "securityContext": RESTRICTED_CONTAINER,
         "volumeMounts": mounts,
     }
+    containers = [container]
+    pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS)}
+    if spec.analysis.drift is not None:
+        containers.append(drift_monitor_container(spec, mounts))
+        pod_annotations["visionfleet.io/drift-port"] = str(MONITOR_PORT)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -254,18 +264,70 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {
-                    "prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS)}},
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": RESTRICTED_POD,
                     **_placement(cls),
-                    "containers": [container],
+                    "containers": containers,
                     "volumes": volumes,
                 },
             },
         },
     }
+
+
+def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The drift monitor sidecar: reads this revision's reference next to the artifact (read-only),
+    takes mirrored requests on its port, asks the pod's own Triton for outputs (bbsd-ks)."""
+    drift, model = spec.analysis.drift, spec.model
+    artifact = next(m for m in triton_mounts if m["mountPath"] == f"/models/{model.name}/1")
+    return {
+        "name": "drift-monitor",
+        "image": drift.image,
+        "args": ["visionfleet-monitor", f"--reference=/reference/{REFERENCE_FILE}", f"--detector={getattr(drift.detector, 'value', drift.detector)}",
+                 f"--window={drift.window}", f"--p-value={drift.p_value}", f"--model={model.name}",
+                 f"--input={model.inputs[0].name}", f"--output={model.outputs[0].name}",
+                 f"--triton=http://127.0.0.1:{TRITON_HTTP}", f"--listen=0.0.0.0:{MONITOR_PORT}",
+                 f"--max-rate={drift.max_samples_per_second}"],
+        "ports": [{"name": "drift", "containerPort": MONITOR_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "drift"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "drift"}, "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": "drift"}, "periodSeconds": 5, "failureThreshold": 60},
+        # A window of 500 × 1000 classes is 2 MB; the rest is the Python runtime with alibi-detect and torch.
+        "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {**artifact, "mountPath": "/reference", "readOnly": True}],
+    }
+
+
+def drift_service_name(vd: str) -> str:
+    return child_name(vd, "drift")
+
+
+def build_drift_service(vd: str, namespace: str, uid: str) -> dict[str, Any]:
+    """Every drift monitor of the VisionDeployment: where the gateway mirrors requests to. Each
+    revision's pods get a share of the mirror as they get a share of the traffic."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(drift_service_name(vd), namespace, vd, uid, labels(vd, "drift-monitor")),
+        "spec": {"selector": {LABEL_VD: vd, LABEL_COMPONENT: "triton"},
+                 "ports": [{"name": "drift", "port": MONITOR_PORT, "targetPort": "drift"}]},
+    }
+
+
+def mirror_filters(filters: list[dict[str, Any]], vd: str, drift: bool) -> list[dict[str, Any]]:
+    """A rule's filters with this VisionDeployment's RequestMirror (to its drift Service) present
+    exactly when drift is on; every other filter kept as it is."""
+    name = drift_service_name(vd)
+    kept = [f for f in filters if not (f.get("type") == "RequestMirror"
+                                       and (f.get("requestMirror") or {}).get("backendRef", {}).get("name") == name)]
+    if drift:
+        kept.append({"type": "RequestMirror", "requestMirror": {"backendRef": {
+            "group": "", "kind": "Service", "name": name, "port": MONITOR_PORT}}})
+    return kept
 
 
 def build_service(vd: str, namespace: str, uid: str) -> dict[str, Any]:

@@ -83,6 +83,13 @@ def instant(prom: PrometheusConnect, query: str) -> float:
     return value
 
 
+def measure_drift(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> Measurement | None:
+    """The drift test of one revision alone (the stable one: its SLOs are not the rollout's business)."""
+    if analysis.prometheus is None or analysis.drift is None:
+        return None
+    return measure(analysis.model_copy(update={"slo": None}), namespace, vd, revision)
+
+
 def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> Measurement | None:
     """The canary's numbers, or None when no analysis source is configured."""
     if analysis.prometheus is None or (analysis.slo is None and analysis.drift is None):

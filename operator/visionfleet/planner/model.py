@@ -58,7 +58,8 @@ class Observed:
     nodes: tuple[ObservedNode, ...] = ()
     jobs: tuple[ObservedJob, ...] = ()
     deployments: tuple[ObservedDeployment, ...] = ()
-    measurement: Measurement | None = None
+    measurement: Measurement | None = None  # the canary's, while one is in flight
+    stable_drift: Measurement | None = None  # the stable revision's drift test, when drift is configured
 
     def job(self, class_name: str, revision: str) -> ObservedJob | None:
         return next((j for j in self.jobs if j.class_name == class_name and j.revision == revision), None)

@@ -524,7 +524,28 @@ class _Pass:
                                   now, gen)
         elif get_condition(conds, CondType.PAUSED) is not None:
             conds = set_condition(conds, CondType.PAUSED, False, Reason.NONE, "not paused", now, gen)
+        conds = self.stable_drift(conds)
         st.conditions = conds
+
+    def stable_drift(self, conds: list) -> list:
+        """Drift on the stable revision: the input moved, not the model. A condition and a Warning
+        Event when it starts, never a rollback (there is nothing better to roll back to)."""
+        drift, m = self.vd.spec.analysis.drift, self.observed.stable_drift
+        if drift is None:
+            return [c for c in conds if c.type != CondType.INPUT_DRIFT.value]
+        if m is None or m.drift_error or m.drift_p_value is None or m.drift_window_fill is None \
+                or m.drift_window_fill < 1.0:
+            return conds  # no verdict yet: what was last known stands
+        rev, now, gen = self.st.stable_revision, self.now_s, self.vd.generation
+        before = get_condition(conds, CondType.INPUT_DRIFT)
+        if m.drift_p_value < drift.p_value:
+            message = (f"the inputs of stable revision {rev} drifted from its calibration set: "
+                       f"p={m.drift_p_value:.3g} < {drift.p_value:g} over the last {drift.window} samples")
+            if before is None or before.status != "True":
+                self.event("Warning", "InputDrift", message)
+            return set_condition(conds, CondType.INPUT_DRIFT, True, Reason.DRIFT_DETECTED, message, now, gen)
+        return set_condition(conds, CondType.INPUT_DRIFT, False, Reason.NONE,
+                             f"stable revision {rev}: p={m.drift_p_value:.3g} >= {drift.p_value:g}", now, gen)
 
 
 def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
