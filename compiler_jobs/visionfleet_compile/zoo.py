@@ -76,6 +76,23 @@ def split(all_photos: list[Photo]) -> tuple[list[Photo], list[Photo]]:
     return calib, held
 
 
+def random_views(photo_list: list[Photo], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` independent draws of (a photo chosen uniformly, a fresh random-resized crop of it):
+    uint8 NHWC and labels. Two calls with different seeds are two i.i.d. samples of one
+    distribution, which is what a drift test's null hypothesis means — unlike two disjoint sets of
+    these few photos, whose class mix differs for real (the drift tests and benchmark)."""
+    rng = np.random.default_rng(seed)
+    loaded: dict[int, object] = {}
+    images, labels = [], []
+    for i in rng.integers(0, len(photo_list), n):
+        i = int(i)
+        if i not in loaded:
+            loaded[i] = load_rgb(photo_list[i].path)
+        images.append(view(loaded[i], 1, rng))
+        labels.append(photo_list[i].label)
+    return np.stack(images), np.array(labels, dtype=np.int64)
+
+
 def load_rgb(path: Path):
     from PIL import Image
 

@@ -8,7 +8,12 @@ docs/observability.md): ``namespace``, ``vision_deployment``, ``revision``, ``cl
     requests   sum(increase(nv_inference_request_success[W])) + sum(increase(nv_inference_request_failure[W]))
     errors     sum(increase(nv_inference_request_failure[W])) / requests
     p99        max(nv_inference_request_summary_us{quantile="0.99"}) / 1000       (worst pod, ms)
-    drift      min(visionfleet_drift_p_value), min(visionfleet_drift_window_fill)
+    drift      clamp_max(min(visionfleet_drift_p_value) * count(visionfleet_drift_p_value), 1)
+               min(visionfleet_drift_window_fill)
+
+Each pod's monitor tests its own window, so a revision with k pods runs k tests: the smallest p-value
+is Bonferroni-corrected by k, which keeps the false-alarm rate at drift.pValue however many pods
+the revision has; the window counts as full only when every pod's is.
 
 Anything but exactly one finite number per query — no series, several series, NaN, an HTTP or
 query error, a timeout — becomes an error string on the Measurement, which the planner judges
@@ -46,7 +51,7 @@ def queries(namespace: str, vd: str, revision: str, window: str) -> Queries:
         requests=f"({ok} + {bad})",
         errors=f"({bad} / ({ok} + {bad}))",
         p99_ms=f'(max(nv_inference_request_summary_us{{{sel},quantile="0.99"}}) / 1000)',
-        drift_p_value=f"min(visionfleet_drift_p_value{{{sel}}})",
+        drift_p_value=f"clamp_max(min(visionfleet_drift_p_value{{{sel}}}) * count(visionfleet_drift_p_value{{{sel}}}), 1)",
         drift_window_fill=f"min(visionfleet_drift_window_fill{{{sel}}})",
     )
 
@@ -110,7 +115,8 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> M
     if analysis.drift is not None:
         try:
             values["drift_window_fill"] = instant(prom, q.drift_window_fill)
-            values["drift_p_value"] = instant(prom, q.drift_p_value)
+            if values["drift_window_fill"] >= 1.0:  # a filling window has no p-value yet, and needs none
+                values["drift_p_value"] = instant(prom, q.drift_p_value)
         except QueryError as e:
             drift_error = str(e)
     prom.close()
