@@ -22,6 +22,8 @@ def analysed(url, version="1", drift=False, **analysis):
                                "failureLimit": 1, "inconclusiveLimit": 3, **analysis}
     if drift:
         obj["spec"]["analysis"]["drift"] = {"pValue": 0.01, "window": 500}
+        # Each revision's drift reference is built from its calibration set (the CRD insists).
+        obj["spec"].setdefault("compile", {})["calibration"] = {"uri": "pvc://models/calib.npz"}
     return obj
 
 
