@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .reference import Reference
+from .reference import Reference, reduce_inputs, softmax
 
 DETECTORS = ("bbsd-ks", "mmd")
 
@@ -60,8 +60,6 @@ class Detector:
 
     def features(self, inputs: np.ndarray | None, outputs: np.ndarray | None) -> np.ndarray:
         """What the window stores per sample: softmax outputs (bbsd-ks) or reduced inputs (mmd)."""
-        from .reference import reduce_inputs, softmax
-
         if self.kind == "bbsd-ks":
             if outputs is None:
                 raise ValueError("bbsd-ks needs the model's outputs for each sample")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE_FILE = "drift-reference.npz"
+from . import REFERENCE_FILE
+
 FORMAT = 1
 POOL = 8
 REDUCED_DIMS = 32

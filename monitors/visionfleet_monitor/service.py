@@ -115,8 +115,7 @@ class Monitor:
         self.c_tests = Counter("visionfleet_drift_tests", "drift tests run", registry=r)
         self.g_secs = Gauge("visionfleet_drift_test_seconds", "duration of the last drift test", registry=r)
         self.g_fill.set(0)
-        self._p_exported = False
-        self.triton = None
+        self.triton = None  # one client for all output workers (bbsd-ks), made in start_workers
 
     # -- samples ---------------------------------------------------------------------------------
 
@@ -148,11 +147,19 @@ class Monitor:
         self.c_samples.inc(len(features))
         self.g_fill.set(self.window.fill)
 
+    def start_workers(self) -> list[asyncio.Task]:
+        tasks = [asyncio.create_task(self.scheduler())]
+        if self.detector.needs_outputs:
+            import tritonclient.http.aio as httpclient
+
+            self.triton = httpclient.InferenceServerClient(url=self.args.triton.split("://", 1)[-1])
+            tasks += [asyncio.create_task(self.outputs_worker()) for _ in range(max(1, self.args.workers))]
+        return tasks
+
     async def outputs_worker(self) -> None:
         import tritonclient.http.aio as httpclient
 
-        url = self.args.triton.split("://", 1)[-1]
-        self.triton = client = httpclient.InferenceServerClient(url=url)
+        client = self.triton
         while True:
             x = await self.queue.get()
             try:
@@ -183,7 +190,6 @@ class Monitor:
                 self.g_drift.set(1 if result.drift else 0)
                 self.g_secs.set(result.seconds)
                 self.c_tests.inc()
-                self._p_exported = True
                 self.last = {"pValue": result.p_value, "distance": result.distance, "drift": result.drift,
                              "samples": result.samples, "seconds": round(result.seconds, 3), "at": time.time()}
                 log.info(json.dumps({"phase": "tested", "detector": self.detector.kind, **self.last}))
@@ -191,7 +197,7 @@ class Monitor:
     # -- http ------------------------------------------------------------------------------------
 
     async def metrics(self, _: web.Request) -> web.Response:
-        text = generate_latest(self.registry) + (generate_latest(self.tested_registry) if self._p_exported else b"")
+        text = generate_latest(self.registry) + (generate_latest(self.tested_registry) if self.last else b"")
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, _: web.Request) -> web.Response:
@@ -213,19 +219,15 @@ async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")  # ready as soon as it listens: the reference loaded before that
 
 
-async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
+async def serve(args: argparse.Namespace) -> None:
     mon = Monitor(args)
     runner = web.AppRunner(mon.app(), access_log=None)
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
     await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
-    tasks = [asyncio.create_task(mon.scheduler())]
-    if mon.detector.needs_outputs:
-        tasks += [asyncio.create_task(mon.outputs_worker()) for _ in range(max(1, args.workers))]
+    tasks = mon.start_workers()
     log.info(json.dumps({"phase": "listening", "listen": args.listen, "detector": args.detector, "window": args.window,
                          "pValue": args.p_value, "referenceSamples": mon.reference.samples}))
-    if ready is not None:
-        ready.set()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

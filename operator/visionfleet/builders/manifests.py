@@ -31,9 +31,9 @@ from visionfleet.api.status import CompileResult
 from visionfleet.planner.classes import ResolvedClass
 from visionfleet.planner.durations import seconds
 
-from .triton_config import build_triton_config
+from visionfleet_monitor import REFERENCE_FILE
 
-REFERENCE_FILE = "drift-reference.npz"  # written by the compile Job next to the artifact
+from .triton_config import build_triton_config
 
 NAME_MAX = 63
 LABEL_VD = "visionfleet.io/vision-deployment"
@@ -285,7 +285,7 @@ def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict
     return {
         "name": "drift-monitor",
         "image": drift.image,
-        "args": ["visionfleet-monitor", f"--reference=/reference/{REFERENCE_FILE}", f"--detector={getattr(drift.detector, 'value', drift.detector)}",
+        "args": ["visionfleet-monitor", f"--reference=/reference/{REFERENCE_FILE}", f"--detector={drift.detector}",
                  f"--window={drift.window}", f"--p-value={drift.p_value}", f"--model={model.name}",
                  f"--input={model.inputs[0].name}", f"--output={model.outputs[0].name}",
                  f"--triton=http://127.0.0.1:{TRITON_HTTP}", f"--listen=0.0.0.0:{MONITOR_PORT}",
