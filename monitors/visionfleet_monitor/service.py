@@ -57,8 +57,9 @@ class BadRequest(ValueError):
     pass
 
 
-def parse_infer(body: bytes, header_length: str | None, input_name: str | None) -> np.ndarray:
-    """One input tensor from a KServe v2 inference request (JSON, or JSON header + binary data)."""
+def parse_infer(body: bytes, header_length: str | None, input_name: str | None) -> tuple[str, np.ndarray]:
+    """(name, tensor) of one input of a KServe v2 inference request (JSON, or JSON header + binary
+    data): ``input_name``, or the first input when it is None."""
     try:
         if header_length is not None:
             n = int(header_length)
@@ -85,7 +86,7 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str | None) 
             else:
                 raise BadRequest(f"input {t.get('name')} carries no data")
             try:
-                return arr.reshape(shape).astype(np.float32)
+                return t.get("name"), arr.reshape(shape).astype(np.float32)
             except ValueError as e:
                 raise BadRequest(f"input {t.get('name')}: {arr.size} values do not make shape {shape}") from e
         offset += size
@@ -122,7 +123,7 @@ class Monitor:
     async def mirror(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            x = parse_infer(body, request.headers.get("Inference-Header-Content-Length"), self.args.input)
+            name, x = parse_infer(body, request.headers.get("Inference-Header-Content-Length"), self.args.input)
         except BadRequest as e:
             self.c_dropped.labels("bad_request").inc()
             return web.json_response({"error": str(e)}, status=400)
@@ -134,7 +135,7 @@ class Monitor:
             x = x[:granted]
             if self.detector.needs_outputs:
                 try:
-                    self.queue.put_nowait(x)
+                    self.queue.put_nowait((name, x))
                 except asyncio.QueueFull:
                     self.c_dropped.labels("queue_full").inc(granted)
                     granted = 0
@@ -161,14 +162,14 @@ class Monitor:
 
         client = self.triton
         while True:
-            x = await self.queue.get()
+            name, x = await self.queue.get()
             try:
-                inp = httpclient.InferInput(self.args.input or "INPUT", list(x.shape), "FP32")
+                inp = httpclient.InferInput(name, list(x.shape), "FP32")  # the mirrored request's own input
                 inp.set_data_from_numpy(x.astype(np.float32), binary_data=True)
                 outputs = [httpclient.InferRequestedOutput(self.args.output, binary_data=True)] if self.args.output else None
                 res = await client.infer(self.args.model, [inp], outputs=outputs)
-                name = self.args.output or res.get_response()["outputs"][0]["name"]
-                self.add(self.detector.features(None, res.as_numpy(name)))
+                out = self.args.output or res.get_response()["outputs"][0]["name"]
+                self.add(self.detector.features(None, res.as_numpy(out)))
             except Exception as e:  # Triton down, model unloaded, shape mismatch: count, keep going
                 self.c_dropped.labels("inference_failed").inc(len(x))
                 log.warning("outputs for %d samples failed: %s", len(x), str(e)[:300])

@@ -66,9 +66,11 @@ def stack(entry, data, tmp_path_factory):
     monitors, prom = {}, None
     try:
         for name in ("clean", "corrupt"):
+            # ``clean`` is told the tensor names (as the operator does); ``corrupt`` takes the request's
+            # first input and Triton's first output by their own names.
+            names = dict(input_name=zoo.INPUT, output_name=zoo.OUTPUT) if name == "clean" else {}
             monitors[name] = MonitorProcess(out_dir / REFERENCE_FILE, tmp_path_factory.mktemp(f"monitor-{name}"),
-                                            "effnet", triton.url, window=WINDOW, input_name=zoo.INPUT,
-                                            output_name=zoo.OUTPUT, interval=0.5).start()
+                                            "effnet", triton.url, window=WINDOW, interval=0.5, **names).start()
         targets = {name: (m.url.split("//")[1], {"namespace": NAMESPACE, "vision_deployment": VD,
                                                  "revision": name, "class": "xeon"})
                    for name, m in monitors.items()}

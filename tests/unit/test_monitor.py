@@ -79,15 +79,17 @@ def test_parse_infer_json_and_binary():
     x = np.arange(12, dtype=np.float32).reshape(2, 6)
     body = json.dumps({"inputs": [{"name": "images", "shape": [2, 6], "datatype": "FP32",
                                    "data": x.ravel().tolist()}]}).encode()
-    assert np.array_equal(parse_infer(body, None, "images"), x)
+    assert parse_infer(body, None, "images")[0] == "images" and np.array_equal(parse_infer(body, None, "images")[1], x)
     # Binary extension, the wanted input second: its bytes come after the first input's.
     first = np.ones(3, dtype=np.int64)
     header = json.dumps({"inputs": [
         {"name": "ids", "shape": [3], "datatype": "INT64", "parameters": {"binary_data_size": first.nbytes}},
         {"name": "images", "shape": [2, 6], "datatype": "FP16", "parameters": {"binary_data_size": x.astype(np.float16).nbytes}},
     ]}).encode()
-    got = parse_infer(header + first.tobytes() + x.astype(np.float16).tobytes(), str(len(header)), "images")
-    assert got.dtype == np.float32 and np.array_equal(got, x)
+    name, got = parse_infer(header + first.tobytes() + x.astype(np.float16).tobytes(), str(len(header)), "images")
+    assert name == "images" and got.dtype == np.float32 and np.array_equal(got, x)
+    # No name asked for: the first input, by its own name (the monitor asks Triton with it).
+    assert parse_infer(header + first.tobytes() + x.astype(np.float16).tobytes(), str(len(header)), None)[0] == "ids"
     with pytest.raises(BadRequest, match="no input named 'other'"):
         parse_infer(body, None, "other")
     with pytest.raises(BadRequest, match="do not make shape"):
