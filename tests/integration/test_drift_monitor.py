@@ -16,7 +16,7 @@ import pytest
 
 from visionfleet.api.spec import AnalysisSpec
 from visionfleet.observe.prometheus import measure
-from visionfleet.planner.analysis import Measurement, Verdict, assess
+from visionfleet.planner.analysis import Verdict, assess
 from visionfleet_compile import program, zoo
 from visionfleet_e2e.corrupt import corrupt_all
 from visionfleet_e2e.monitor import MonitorProcess, mirrored_stream
@@ -103,7 +103,6 @@ def test_the_compile_job_writes_the_reference_next_to_the_artifact(entry, data):
 def measured(stack):
     triton, monitors, prom, live, batch = stack
     spec = analysis(prom)
-    before = {}
     deadline = time.monotonic() + 30
     while len([r for r in prom.query("up") if r["value"][1] == "1"]) < 2:
         assert time.monotonic() < deadline, "Prometheus never scraped both monitors"
