@@ -9,6 +9,7 @@ current state, so a restart at any moment resumes from ``status`` alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from visionfleet.act.apply import WriteCounter, apply_plan, status_from, write_status
 from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.metrics import METRICS
 from visionfleet.observe.kube import gather
 from visionfleet.observe.prometheus import measure, measure_drift
 from visionfleet.planner.conditions import CondType, Reason, set_condition
@@ -32,6 +34,7 @@ from visionfleet.planner.rollout import plan
 log = logging.getLogger("visionfleet")
 _local = threading.local()
 WRITES = WriteCounter()
+METRICS.track_writes(WRITES)  # visionfleet_api_writes_total reads this counter
 
 
 def api_client() -> client.ApiClient:
@@ -45,6 +48,30 @@ def api_client() -> client.ApiClient:
     return _local.api
 
 
+def require_crd() -> None:
+    """Discovery (allowed to every authenticated identity) must list the VisionDeployment resource."""
+    try:
+        resources = client.CustomObjectsApi(api_client()).get_api_resources(crd.GROUP, crd.VERSION).resources
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
+        resources = []
+    if not any(r.name == crd.PLURAL for r in resources):
+        raise kopf.PermanentError(
+            f"{crd.PLURAL}.{crd.GROUP}/{crd.VERSION} is not served by this cluster: install the CRD first "
+            "(the Helm chart does with crds.install=true; or kubectl apply --server-side -f crds/), then restart")
+
+
+def peering_priority(value: str, pod_name: str) -> int:
+    """A number, or ``auto``: derived from the pod's name, so the replicas of one Deployment (identical
+    pod templates) get distinct priorities — kopf freezes every peer when two share the highest one."""
+    if value.strip().lower() == "auto":
+        if not pod_name:
+            raise ValueError("VISIONFLEET_PRIORITY=auto needs POD_NAME (the chart sets it from the downward API)")
+        return 1 + int(hashlib.sha256(pod_name.encode()).hexdigest()[:8], 16) % 1_000_000_000
+    return int(value)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{crd.GROUP}/finalizer"
@@ -53,11 +80,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
+    # No dynamic scanning of CRDs and namespaces: it would need cluster-wide list/watch on both, which
+    # least privilege does not grant. The price: the CRD must be served when the operator starts —
+    # checked here, so a missing CRD stops the operator with a message instead of serving nothing.
+    settings.scanning.disabled = True
+    require_crd()
+    # Several replicas (the chart's HA mode) take turns through kopf's peering: the one with the highest
+    # VISIONFLEET_PRIORITY acts, the others wait. Peering is then mandatory — a missing peering object
+    # must stop the operator, not let two replicas act at once. Its scope (ClusterKopfPeering or
+    # KopfPeering) follows the operator's: kopf set settings.peering.clusterwide from --namespace.
     settings.peering.standalone = os.environ.get("VISIONFLEET_PEERING") is None
     if not settings.peering.standalone:
         settings.peering.name = os.environ["VISIONFLEET_PEERING"]
-        settings.peering.priority = int(os.environ.get("VISIONFLEET_PRIORITY", "0"))
-        settings.peering.clusterwide = True
+        settings.peering.priority = peering_priority(os.environ.get("VISIONFLEET_PRIORITY", "0"),
+                                                     os.environ.get("POD_NAME", ""))
+        settings.peering.mandatory = True
 
 
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -67,6 +104,7 @@ def nudge(memo: kopf.Memo, **_: Any) -> None:
         event.set()
 
 
+@METRICS.timed_pass
 def run_pass(body: dict[str, Any]) -> float:
     """One observe -> plan -> act pass (blocking I/O; runs in a worker thread)."""
     md = body["metadata"]
@@ -81,12 +119,15 @@ def run_pass(body: dict[str, Any]) -> float:
         where = "spec." + ".".join(str(p) for p in first["loc"])
         message = f"{where}: {first['msg']} (nothing is rolled out until the spec is fixed)"
         log.error("%s/%s: %s", namespace, name, message)
+        METRICS.invalid_spec()
         new = status.model_copy(deep=True)
         new.conditions = set_condition(list(new.conditions or []), CondType.DEGRADED, True, Reason.INVALID_SPEC,
                                        message, iso(datetime.now(timezone.utc)),
                                        md.get("generation"))
         new.observed_generation = md.get("generation")
-        write_status(api_client(), name, namespace, status, new)
+        if write_status(api_client(), name, namespace, status, new):
+            WRITES.status_writes += 1
+        METRICS.record(namespace, name, status, new)
         return 60.0
     vd = VisionDeploymentView(name=name, namespace=namespace, generation=md.get("generation", 0), spec=spec,
                               status=status, annotations=dict(md.get("annotations") or {}),
@@ -102,6 +143,7 @@ def run_pass(body: dict[str, Any]) -> float:
                         measurement=measurement, stable_drift=stable_drift)
     p = plan(vd, observed, datetime.now(timezone.utc))
     apply_plan(api, vd, p, seen.applied, WRITES, seen.revision_services)
+    METRICS.record(namespace, name, status, p.status)  # counted once the status write went through
     for e in p.events:
         log.info("%s/%s: %s %s", namespace, name, e.reason, e.message)
     return p.requeue_seconds
@@ -110,17 +152,23 @@ def run_pass(body: dict[str, Any]) -> float:
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=10)
 async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     memo.nudge = asyncio.Event()
-    while not stopped:
-        memo.nudge.clear()
-        try:
-            delay = await asyncio.to_thread(run_pass, dict(body))
-        except Exception:
-            log.exception("%s/%s: reconcile pass failed; retrying", body["metadata"]["namespace"], body["metadata"]["name"])
-            delay = 5.0
-        # Sleep until the planner's requeue time, a watch event (nudge), or kopf stopping the daemon
-        # (deletion, shutdown): the latter must not wait out a 30 s requeue.
-        nudged = asyncio.ensure_future(memo.nudge.wait())
-        halted = asyncio.ensure_future(stopped.wait())
-        _, pending = await asyncio.wait({nudged, halted}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    METRICS.track(namespace, name)
+    try:
+        while not stopped:
+            memo.nudge.clear()
+            try:
+                delay = await asyncio.to_thread(run_pass, dict(body))
+            except Exception:
+                log.exception("%s/%s: reconcile pass failed; retrying", namespace, name)
+                delay = 5.0
+            # Sleep until the planner's requeue time, a watch event (nudge), or kopf stopping the daemon
+            # (deletion, shutdown): the latter must not wait out a 30 s requeue.
+            nudged = asyncio.ensure_future(memo.nudge.wait())
+            halted = asyncio.ensure_future(stopped.wait())
+            _, pending = await asyncio.wait({nudged, halted}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+    finally:
+        # Deleted, no longer matching, or this replica paused or exiting: its per-object series go.
+        METRICS.forget(namespace, name)

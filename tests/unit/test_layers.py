@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "operator" / "visionfleet"
-RANK = {"api": 0, "planner": 1, "builders": 2, "observe": 3, "act": 3, "handlers": 4, "main": 5}
+# metrics: the operator's own /metrics (prometheus_client), beside act and observe.
+RANK = {"api": 0, "planner": 1, "builders": 2, "observe": 3, "act": 3, "metrics": 3, "handlers": 4, "main": 5}
 IMPURE = ("kopf", "kubernetes", "urllib", "requests", "httpx", "aiohttp", "socket", "subprocess", "prometheus")
 
 
