@@ -17,15 +17,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class OperatorProcess:
-    def __init__(self, cluster, log_path: Path):
+    def __init__(self, cluster, log_path: Path, env: dict[str, str] | None = None, args: list[str] | None = None):
         self.cluster = cluster
         self.log_path = log_path
+        self.extra_env = env or {}
+        self.args = args or []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = self.cluster.env()
+        env = {**self.cluster.env(), **self.extra_env}
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "visionfleet-operator")], env=env,
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "visionfleet-operator"), *self.args], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -37,6 +39,10 @@ class OperatorProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text().splitlines()[-lines:])
@@ -50,15 +56,38 @@ def namespace(namespace, cluster):
     return namespace
 
 
+SESSION: dict[str, OperatorProcess] = {}
+
+
 @pytest.fixture(scope="session")
 def operator(cluster, tmp_path_factory):
+    from visionfleet_e2e.local_process import free_port
+
     install_crds(cluster)
-    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    port = free_port()
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log",
+                         args=[f"--metrics-port={port}", "--metrics-address=127.0.0.1"])
+    op.metrics_url = f"http://127.0.0.1:{port}/metrics"
     op.start()
     time.sleep(1)
     assert op.proc.poll() is None, f"the operator exited at once:\n{op.tail()}"
+    SESSION["operator"] = op
     yield op
+    SESSION.pop("operator", None)
     op.stop()
+
+
+@pytest.fixture()
+def without_session_operator():
+    """For a test that runs its own operator: the session's (cluster-wide, admin) operator is stopped
+    for the test's duration and started again afterwards, so exactly one operator acts."""
+    op = SESSION.get("operator")
+    was_running = op is not None and op.running
+    if was_running:
+        op.stop()
+    yield
+    if was_running:
+        op.start()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -227,7 +227,7 @@ def test_drift_monitor_sidecar_reads_its_revisions_reference_and_its_own_triton(
     triton, mon = pod["containers"]
     assert mon["name"] == "drift-monitor" and mon["image"] == "ghcr.io/visionfleet/monitor:0.1.0"
     args = mon["args"]
-    assert args[0] == "visionfleet-monitor" and "--detector=mmd" in args and "--window=300" in args
+    assert mon["command"] == ["visionfleet-monitor"] and "--detector=mmd" in args and "--window=300" in args
     assert "--p-value=0.05" in args and "--triton=http://127.0.0.1:8000" in args and "--model=effnet" in args
     assert "--reference=/reference/drift-reference.npz" in args and "--max-rate=50" in args
     ref = next(m for m in mon["volumeMounts"] if m["mountPath"] == "/reference")

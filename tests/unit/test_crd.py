@@ -35,6 +35,11 @@ def test_checked_in_crd_matches_the_models():
     assert path.read_text() == crdmod.render(), "crds/ is stale: run `make crd` (visionfleet-crd) and commit it"
 
 
+def test_the_charts_copy_matches_the_models():
+    assert crdmod.chart_copy_path().read_text() == crdmod.render(), \
+        "charts/visionfleet/files/crds/ is stale: run `make crd` (visionfleet-crd) and commit it"
+
+
 def test_checked_in_reference_matches_the_models():
     path = REPO / "docs" / "reference.md"
     assert path.read_text() == crdmod.render_reference(), "docs/reference.md is stale: run `make crd`"

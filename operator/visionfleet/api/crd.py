@@ -254,6 +254,11 @@ def default_path() -> Path:
     return Path(__file__).resolve().parents[3] / "crds" / CRD_FILE
 
 
+def chart_copy_path() -> Path:
+    """The Helm chart's copy (a chart can only read files inside itself); written and checked with crds/."""
+    return Path(__file__).resolve().parents[3] / "charts" / "visionfleet" / "files" / "crds" / CRD_FILE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="visionfleet-crd",
@@ -269,19 +274,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdout:
         sys.stdout.write(text)
         return 0
+    outs = [args.out] + ([chart_copy_path()] if args.out == default_path() else [])
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current == text:
-            print(f"{args.out}: up to date")
-            return 0
-        sys.stdout.writelines(difflib.unified_diff(
-            current.splitlines(True), text.splitlines(True), str(args.out), "generated"))
-        print(f"\n{args.out} is stale: run `visionfleet-crd` and commit the result", file=sys.stderr)
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+        stale = 0
+        for out in outs:
+            current = out.read_text() if out.exists() else ""
+            if current == text:
+                print(f"{out}: up to date")
+                continue
+            stale += 1
+            sys.stdout.writelines(difflib.unified_diff(
+                current.splitlines(True), text.splitlines(True), str(out), "generated"))
+            print(f"\n{out} is stale: run `visionfleet-crd` and commit the result", file=sys.stderr)
+        return 1 if stale else 0
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     args.reference.write_text(render_reference())
-    print(f"wrote {args.out} and {args.reference}")
+    print(f"wrote {', '.join(map(str, outs))} and {args.reference}")
     return 0
 
 

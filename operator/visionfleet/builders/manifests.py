@@ -285,7 +285,9 @@ def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict
     return {
         "name": "drift-monitor",
         "image": drift.image,
-        "args": ["visionfleet-monitor", f"--reference=/reference/{REFERENCE_FILE}", f"--detector={drift.detector}",
+        # The command is explicit so the sidecar does not depend on the image's entrypoint.
+        "command": ["visionfleet-monitor"],
+        "args": [f"--reference=/reference/{REFERENCE_FILE}", f"--detector={drift.detector}",
                  f"--window={drift.window}", f"--p-value={drift.p_value}", f"--model={model.name}",
                  f"--input={model.inputs[0].name}", f"--output={model.outputs[0].name}",
                  f"--triton=http://127.0.0.1:{TRITON_HTTP}", f"--listen=0.0.0.0:{MONITOR_PORT}",
