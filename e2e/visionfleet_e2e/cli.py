@@ -5,7 +5,8 @@
     visionfleet-fleet status             nodes per class, control-plane processes
     visionfleet-fleet env                shell exports (KUBECONFIG, PATH) for this cluster
     visionfleet-fleet kubectl ARGS...    kubectl against this cluster
-    visionfleet-fleet demo               up + CRD + operator + the examples, until they are Healthy
+    visionfleet-fleet demo               up + chart + operator + real Triton/Prometheus: v1 Healthy, slow v2
+                                         rolled back by the canary analysis
     visionfleet-fleet down               stop everything it started; no process is left behind
 """
 
@@ -15,7 +16,6 @@ import argparse
 import shlex
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -135,54 +135,9 @@ def install_gateway_api_crds(cluster: LocalCluster) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    t0 = time.monotonic()
-    step = 0
+    from .demo import run
 
-    def show(msg: str) -> None:
-        nonlocal step
-        step += 1
-        print(f"\n==> [{step}] {msg}", flush=True)
-
-    show("Building (or reusing) the pinned Kubernetes, etcd, kwok and helm binaries")
-    cluster = LocalCluster(args.name)
-    cluster.env()
-    show(f"Starting the local fleet '{args.fleet}' (real control plane on 127.0.0.1, kwok nodes)")
-    cluster.up(load_fleet(args.fleet), size=args.size, timeout=args.timeout)
-    print(cluster.kubectl("get", "nodes", "-L", f"{CLASS_LABEL},nvidia.com/gpu.product,kubernetes.io/arch").stdout)
-    show("Installing the VisionDeployment CRD (generated from the pydantic models)")
-    install_crds(cluster)
-    print(cluster.kubectl("get", "crd", "visiondeployments.visionfleet.io").stdout)
-    show("Starting the operator (visionfleet-operator, log in "
-         f"{cluster.state_dir.relative_to(REPO) if cluster.state_dir.is_relative_to(REPO) else cluster.state_dir}"
-         "/operator.log)")
-    cluster.start_companion("operator", [str(Path(sys.executable).parent / "visionfleet-operator")])
-    show(f"Applying the examples in docs/examples/ to namespace '{DEMO_NAMESPACE}'")
-    ns = cluster.kubectl("create", "namespace", DEMO_NAMESPACE, "--dry-run=client", "-o", "yaml").stdout
-    cluster.kubectl("apply", "-f", "-", input=ns)
-    cluster.ensure_claim(DEMO_NAMESPACE, "models")  # the examples keep models on pvc://models/...
-    names = []
-    for example in sorted(EXAMPLES_DIR.glob("*.yaml")):
-        out = cluster.kubectl("apply", "--server-side", "--field-manager=demo", "-n", DEMO_NAMESPACE,
-                              "-f", str(example)).stdout.strip()
-        names.append(out.split()[0])
-        print(f"{example.relative_to(REPO)}: {out}")
-    show("Compile Jobs run on each node class (simulated by kwok), then Triton rolls out: waiting for Healthy")
-    deadline = time.monotonic() + args.timeout
-    while True:
-        items = cluster.kubectl_json("get", "vd", "-n", DEMO_NAMESPACE)["items"]
-        phases = {i["metadata"]["name"]: i.get("status", {}).get("phase", "Pending") for i in items}
-        print("  " + ", ".join(f"{n}: {p}" for n, p in sorted(phases.items())), flush=True)
-        if all(p in ("Healthy", "Failed", "RolledBack") for p in phases.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    show("kubectl get vd -o wide")
-    print(cluster.kubectl("get", "vd", "-n", DEMO_NAMESPACE, "-o", "wide").stdout)
-    show("What the operator created: compile Jobs, Triton Deployments, Services")
-    print(cluster.kubectl("get", "jobs,deployments,services", "-n", DEMO_NAMESPACE).stdout)
-    print(f"Done in {time.monotonic() - t0:.0f}s. The fleet and the operator keep running:\n"
-          f"  eval \"$(.venv/bin/visionfleet-fleet env)\"; kubectl get vd -A; kubectl describe vd -n {DEMO_NAMESPACE}\n"
-          f"  .venv/bin/visionfleet-fleet down     # stops them, leaving no process behind")
-    return 0
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("kubectl", help="run kubectl against the cluster")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_kubectl)
-    p = sub.add_parser("demo", help="up + install the CRD + start the operator + apply docs/examples + kubectl get vd")
+    p = sub.add_parser("demo", help="up + helm install + the operator + a real Triton per revision: v1 Healthy, "
+                       "then a slow v2 caught by the canary analysis and rolled back")
     fleet_args(p)
     p.set_defaults(func=cmd_demo)
 

@@ -39,12 +39,15 @@ def _static(target: str | tuple[str, dict[str, str]]) -> dict:
 
 class PrometheusServer:
     def __init__(self, workdir: Path, scrape_targets: dict[str, str | tuple[str, dict[str, str]]],
-                 scrape_interval: str = "1s"):
+                 scrape_interval: str = "1s", file_sd: dict[str, Path] | None = None):
         self.workdir = workdir
         # job name -> host:port, or (host:port, labels): the labels a real cluster's relabelling puts on
         # a Triton pod's series (namespace, vision_deployment, revision, class), given here statically.
         self.targets = scrape_targets
         self.interval = scrape_interval
+        # job name -> a file_sd JSON file ([{targets, labels}]), re-read by Prometheus when it changes:
+        # targets that come and go (a Triton per revision in the demo).
+        self.file_sd = file_sd or {}
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -61,6 +64,10 @@ class PrometheusServer:
                 # relabelled series of a real Triton pod would.
                 {"job_name": job, "honor_labels": True, "static_configs": [_static(target)]}
                 for job, target in self.targets.items()
+            ] + [
+                {"job_name": job, "honor_labels": True,
+                 "file_sd_configs": [{"files": [str(path)], "refresh_interval": "5s"}]}
+                for job, path in self.file_sd.items()
             ],
         }
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(conf))
