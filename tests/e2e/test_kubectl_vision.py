@@ -1,5 +1,6 @@
 """``kubectl vision`` against the real API server and the operator: pause, resume, promote, abort and
-watch a live rollout, through kubectl's own plugin mechanism (kubectl finds ``kubectl-vision`` on PATH)."""
+watch a live rollout, through kubectl's own plugin mechanism (kubectl finds ``kubectl-vision`` on PATH).
+At each phase the Argo CD health check runs on the live object too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ..helpers import wait_for
+from ..unit.test_argocd_health import run_health
 from .test_operator_rollout import VD, Given, vd_with
 
 pytestmark = pytest.mark.cluster
@@ -27,9 +29,15 @@ def vision(cluster, *args, check=True):
     return proc
 
 
+def argo_health(g) -> str:
+    """The Argo CD health check (charts/visionfleet/argocd/health.lua) on the live object."""
+    return run_health(g.vd())["status"]
+
+
 def test_pause_resume_promote_abort_and_watch(cluster, operator, namespace):
     g = Given(cluster, namespace).apply(vd_with(rollout__steps=SLOW))
     v1 = g.wait_phase("Healthy")["stableRevision"]
+    assert argo_health(g) == "Healthy"
     # nothing in flight: promote is refused, naming why
     refused = vision(cluster, "promote", "doorbell", "-n", namespace, check=False)
     assert refused.returncode == 1 and "no canary" in refused.stderr
@@ -38,9 +46,11 @@ def test_pause_resume_promote_abort_and_watch(cluster, operator, namespace):
     g.wait_phase("RollingOut")
     out = vision(cluster, "status", "doorbell", "-n", namespace).stdout
     assert re.search(r"Phase:\s+RollingOut", out) and "weight 50%" in out
+    assert argo_health(g) == "Progressing"
 
     vision(cluster, "pause", "doorbell", "-n", namespace)
     g.wait_phase("Paused")
+    assert argo_health(g) == "Suspended"
     assert g.vd()["metadata"]["annotations"]["visionfleet.io/paused"] == "true"
     vision(cluster, "resume", "doorbell", "-n", namespace)
     g.wait_phase("RollingOut")
@@ -55,6 +65,7 @@ def test_pause_resume_promote_abort_and_watch(cluster, operator, namespace):
     g.wait_phase("RollingOut")
     aborted = vision(cluster, "abort", "doorbell", "-n", namespace, "--wait", "--timeout", "60").stdout
     assert "RolledBack" in aborted
+    assert argo_health(g) == "Degraded"
     watched = vision(cluster, "watch", "doorbell", "-n", namespace, "--until-done", "--timeout", "30").stdout
     assert re.search(r"Phase:\s+RolledBack", watched)
     history = vision(cluster, "history", "doorbell", "-n", namespace).stdout
