@@ -43,7 +43,8 @@ def api_client() -> client.ApiClient:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config()
         else:
-            config.load_kube_config()
+            # KUBECONFIG read now, not when the kubernetes package was imported (its default is fixed then)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         _local.api = client.ApiClient()
     return _local.api
 

@@ -333,20 +333,25 @@ def test_first_revision_that_compiles_nowhere_is_degraded():
     assert "accuracy gate: top1Agreement 0.91 < 0.99" in hs["message"]
 
 
-def test_new_revision_that_compiles_nowhere_keeps_stable_and_says_so():
-    """The planner keeps phase Healthy here (the stable still serves; see phases.py): the check
-    follows the phase and carries the failure in its message."""
+def test_new_revision_that_compiles_nowhere_is_degraded_while_stable_serves():
+    """A Git change that never deployed is not Healthy: the phase is Failed (planner/phases.py) while
+    the spec asks for that revision, and the message says the stable one keeps serving."""
     w = healthy_world()
     v1 = w.status.stable_revision
     w.set_spec(spec(model__version="2"))
     w.fail_compile = {"l4", "xeon"}
     for _ in range(5):
         w.tick()
+    assert w.status.phase == Phase.FAILED.value
     hs = health(w)
-    assert hs["status"] == PHASE_TO_ARGO[Phase(w.status.phase)]
-    assert f"serving stable revision {v1}" in hs["message"]
-    assert "compile failed on l4, xeon" in hs["message"]
-    assert f"the last revision {revision_of(w.spec)} failed to compile" in hs["message"]
+    assert hs["status"] == "Degraded"
+    assert f"revision {revision_of(w.spec)} failed to compile on every class" in hs["message"]
+    assert f"stable revision {v1} keeps serving" in hs["message"]
+    # reverting the spec to the stable revision is Healthy again
+    w.set_spec(spec())
+    for _ in range(3):
+        w.tick()
+    assert w.status.phase == Phase.HEALTHY.value and health(w)["status"] == "Healthy"
 
 
 def test_compile_failure_on_one_class_is_a_warning_on_healthy():

@@ -29,7 +29,8 @@
 --     RollingBack  -> Progressing  canary objects being removed after a rollback or an abort
 --     RolledBack   -> Degraded     the last history entry's reason: the spec still asks for the
 --                                  revision that was rolled back, and it is never retried
---     Failed       -> Degraded     the first revision compiled on no class: nothing serves
+--     Failed       -> Degraded     the revision the spec asks for compiled on no class (a stable
+--                                  revision, if any, keeps serving; not retried until the spec changes)
 --     no phase     -> Progressing
 --     other        -> Progressing  "unknown phase X" (an operator newer than this script)
 --
@@ -217,7 +218,11 @@ end
 
 if phase == "Failed" then
   hs.status = "Degraded"
-  if last ~= nil then
+  if last ~= nil and st.stableRevision ~= nil then
+    hs.message = "revision " .. text(last.revision) .. " failed to compile on every class: " .. text(last.reason) ..
+      "; stable revision " .. text(st.stableRevision) .. " keeps serving; the spec still asks for " ..
+      text(last.revision) .. ", which is not retried: change the spec to roll out a new revision"
+  elseif last ~= nil then
     hs.message = "revision " .. text(last.revision) .. " failed to compile on every class, nothing is serving: " ..
       text(last.reason)
   else

@@ -7,8 +7,9 @@ from visionfleet.api.status import Phase, Verdict, VisionDeploymentStatus
 
 def derive_phase(st: VisionDeploymentStatus, *, desired: str, compiling: bool, paused: bool,
                  rolling_back: bool) -> Phase:
-    """``desired``: the spec's revision. RolledBack lasts while the spec still asks for the revision
-    that was rolled back; once the spec returns to the stable revision the phase is Healthy again."""
+    """``desired``: the spec's revision. RolledBack (and Failed, for a revision that compiled nowhere)
+    lasts while the spec still asks for that revision; once the spec returns to the stable revision
+    the phase is Healthy again."""
     last = st.history[-1] if st.history else None
     if st.canary_revision:
         if compiling:
@@ -20,6 +21,11 @@ def derive_phase(st: VisionDeploymentStatus, *, desired: str, compiling: bool, p
         return Phase.ROLLING_OUT
     if last is not None and last.outcome in ("RolledBack", "Aborted") and last.revision == desired:
         return Phase.ROLLING_BACK if rolling_back else Phase.ROLLED_BACK
+    if last is not None and last.outcome == "CompileFailed" and last.revision == desired:
+        # The revision the spec asks for compiled on no class and is not retried: that is a failure
+        # even while an older stable revision keeps serving (a GitOps change that never deployed must
+        # not read Healthy). Reverting the spec to the stable revision makes the phase Healthy again.
+        return Phase.FAILED
     if st.stable_revision:
         return Phase.HEALTHY
     if last is not None and last.outcome == "CompileFailed":
