@@ -56,8 +56,7 @@ def install_monitoring_crds(cluster: LocalCluster) -> None:
     for kind in ("servicemonitors", "prometheusrules"):
         cluster.kubectl("apply", "--server-side", "--field-manager=visionfleet-fleet", "-f",
                         str(root / "example" / "prometheus-operator-crd" / f"monitoring.coreos.com_{kind}.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com",
-                    "crd/prometheusrules.monitoring.coreos.com", "--timeout=60s")
+    cluster.wait_established("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
 
 
 def service_account_kubeconfig(cluster: LocalCluster, namespace: str, name: str, dest: Path,

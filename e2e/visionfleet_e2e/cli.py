@@ -108,7 +108,7 @@ def cmd_kubectl(args: argparse.Namespace) -> int:
 
 def install_crds(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "--field-manager=visionfleet", "-f", str(CRD_DIR))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/visiondeployments.visionfleet.io", "--timeout=60s")
+    cluster.wait_established("visiondeployments.visionfleet.io")
 
 
 GATEWAY_API_GOMOD = REPO / "e2e" / "cluster" / "gomod" / "gateway-api"
@@ -130,8 +130,7 @@ def gateway_api_crd_files() -> list[Path]:
 def install_gateway_api_crds(cluster: LocalCluster) -> None:
     for f in gateway_api_crd_files():
         cluster.kubectl("apply", "--server-side", "--field-manager=visionfleet-fleet", "-f", str(f))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io",
-                    "--timeout=60s")
+    cluster.wait_established("httproutes.gateway.networking.k8s.io")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -119,6 +119,28 @@ class LocalCluster:
         return self.run(str(self.binary("kubectl")), "--kubeconfig", str(self.kubeconfig), *args,
                         input=input, check=check, timeout=timeout)
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait for CRDs (names, or crd/<name>) to be Established. Not `kubectl wait`: on a CRD applied
+        a moment ago it fails at once while the status has no conditions yet (a race seen on a busy
+        control plane)."""
+        names = [c.removeprefix("crd/") for c in crds]
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.kubectl("get", "crd", *names, "-o", "json", check=False)
+            established = set()
+            if proc.returncode == 0:
+                data = json.loads(proc.stdout)
+                for item in data.get("items", [data]):
+                    if any(c.get("type") == "Established" and c.get("status") == "True"
+                           for c in (item.get("status") or {}).get("conditions") or []):
+                        established.add(item["metadata"]["name"])
+            if established == set(names):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRDs not Established after {timeout:.0f}s: "
+                                   f"{', '.join(sorted(set(names) - established))} ({proc.stderr.strip()})")
+            time.sleep(0.3)
+
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import threading
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import kopf
 from kubernetes import client, config
@@ -24,10 +25,12 @@ from pydantic import ValidationError
 from visionfleet.act.apply import WriteCounter, apply_plan, status_from, write_status
 from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.status import VisionDeploymentStatus
 from visionfleet.metrics import METRICS
-from visionfleet.observe.kube import gather
+from visionfleet.observe.kube import gather, node_from_body
 from visionfleet.observe.prometheus import measure, measure_drift
 from visionfleet.planner.conditions import CondType, Reason, set_condition
+from visionfleet.planner.classes import ObservedNode
 from visionfleet.planner.model import Observed, VisionDeploymentView, iso
 from visionfleet.planner.rollout import plan
 
@@ -98,15 +101,56 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.mandatory = True
 
 
+def nudge_key(body: Mapping[str, Any]) -> tuple:
+    """What a user can change: the spec (generation), annotations (promote/abort/pause), deletion.
+    Status is the operator's own: its writes come back as watch events and must not trigger a pass
+    each (that doubled the passes, and the API reads, of every rollout: bench/scale.py)."""
+    md = body.get("metadata") or {}
+    return md.get("generation"), tuple(sorted((md.get("annotations") or {}).items())), md.get("deletionTimestamp")
+
+
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
-def nudge(memo: kopf.Memo, **_: Any) -> None:
+def nudge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    key = nudge_key(body)
+    if memo.get("nudged_for") == key:
+        return
+    memo.nudged_for = key
     event = memo.get("nudge")
     if event is not None:
         event.set()
 
 
+@kopf.index("v1", "nodes")
+def nodes_index(body: kopf.Body, **_: Any) -> dict[None, ObservedNode]:
+    """Every node, kept current by one watch (kopf fills the index before any daemon starts)."""
+    return {None: node_from_body(body)}
+
+
+def api_message(e: client.ApiException) -> str:
+    try:
+        return str(json.loads(e.body).get("message") or e.reason)[:1500]
+    except (TypeError, ValueError):
+        return str(e.reason)
+
+
+def refuse(body: dict[str, Any], status: VisionDeploymentStatus, message: str) -> float:
+    """Degraded (InvalidSpec) with ``message``, the generation observed; nothing else is acted on."""
+    md = body["metadata"]
+    name, namespace = md["name"], md["namespace"]
+    log.error("%s/%s: %s", namespace, name, message)
+    METRICS.invalid_spec()
+    new = status.model_copy(deep=True)
+    new.conditions = set_condition(list(new.conditions or []), CondType.DEGRADED, True, Reason.INVALID_SPEC,
+                                   message, iso(datetime.now(timezone.utc)), md.get("generation"))
+    new.observed_generation = md.get("generation")
+    if write_status(api_client(), name, namespace, status, new):
+        WRITES.status_writes += 1
+    METRICS.record(namespace, name, status, new)
+    return 60.0
+
+
 @METRICS.timed_pass
-def run_pass(body: dict[str, Any]) -> float:
+def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> float:
     """One observe -> plan -> act pass (blocking I/O; runs in a worker thread)."""
     md = body["metadata"]
     name, namespace = md["name"], md["namespace"]
@@ -118,24 +162,13 @@ def run_pass(body: dict[str, Any]) -> float:
         # field in a Degraded condition rather than crash or guess.
         first = e.errors()[0]
         where = "spec." + ".".join(str(p) for p in first["loc"])
-        message = f"{where}: {first['msg']} (nothing is rolled out until the spec is fixed)"
-        log.error("%s/%s: %s", namespace, name, message)
-        METRICS.invalid_spec()
-        new = status.model_copy(deep=True)
-        new.conditions = set_condition(list(new.conditions or []), CondType.DEGRADED, True, Reason.INVALID_SPEC,
-                                       message, iso(datetime.now(timezone.utc)),
-                                       md.get("generation"))
-        new.observed_generation = md.get("generation")
-        if write_status(api_client(), name, namespace, status, new):
-            WRITES.status_writes += 1
-        METRICS.record(namespace, name, status, new)
-        return 60.0
+        return refuse(body, status, f"{where}: {first['msg']} (nothing is rolled out until the spec is fixed)")
     vd = VisionDeploymentView(name=name, namespace=namespace, generation=md.get("generation", 0), spec=spec,
                               status=status, annotations=dict(md.get("annotations") or {}),
                               uid=md["uid"])
     api = api_client()
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
-    seen = gather(core, batch, apps, name, namespace)
+    seen = gather(core, batch, apps, name, namespace, nodes=nodes)
     canary = vd.status.canary_revision
     measurement = measure(spec.analysis, namespace, name, canary) if canary else None
     stable = vd.status.stable_revision
@@ -143,7 +176,15 @@ def run_pass(body: dict[str, Any]) -> float:
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
                         measurement=measurement, stable_drift=stable_drift)
     p = plan(vd, observed, datetime.now(timezone.utc))
-    apply_plan(api, vd, p, seen.applied, WRITES, seen.revision_services)
+    try:
+        apply_plan(api, vd, p, seen.applied, WRITES, seen.revision_services)
+    except client.ApiException as e:
+        if e.status != 422:
+            raise
+        # The API server refused an object built from this spec (a node selector key that is no valid
+        # label, say, which the CRD cannot check): retrying cannot help; say so until the spec changes.
+        return refuse(body, status, f"the API server refused what this spec asks for: {api_message(e)} "
+                                    "(nothing more is rolled out until the spec is fixed)")
     METRICS.record(namespace, name, status, p.status)  # counted once the status write went through
     for e in p.events:
         log.info("%s/%s: %s %s", namespace, name, e.reason, e.message)
@@ -151,7 +192,8 @@ def run_pass(body: dict[str, Any]) -> float:
 
 
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=10)
-async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, nodes_index: kopf.Index,
+                    **_: Any) -> None:
     memo.nudge = asyncio.Event()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     METRICS.track(namespace, name)
@@ -159,7 +201,9 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
         while not stopped:
             memo.nudge.clear()
             try:
-                delay = await asyncio.to_thread(run_pass, dict(body))
+                # a snapshot taken on the event loop, where kopf updates the index
+                nodes = list(nodes_index.get(None, ()))
+                delay = await asyncio.to_thread(run_pass, dict(body), nodes)
             except Exception:
                 log.exception("%s/%s: reconcile pass failed; retrying", namespace, name)
                 delay = 5.0

@@ -32,7 +32,7 @@ ALLOWED = {
     ("", "services"): {"list", "create", "patch", "delete"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
-    ("", "nodes"): {"list"},
+    ("", "nodes"): {"list", "watch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "update"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
@@ -112,7 +112,7 @@ def test_rbac_grants_only_the_operators_verbs_and_no_wildcards(rendered, name):
 def test_namespaced_mode_grants_nothing_cluster_wide_but_reading_nodes(rendered):
     docs = rendered["namespaced-values"]
     cluster_roles = of_kind(docs, "ClusterRole")
-    assert [r["rules"] for r in cluster_roles] == [[{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]]
+    assert [r["rules"] for r in cluster_roles] == [[{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}]]
     assert sorted(r["metadata"]["namespace"] for r in of_kind(docs, "Role")) == ["vision-a", "vision-b"]
     args = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=vision-a" in args and "--namespace=vision-b" in args and "--all-namespaces" not in args
@@ -171,8 +171,7 @@ def test_server_side_dry_run_accepts_every_rendering(cluster, values):
         if batch is crds:
             cluster.kubectl("apply", "--server-side", "--field-manager=chart-test", "-f", "-",
                             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": batch}))
-            for d in batch:
-                cluster.kubectl("wait", "--for=condition=Established", f"crd/{d['metadata']['name']}", "--timeout=60s")
+            cluster.wait_established(*(d["metadata"]["name"] for d in batch))
             continue
         proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=chart-test",
                                "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": batch}),

@@ -430,7 +430,7 @@ def test_run_pass_counts_a_new_rollout_once_apply_went_through(monkeypatch):
     from .planner_sim import NODES, SPEC
 
     monkeypatch.setattr(handlers, "api_client", lambda: object())
-    monkeypatch.setattr(handlers, "gather", lambda *a: SimpleNamespace(
+    monkeypatch.setattr(handlers, "gather", lambda *a, **kw: SimpleNamespace(
         nodes=list(NODES), jobs=[], deployments=[], applied={}, revision_services={}))
     calls = []
 
@@ -471,7 +471,8 @@ def test_daemon_tracks_the_object_and_forgets_it_when_stopped(monkeypatch):
     stopped = Stopped()
     seen = {}
 
-    def one_pass(body):
+    def one_pass(body, nodes):
+        seen["nodes"] = nodes
         handlers.METRICS.state(NS, "daemon-vd", VisionDeploymentStatus(phase="Compiling", canary_revision="abcdef12",
                                                                        canary_weight=20))
         seen["during"] = value(handlers.METRICS.registry, "visionfleet_canary_weight", namespace=NS, name="daemon-vd")
@@ -482,6 +483,9 @@ def test_daemon_tracks_the_object_and_forgets_it_when_stopped(monkeypatch):
     monkeypatch.setattr(handlers, "run_pass", one_pass)
     body = {"metadata": {"name": "daemon-vd", "namespace": NS, "uid": "u-2"}}
     memo = SimpleNamespace()
-    asyncio.run(asyncio.wait_for(handlers.reconcile(body=body, memo=memo, stopped=stopped), timeout=10))
+    index = {None: ["node-a", "node-b"]}  # kopf.Index: key -> the values the index function returned
+    asyncio.run(asyncio.wait_for(handlers.reconcile(body=body, memo=memo, stopped=stopped, nodes_index=index),
+                                 timeout=10))
     assert seen["during"] == 20
+    assert seen["nodes"] == ["node-a", "node-b"]  # the pass gets the indexed nodes, and lists none itself
     assert "daemon-vd" not in {dict(labels).get("name") for (_, labels) in samples(handlers.METRICS.registry)}

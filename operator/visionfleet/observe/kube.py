@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import ValidationError
 
@@ -58,6 +58,10 @@ def parse_result(message: str | None) -> tuple[CompileResult | None, str | None]
         return None, f"the compile result is invalid at {where}: {first['msg']}"
 
 
+STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError")
+
+
 def _terminated(pod: Any, container: str) -> Any | None:
     for cs in (pod.status.container_statuses or []):
         if cs.name == container and cs.state and cs.state.terminated:
@@ -86,7 +90,26 @@ def _job_state(job: Any, pods: list[Any]) -> ObservedJob:
         return ObservedJob(cls, rev, "Running")
     waiting = [f"{p.metadata.name}: {c.message}" for p in pods for c in (p.status.conditions or [])
                if c.type == "PodScheduled" and c.status == "False" and c.message]
+    # A container that cannot start (image not pulled, bad config) never fails the Job by itself; say
+    # why in the class's compile message until compile.timeout (the Job's deadline) fails it.
+    waiting += [f"{p.metadata.name}: {cs.state.waiting.reason}: {cs.state.waiting.message or ''}".rstrip(": ")
+                for p in pods for cs in (p.status.container_statuses or [])
+                if cs.state and cs.state.waiting and cs.state.waiting.reason in STUCK_REASONS]
     return ObservedJob(cls, rev, "Pending", message=waiting[0][:500] if waiting else None)
+
+
+def node_from_body(body: Mapping[str, Any]) -> ObservedNode:
+    """A Node as the watch delivers it (raw JSON) -> what the planner needs of it. The operator keeps
+    every node in one kopf index fed by a single watch, so a pass costs nothing per node: listing the
+    nodes on every pass made each resync O(nodes) per VisionDeployment (bench/scale.py)."""
+    md, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    try:
+        gpus = int((status.get("capacity") or {}).get(GPU_RESOURCE, 0))
+    except (TypeError, ValueError):
+        gpus = 0
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    taints = tuple((t.get("key"), t.get("value"), t.get("effect")) for t in spec.get("taints") or [])
+    return ObservedNode(md.get("name", ""), dict(md.get("labels") or {}), taints, gpus, ready)
 
 
 def gather_nodes(core: Any) -> list[ObservedNode]:
