@@ -21,6 +21,7 @@ import kopf
 from kubernetes import client, config
 
 from pydantic import ValidationError
+from urllib3.util.retry import Retry
 
 from visionfleet.act.apply import WriteCounter, apply_plan, status_from, write_status
 from visionfleet.api import crd
@@ -40,6 +41,14 @@ WRITES = WriteCounter()
 METRICS.track_writes(WRITES)  # visionfleet_api_writes_total reads this counter
 
 
+# An overloaded or restarting API server (429 with Retry-After, 5xx) is retried inside the pass, with
+# backoff, rather than failing the whole pass: a pass makes several requests, and a fault on any one
+# of them would otherwise restart it from scratch. Every write the operator makes is idempotent
+# (server-side apply, status apply, delete), so retrying them is safe; an Event may at worst repeat.
+API_RETRIES = Retry(total=5, connect=2, status=5, backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
+                    allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
+
+
 def api_client() -> client.ApiClient:
     """One ApiClient per worker thread (the sync client is not safe to share across threads)."""
     if getattr(_local, "api", None) is None:
@@ -48,7 +57,9 @@ def api_client() -> client.ApiClient:
         else:
             # KUBECONFIG read now, not when the kubernetes package was imported (its default is fixed then)
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-        _local.api = client.ApiClient()
+        cfg = client.Configuration.get_default_copy()
+        cfg.retries = API_RETRIES
+        _local.api = client.ApiClient(cfg)
     return _local.api
 
 

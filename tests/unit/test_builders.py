@@ -253,3 +253,4 @@ def test_drift_service_and_mirror_filter():
     assert on[0] == theirs and on[1]["requestMirror"]["backendRef"]["name"] == "doorbell-drift"
     assert mirror_filters(on, "doorbell", True) == on  # idempotent: no write on the next pass
     assert mirror_filters(on, "doorbell", False) == [theirs]  # drift switched off: only ours removed
+

@@ -37,7 +37,7 @@ def test_all_needed_stages_are_given():
     assert len(names) == len(set(names))
     assert set(names) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete",
                           "pod-not-ready", "pod-complete", "pod-fail", "pod-fail-by-toleration",
-                          "compile-complete"}
+                          "compile-complete", "pod-image-pull-error"}
     kinds = {s["spec"]["resourceRef"]["kind"] for s in stages}
     assert kinds == {"Node", "Pod"}
 

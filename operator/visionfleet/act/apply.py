@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import os
+import signal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -86,10 +89,24 @@ def object_path(kind: str, namespace: str, name: str) -> str:
     return _PATHS[kind].format(ns=namespace, name=name)
 
 
+_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def apply_patch_body(obj: dict[str, Any]) -> bytes:
+    """An apply patch is YAML, and JSON is YAML, with one catch found by fuzzing specs: the API
+    server's YAML reader rejects the surrogate-pair escapes (\\ud83d\\ude00) json.dumps writes for a
+    character beyond the BMP — and raw C1 control characters, so ``ensure_ascii=False`` is no way out.
+    So: ASCII JSON, with each surrogate pair turned back into its (raw UTF-8) character."""
+    text = json.dumps(obj)
+    return _SURROGATE_PAIR.sub(lambda m: chr(0x10000 + ((int(m[1], 16) - 0xD800) << 10) + (int(m[2], 16) - 0xDC00)),
+                               text).encode()
+
+
 def server_side_apply(api: client.ApiClient, obj: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
     md = obj["metadata"]
     path = object_path(obj["kind"], md["namespace"], md["name"]) + (f"/{subresource}" if subresource else "")
-    return request(api, "PATCH", path, body=obj, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+    body = apply_patch_body(obj)
+    return request(api, "PATCH", path, body=body, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
                    content_type="application/apply-patch+yaml")
 
 
@@ -156,6 +173,18 @@ def set_route_weights(api: client.ApiClient, vd: VisionDeploymentView, action: S
     return changed
 
 
+CRASH_ENV = "VISIONFLEET_TEST_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Fault-suite hook (tests/e2e/test_faults.py; never set in a cluster): with
+    VISIONFLEET_TEST_CRASH_AT=<name> the process SIGKILLs itself here — a crash between two writes
+    of one pass, the moment a restart must recover from."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("crash point %s: killing this process (%s is set)", name, CRASH_ENV)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, applied: dict[tuple[str, str], str],
                writes: WriteCounter | None = None, revision_services: dict[str, str] | None = None) -> WriteCounter:
     """``applied``: (kind, name) -> the applied-hash annotation of each object as observed;
@@ -173,6 +202,7 @@ def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, appl
             continue
         server_side_apply(api, obj)
         writes.applies += 1
+        crash_point("after-child-apply")
     for a in plan.actions:
         if isinstance(a, SetRouteWeights) and set_route_weights(api, vd, a, revision_services):
             writes.applies += 1
@@ -181,6 +211,8 @@ def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan, appl
             writes.deletes += 1
     if write_status(api, vd.name, vd.namespace, vd.status, plan.status):
         writes.status_writes += 1
+        if plan.status.canary_weight != vd.status.canary_weight:
+            crash_point("after-weight-change")
     for e in plan.events:
         post_event(api, vd, e.type, e.reason, e.message)
         writes.events += 1
