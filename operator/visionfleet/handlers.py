@@ -1,9 +1,12 @@
 """Thin kopf handlers: observe -> plan -> act, level-based.
 
 One daemon per VisionDeployment runs passes in a loop: it reads the world, asks the planner, applies
-the plan, then sleeps for the planner's requeue delay — or less, when a watch event on the object
-nudges it (``memo.nudge``). No handler keys on ``status.phase`` changes: every pass starts from the
-current state, so a restart at any moment resumes from ``status`` alone.
+the plan, then sleeps for the planner's requeue delay — or less, when a user's change to the object
+(spec, annotations, deletion; not the operator's own status writes) nudges it (``memo.nudge``). No
+handler keys on ``status.phase`` changes: every pass starts from the current state, so a restart at
+any moment resumes from ``status`` alone. Nodes come from one watch into a kopf index, not from a
+list per pass. A pass's API requests are retried with backoff; a child the API server refuses as
+invalid (422) makes the object Degraded instead of failing every pass.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ def denials(log: str) -> list[str]:
 
 def test_the_chart_grants_everything_a_rollout_needs_and_pods_pass_restricted(cluster, namespace, chart_operator):
     who = chart_operator
+    # registry credentials next to the workload, as a real namespace has them: they must never surface
+    secret = f"s3cr3t-{namespace}"
+    cluster.kubectl("create", "secret", "docker-registry", "registry-credentials", "-n", namespace,
+                    "--docker-server=registry.example", "--docker-username=ci", f"--docker-password={secret}")
     g = Given(cluster, namespace).apply(VD)
     v1 = g.wait_phase("Healthy", timeout=120)["stableRevision"]
     g.apply(vd_with(model__version="2"))
@@ -64,4 +68,9 @@ def test_the_chart_grants_everything_a_rollout_needs_and_pods_pass_restricted(cl
     cluster.kubectl("delete", "vd", "doorbell", "-n", namespace, "--timeout=60s")
     log = who.log_path.read_text()
     assert not denials(log), "\n".join(denials(log)[:10])
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert secret not in log and secret not in events and secret not in str(st)
+    # and the chart's identity could not have read it
+    assert cluster.kubectl("auth", "can-i", "get", "secrets", "-n", namespace,
+                           f"--as=system:serviceaccount:{SYSTEM_NS}:{RELEASE}-visionfleet", check=False).stdout.strip() == "no"
     assert who.running, who.tail()
