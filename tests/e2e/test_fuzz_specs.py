@@ -71,12 +71,12 @@ def handled(api, namespace, names, operator, since: int) -> None:
                 assert c["message"].startswith("spec.") or "refused" in c["message"], c
 
 
-def test_specs_drawn_from_the_schema_are_refused_by_field_or_handled(api, cluster, operator, namespace):
+def send_all(api, namespace, strategy) -> tuple[list[str], list[str]]:
+    """Create every drawn spec; (names admitted, refusals). A refusal must name its field."""
     admitted, refused = [], []
-    since = len(operator.log_path.read_text())
 
     @FUZZ
-    @given(spec=conforming(SPEC_SCHEMA))
+    @given(spec=strategy)
     def one(spec):
         name, why = create(api, namespace, spec)
         if name:
@@ -86,28 +86,25 @@ def test_specs_drawn_from_the_schema_are_refused_by_field_or_handled(api, cluste
             refused.append(why)
 
     one()
-    assert admitted, "no drawn spec was admitted: the generator is off"
-    handled(api, namespace, set(admitted), operator, since)
+    return admitted, refused
+
+
+def test_specs_drawn_from_the_schema_are_refused_by_field_or_handled(api, cluster, operator, namespace):
+    since = len(operator.log_path.read_text())
+    admitted, refused = send_all(api, namespace, conforming(SPEC_SCHEMA))
+    # Raw draws rarely pass every cross-field rule together (the next test repairs them for that);
+    # the point here is that each refusal names its field, and that whatever passes is handled.
+    assert admitted or refused, "no spec was drawn"
+    if admitted:
+        handled(api, namespace, set(admitted), operator, since)
     print(f"{len(admitted)} admitted and handled, {len(refused)} refused by CEL rules with the field named")
 
 
 def test_specs_that_pass_admission_are_handled_by_the_operator(api, cluster, operator, namespace):
     """The draws repaired to satisfy the cross-field rules: most are admitted, and every admitted one
     is acted on (compile Jobs, placement, conditions) without a crash."""
-    admitted, refused = [], []
     since = len(operator.log_path.read_text())
-
-    @FUZZ
-    @given(spec=conforming(SPEC_SCHEMA).map(repair))
-    def one(spec):
-        name, why = create(api, namespace, spec)
-        if name:
-            admitted.append(name)
-        else:
-            assert "spec." in why, f"the refusal names no field: {why}"
-            refused.append(why)
-
-    one()
+    admitted, refused = send_all(api, namespace, conforming(SPEC_SCHEMA).map(repair))
     assert len(admitted) >= EXAMPLES // 2, f"only {len(admitted)} admitted; refusals: {refused[:3]}"
     handled(api, namespace, set(admitted), operator, since)
     print(f"{len(admitted)} admitted and handled, {len(refused)} refused")
