@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -31,7 +32,7 @@ from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import VisionDeploymentStatus
 from visionfleet.metrics import METRICS
-from visionfleet.observe.kube import gather, node_from_body
+from visionfleet.observe.kube import gather, live_node_keys, node_from_body
 from visionfleet.observe.prometheus import measure, measure_drift
 from visionfleet.planner.conditions import CondType, Reason, set_condition
 from visionfleet.planner.classes import ObservedNode
@@ -48,8 +49,9 @@ METRICS.track_writes(WRITES)  # visionfleet_api_writes_total reads this counter
 # backoff, rather than failing the whole pass: a pass makes several requests, and a fault on any one
 # of them would otherwise restart it from scratch. Every write the operator makes is idempotent
 # (server-side apply, status apply, delete), so retrying them is safe; an Event may at worst repeat.
-API_RETRIES = Retry(total=5, connect=2, status=5, backoff_factor=0.3, status_forcelist=(429, 500, 502, 503, 504),
-                    allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
+API_RETRIES = Retry(total=4, connect=2, status=4, backoff_factor=0.3, backoff_max=2.0, retry_after_max=5,
+                    status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
+                    respect_retry_after_header=True, raise_on_status=False)
 
 
 def api_client() -> client.ApiClient:
@@ -110,8 +112,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = os.environ.get("VISIONFLEET_PEERING") is None
     if not settings.peering.standalone:
         settings.peering.name = os.environ["VISIONFLEET_PEERING"]
-        settings.peering.priority = peering_priority(os.environ.get("VISIONFLEET_PRIORITY", "0"),
-                                                     os.environ.get("POD_NAME", ""))
+        try:
+            settings.peering.priority = peering_priority(os.environ.get("VISIONFLEET_PRIORITY", "0"),
+                                                         os.environ.get("POD_NAME", ""))
+        except ValueError as e:  # a configuration error: stop, do not retry forever
+            raise kopf.PermanentError(f"VISIONFLEET_PRIORITY: {e}") from e
         settings.peering.mandatory = True
 
 
@@ -163,6 +168,27 @@ def refuse(body: dict[str, Any], status: VisionDeploymentStatus, message: str) -
     return 60.0
 
 
+_LIVE = {"at": float("-inf"), "keys": None}
+_LIVE_LOCK = threading.Lock()
+LIVE_NODES_EVERY = 300.0
+
+
+def live(api: client.ApiClient, nodes: list[ObservedNode]) -> list[ObservedNode]:
+    """The index's nodes, less any it still holds after missing their deletion. kopf drops an index
+    entry only on a DELETED event, so a node deleted while its watch was re-listing (410 Gone, a
+    peering pause) would stay; one metadata-only list every LIVE_NODES_EVERY seconds, for the whole
+    operator, tells the live (name, uid) pairs."""
+    with _LIVE_LOCK:
+        if time.monotonic() - _LIVE["at"] > LIVE_NODES_EVERY:
+            try:
+                _LIVE["keys"] = live_node_keys(api)
+                _LIVE["at"] = time.monotonic()
+            except Exception as e:  # the index alone is still right in all but that rare case
+                log.warning("could not list node metadata: %s", e)
+        keys = _LIVE["keys"]
+    return nodes if keys is None else [n for n in nodes if (n.name, n.uid) in keys]
+
+
 @METRICS.timed_pass
 def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> float:
     """One observe -> plan -> act pass (blocking I/O; runs in a worker thread)."""
@@ -182,7 +208,7 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
                               uid=md["uid"])
     api = api_client()
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
-    seen = gather(core, batch, apps, name, namespace, nodes=nodes)
+    seen = gather(core, batch, apps, name, namespace, nodes=live(api, nodes) if nodes is not None else None)
     canary = vd.status.canary_revision
     measurement = measure(spec.analysis, namespace, name, canary) if canary else None
     stable = vd.status.stable_revision

@@ -332,3 +332,21 @@ def test_a_failure_in_a_later_wave_rolls_every_class_back():
     w.run_until("RolledBack")
     w.tick()
     assert w.serving() == {("l4", v1): 2, ("xeon", v1): 2}, "xeon, already through its wave, is back on stable too"
+
+
+@pytest.mark.parametrize("outcome, phase", [("CompileFailed", "Failed"), ("RolledBack", "RolledBack"),
+                                            ("Aborted", "RolledBack")])
+def test_a_refused_revision_asked_for_again_is_not_healthy(outcome, phase):
+    """B failed, C was promoted, the spec went back to B: B is never retried, and the phase says so
+    (derived from B's own newest outcome, not from the last history entry)."""
+    from visionfleet.api.status import HistoryEntry, VisionDeploymentStatus
+    from visionfleet.planner.phases import derive_phase
+
+    b, c = "b" * 12, "c" * 12
+    st = VisionDeploymentStatus(stable_revision=c, history=[
+        HistoryEntry(revision=b, outcome=outcome, reason="x", at="2026-11-28T00:00:00Z"),
+        HistoryEntry(revision=c, outcome="Promoted", reason="y", at="2026-11-28T01:00:00Z")])
+    got = derive_phase(st, desired=b, compiling=False, paused=False, rolling_back=False)
+    assert got.value == phase
+    # and asking for the stable revision again is Healthy
+    assert derive_phase(st, desired=c, compiling=False, paused=False, rolling_back=False).value == "Healthy"

@@ -109,7 +109,20 @@ def node_from_body(body: Mapping[str, Any]) -> ObservedNode:
         gpus = 0
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     taints = tuple((t.get("key"), t.get("value"), t.get("effect")) for t in spec.get("taints") or [])
-    return ObservedNode(md.get("name", ""), dict(md.get("labels") or {}), taints, gpus, ready)
+    return ObservedNode(md.get("name", ""), dict(md.get("labels") or {}), taints, gpus, ready, md.get("uid", ""))
+
+
+def live_node_keys(api: Any) -> set[tuple[str, str]]:
+    """(name, uid) of every node, from one metadata-only list (no specs or statuses deserialised)."""
+    params = api.param_serialize(
+        method="GET", resource_path="/api/v1/nodes", query_params=[("resourceVersion", "0")],
+        header_params={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
+        auth_settings=["BearerToken"])
+    resp = api.call_api(*params)
+    data = json.loads(resp.read() or b"{}")
+    if not 200 <= resp.status < 300:
+        raise RuntimeError(f"listing node metadata failed: HTTP {resp.status}")
+    return {(i["metadata"]["name"], i["metadata"].get("uid", "")) for i in data.get("items", [])}
 
 
 def gather_nodes(core: Any) -> list[ObservedNode]:

@@ -33,6 +33,7 @@ class ObservedNode:
     taints: tuple[tuple[str, str | None, str], ...] = ()  # (key, value, effect)
     gpus: int = 0
     ready: bool = True
+    uid: str = ""  # tells a node from a re-created one of the same name
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,13 @@ def derive_phase(st: VisionDeploymentStatus, *, desired: str, compiling: bool, p
         if st.step_started_at is None:
             return Phase.VERIFYING  # canary pods starting, or a first revision waiting to be Ready
         return Phase.ROLLING_OUT
-    if last is not None and last.outcome in ("RolledBack", "Aborted") and last.revision == desired:
+    # The newest outcome of the revision the spec asks for, wherever it is in the history: after
+    # B failed, C was promoted and the spec went back to B, B is still refused (not retried).
+    mine = next((h for h in reversed(st.history or []) if h.revision == desired), None) \
+        if desired != st.stable_revision else None
+    if mine is not None and mine.outcome in ("RolledBack", "Aborted"):
         return Phase.ROLLING_BACK if rolling_back else Phase.ROLLED_BACK
-    if last is not None and last.outcome == "CompileFailed" and last.revision == desired:
+    if mine is not None and mine.outcome == "CompileFailed":
         # The revision the spec asks for compiled on no class and is not retried: that is a failure
         # even while an older stable revision keeps serving (a GitOps change that never deployed must
         # not read Healthy). Reverting the spec to the stable revision makes the phase Healthy again.
