@@ -7,11 +7,19 @@ handler keys on ``status.phase`` changes: every pass starts from the current sta
 any moment resumes from ``status`` alone. Nodes come from one watch into a kopf index, not from a
 list per pass. A pass's API requests are retried with backoff; a child the API server refuses as
 invalid (422) makes the object Degraded instead of failing every pass.
+
+A pass writes status only onto the object it read (its resourceVersion): kopf's daemon ``body`` is
+a live view the watch keeps current, and each pass takes a copy of it; if the object changed after
+that copy (the watch a beat behind), the status write gets 409 and the pass ends with a short
+requeue (``CONFLICT_REQUEUE``, doubling while conflicts repeat), so the next one plans again from
+the newer object. The children the stale pass applied are idempotent; its Events are not posted
+(the re-planned pass posts its own).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -27,7 +35,7 @@ from kubernetes import client, config
 from pydantic import ValidationError
 from urllib3.util.retry import Retry
 
-from visionfleet.act.apply import WriteCounter, apply_plan, status_from, write_status
+from visionfleet.act.apply import StatusConflict, WriteCounter, apply_plan, status_from, write_status
 from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import VisionDeploymentStatus
@@ -41,6 +49,9 @@ from visionfleet.planner.rollout import plan
 
 log = logging.getLogger("visionfleet")
 _local = threading.local()
+CONFLICT_REQUEUE = 0.5  # seconds: a pass whose status write met a newer object plans again this soon
+CONFLICT_REQUEUE_MAX = 8.0  # ... doubling while conflicts repeat (a watch that lags far behind)
+_conflicts: dict[tuple[str, str], int] = {}  # (namespace, name) -> conflicts in a row
 WRITES = WriteCounter()
 METRICS.track_writes(WRITES)  # visionfleet_api_writes_total reads this counter
 
@@ -152,8 +163,20 @@ def api_message(e: client.ApiException) -> str:
         return str(e.reason)
 
 
+def conflict_requeue(namespace: str, name: str, e: Exception | None) -> float | None:
+    """After a pass: the short requeue when its status write met a newer object (``e``), else None
+    (and the count of conflicts in a row starts again)."""
+    if e is None:
+        _conflicts.pop((namespace, name), None)
+        return None
+    n = _conflicts[(namespace, name)] = _conflicts.get((namespace, name), 0) + 1
+    log.info("%s/%s: %s; planning again from the newer object", namespace, name, e)
+    return min(CONFLICT_REQUEUE * 2 ** (n - 1), CONFLICT_REQUEUE_MAX)
+
+
 def refuse(body: dict[str, Any], status: VisionDeploymentStatus, message: str) -> float:
-    """Degraded (InvalidSpec) with ``message``, the generation observed; nothing else is acted on."""
+    """Degraded (InvalidSpec) with ``message``, the generation observed; nothing else is acted on.
+    Written onto the object read, as a pass's status is: on a newer one, plan again shortly."""
     md = body["metadata"]
     name, namespace = md["name"], md["namespace"]
     log.error("%s/%s: %s", namespace, name, message)
@@ -162,7 +185,12 @@ def refuse(body: dict[str, Any], status: VisionDeploymentStatus, message: str) -
     new.conditions = set_condition(list(new.conditions or []), CondType.DEGRADED, True, Reason.INVALID_SPEC,
                                    message, iso(datetime.now(timezone.utc)), md.get("generation"))
     new.observed_generation = md.get("generation")
-    if write_status(api_client(), name, namespace, status, new):
+    try:
+        written = write_status(api_client(), name, namespace, status, new, md.get("resourceVersion"))
+    except StatusConflict as e:
+        return conflict_requeue(namespace, name, e)
+    conflict_requeue(namespace, name, None)
+    if written:
         WRITES.status_writes += 1
     METRICS.record(namespace, name, status, new)
     return 60.0
@@ -214,10 +242,14 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
     stable = vd.status.stable_revision
     stable_drift = measure_drift(spec.analysis, namespace, name, stable) if stable else None
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
-                        measurement=measurement, stable_drift=stable_drift)
+                        measurement=measurement, stable_drift=stable_drift, snapshots=tuple(seen.snapshots))
     p = plan(vd, observed, datetime.now(timezone.utc))
     try:
-        apply_plan(api, vd, p, seen.applied, WRITES, seen.revision_services)
+        apply_plan(api, vd, p, seen.live, WRITES, seen.revision_services, resource_version=md.get("resourceVersion"))
+    except StatusConflict as e:
+        # Planned from a stale copy of the object: nothing of this pass's status is kept, the next
+        # pass derives it again from the newer one (children already applied are idempotent).
+        return conflict_requeue(namespace, name, e)
     except client.ApiException as e:
         if e.status != 422:
             raise
@@ -225,6 +257,7 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
         # label, say, which the CRD cannot check): retrying cannot help; say so until the spec changes.
         return refuse(body, status, f"the API server refused what this spec asks for: {api_message(e)} "
                                     "(nothing more is rolled out until the spec is fixed)")
+    conflict_requeue(namespace, name, None)
     METRICS.record(namespace, name, status, p.status)  # counted once the status write went through
     for e in p.events:
         log.info("%s/%s: %s %s", namespace, name, e.reason, e.message)
@@ -241,9 +274,12 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
         while not stopped:
             memo.nudge.clear()
             try:
-                # a snapshot taken on the event loop, where kopf updates the index
+                # Snapshots taken on the event loop, where kopf updates the index and the body: kopf's
+                # daemon ``body`` is a live view whose source each watch event replaces, so this copy
+                # is the newest object the watch has delivered, and stays as it was for the whole pass
+                # (its resourceVersion is the status write's precondition).
                 nodes = list(nodes_index.get(None, ()))
-                delay = await asyncio.to_thread(run_pass, dict(body), nodes)
+                delay = await asyncio.to_thread(run_pass, copy.deepcopy(dict(body)), nodes)
             except Exception:
                 log.exception("%s/%s: reconcile pass failed; retrying", namespace, name)
                 delay = 5.0
@@ -257,3 +293,4 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
     finally:
         # Deleted, no longer matching, or this replica paused or exiting: its per-object series go.
         METRICS.forget(namespace, name)
+        _conflicts.pop((namespace, name), None)

@@ -5,6 +5,7 @@
     kubectl vision watch   VD [--until-done]     ``status``, re-rendered on every change of the object
     kubectl vision promote VD [--wait]           promote the canary now (skips the remaining steps and analysis)
     kubectl vision abort   VD [--wait]           roll the canary back now
+    kubectl vision retry   VD [--wait]           try the spec's revision again after a rollback, abort or failed compile
     kubectl vision pause   VD / resume VD        hold / release the current step
 
 kubectl finds the plugin as ``kubectl-vision`` on the PATH (the ``kubectl-vision`` console script).
@@ -12,11 +13,13 @@ kubectl finds the plugin as ``kubectl-vision`` on the PATH (the ``kubectl-vision
 How commands reach the operator
 -------------------------------
 Only through ``metadata.annotations`` (``visionfleet.io/promote``, ``visionfleet.io/abort``,
-``visionfleet.io/paused``; see ``visionfleet.planner.model``), written with a JSON merge patch that
-names only that one key, under the field manager ``kubectl-vision``. The plugin never writes
-``spec`` (the user's, or Git's) nor ``status`` (the operator's). promote and abort are one-shot:
-each sends a fresh value (a timestamp with microseconds) that the operator acts on once and records
-in ``status.handledPromote`` / ``status.handledAbort``, which is what ``--wait`` waits for.
+``visionfleet.io/retry``, ``visionfleet.io/paused``; see ``visionfleet.planner.model``), written
+with a JSON merge patch that names only that one key, under the field manager ``kubectl-vision``.
+The plugin never writes ``spec`` (the user's, or Git's) nor ``status`` (the operator's). promote,
+abort and retry are one-shot: each sends a fresh value (a timestamp with microseconds) that the
+operator acts on once and records in ``status.handledPromote`` / ``handledAbort`` /
+``handledRetry``, which is what ``--wait`` waits for, and then for what the value does: the canary
+promoted (once its pods are Ready at full size) or rolled back, or the retried revision's canary.
 
 GitOps (Argo CD)
 ----------------
@@ -51,14 +54,22 @@ import yaml
 from visionfleet.api.crd import GROUP, PLURAL, SINGULAR, VERSION
 from visionfleet.api.spec import DEFAULT_STEPS
 from visionfleet.planner.durations import seconds as duration_seconds
-from visionfleet.planner.model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE
+from visionfleet.planner.model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE, ANNOTATION_RETRY
 
 FIELD_MANAGER = "kubectl-vision"
 MERGE_PATCH = "application/merge-patch+json"
 TERMINAL_PHASES = ("Healthy", "RolledBack", "Failed")
+# The phases the operator derives when the newest outcome of the revision the spec asks for is one
+# of RETRYABLE_OUTCOMES (planner/phases.py): RollingBack while the canary's objects are removed,
+# then RolledBack; Failed for CompileFailed. ``retry`` is accepted in these only.
+RETRYABLE_PHASES = ("RolledBack", "RollingBack", "Failed")
+RETRYABLE_OUTCOMES = ("RolledBack", "Aborted", "CompileFailed")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # Field managers of one-off edits by hand (ours included): their annotations are not Git's.
-IMPERATIVE_MANAGERS = {FIELD_MANAGER, "kubectl-annotate", "kubectl-edit", "kubectl-patch", "kubectl-label"}
+# argocd-server: Argo CD's resource actions (charts/visionfleet/argocd/actions/) and live edits in its
+# UI; what Argo CD syncs from Git is written by the application controller (argocd-controller).
+IMPERATIVE_MANAGERS = {FIELD_MANAGER, "kubectl-annotate", "kubectl-edit", "kubectl-patch", "kubectl-label",
+                       "argocd-server"}
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 REV = 12  # revisions are shown by their first 12 hex digits (the operator's own length)
 
@@ -236,7 +247,8 @@ def render_status(obj: dict, now: datetime) -> str:
             current = ", ".join(waves[w]) if w < len(waves) else "?"
             pairs.append(("Wave", f"{w + 1}/{len(waves)} ({current})"))
     ann = _annotations(obj)
-    commands = [f"{k}={ann[k]}" for k in (ANNOTATION_PAUSED, ANNOTATION_PROMOTE, ANNOTATION_ABORT) if k in ann]
+    commands = [f"{k}={ann[k]}" for k in (ANNOTATION_PAUSED, ANNOTATION_PROMOTE, ANNOTATION_ABORT, ANNOTATION_RETRY)
+                if k in ann]
     if commands:
         pairs.append(("Annotations", ", ".join(commands)))
     lines += field_lines(pairs)
@@ -366,6 +378,7 @@ class Change:
 COMMANDS = {
     "promote": (ANNOTATION_PROMOTE, "handledPromote"),
     "abort": (ANNOTATION_ABORT, "handledAbort"),
+    "retry": (ANNOTATION_RETRY, "handledRetry"),
 }
 
 
@@ -374,26 +387,81 @@ def fresh_value(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def failed_attempt(obj: dict) -> dict | None:
+    """The history entry ``retry`` would re-attempt, as far as the status tells: the newest entry
+    whose revision is not the stable one, when its outcome is RolledBack, Aborted or CompileFailed.
+    The status does not carry the revision the spec asks for, so this only names it (for the user);
+    whether there is anything to retry at all is the operator's own verdict, the phase."""
+    st = obj.get("status") or {}
+    stable = st.get("stableRevision")
+    newest = next((h for h in reversed(st.get("history") or []) if h.get("revision") != stable), None)
+    return newest if newest is not None and newest.get("outcome") in RETRYABLE_OUTCOMES else None
+
+
+def _check_retry(obj: dict) -> None:
+    """Refuse ``retry`` (CliError, one line) unless the operator reports that the revision the
+    spec asks for has failed: no canary in flight, the status is of the current generation, and the
+    phase is RolledBack, RollingBack or Failed. The operator derives exactly these phases from the
+    newest outcome of that revision (RolledBack/Aborted, CompileFailed), which the plugin cannot
+    compute itself: the history is trimmed to 20 entries and may hold a newer failure of another
+    revision (B rolled back, C promoted, the spec back to B)."""
+    md, st = obj.get("metadata") or {}, obj.get("status") or {}
+    where = f"{SINGULAR} {md.get('name')} in namespace {md.get('namespace')}"
+    phase = st.get("phase") or "unknown"
+    if st.get("canaryRevision"):
+        raise CliError(f"{where} has a canary in flight (revision {short(st['canaryRevision'])}, phase {phase}): "
+                       f"nothing to retry (abort it first, or let it finish)")
+    generation, observed = md.get("generation"), st.get("observedGeneration")
+    if observed is not None and generation is not None and observed < generation:
+        raise CliError(f"{where}: the operator has not observed generation {generation} yet (the status is of "
+                       f"generation {observed}, phase {phase}): nothing to retry until it has")
+    if phase not in RETRYABLE_PHASES:
+        raise CliError(f"{where} has nothing to retry (phase {phase}, stable {short(st.get('stableRevision'))}): "
+                       f"retry re-attempts the revision the spec asks for only when its newest outcome is "
+                       f"{', '.join(RETRYABLE_OUTCOMES[:-1])} or {RETRYABLE_OUTCOMES[-1]}")
+
+
+def _one_shot_notes(obj: dict, command: str) -> list[str]:
+    st = obj.get("status") or {}
+    phase, ann = st.get("phase"), _annotations(obj)
+    notes = []
+    if command == "promote" and phase == "Compiling":
+        notes.append("the canary is still compiling: the operator promotes it once it has compiled and its pods "
+                     "are Ready")
+    elif command == "promote" and phase == "Verifying":
+        notes.append("the canary's pods are not all Ready yet: the operator sends it 100% once they are")
+    elif command == "abort" and phase == "Compiling":
+        notes.append("the canary is still compiling: the operator aborts it now and stops its compile Jobs")
+    elif command == "retry":
+        failed = failed_attempt(obj)
+        if failed is not None:
+            reason = f": {failed['reason']}" if failed.get("reason") else ""
+            notes.append(f"newest failed attempt in the history: revision {short(failed.get('revision'))}, "
+                         f"{failed.get('outcome')}{reason}")
+        if ann.get(ANNOTATION_PAUSED) == "true":
+            notes.append(f"{ANNOTATION_PAUSED} is \"true\": the retried rollout holds at its first step until resumed")
+    return notes
+
+
 def command_annotation(obj: dict, command: str, now: datetime) -> Change | None:
-    """What ``command`` (promote, abort, pause, resume) changes on ``obj``; None when nothing needs
-    changing. Raises CliError when the command makes no sense now (promote/abort with no canary)."""
+    """What ``command`` (promote, abort, retry, pause, resume) changes on ``obj``; None when nothing
+    needs changing. Raises CliError when the command makes no sense now (promote/abort with no
+    canary; retry when the revision the spec asks for has not failed: see ``_check_retry``)."""
     md, st = obj.get("metadata") or {}, obj.get("status") or {}
     ann = _annotations(obj)
     name, ns = md.get("name"), md.get("namespace")
     if command in COMMANDS:
         key, handled = COMMANDS[command]
-        if not st.get("canaryRevision"):
+        if command == "retry":
+            _check_retry(obj)
+        elif not st.get("canaryRevision"):
             raise CliError(f"{SINGULAR} {name} in namespace {ns} has no canary in flight "
                            f"(phase {st.get('phase') or 'unknown'}, stable {short(st.get('stableRevision'))}): "
                            f"nothing to {command}")
         value = fresh_value(now)
         if value in (ann.get(key), st.get(handled)):  # the same microsecond twice: make it new
             value = fresh_value(now + timedelta(microseconds=1))
-        notes = []
-        if st.get("phase") == "Compiling":
-            notes.append(f"the canary is still compiling: the operator acts on {key} once the compile Jobs "
-                         f"have finished")
-        return Change(key, value, ann.get(key), handled, tuple(notes))
+        return Change(key, value, ann.get(key), handled, tuple(_one_shot_notes(obj, command)))
     if command == "pause":
         if ann.get(ANNOTATION_PAUSED) == "true":
             return None
@@ -608,30 +676,107 @@ def cmd_annotate(env: Env, args: argparse.Namespace) -> int:
         env.print(f"note: {note}")
     if change.handled_field is None or not getattr(args, "wait", False):
         return 0
+    if args.command == "retry":
+        return wait_retried(env, args.name, change, obj, args.timeout)
     return wait_handled(env, args.name, change, obj, args.timeout)
 
 
-def wait_handled(env: Env, name: str, change: Change, before: dict, timeout: float) -> int:
-    """Poll until the operator records ``change.value`` in its handled field, then say what became
-    of the canary that was in flight (``before``: the object as it was when the annotation was set)."""
-    st0 = before.get("status") or {}
-    canary, seen = st0.get("canaryRevision"), st0.get("history") or []
+def _poll(env: Env, name: str, timeout: float, done: Callable[[dict], bool],
+          waiting_for: Callable[[dict], str]) -> dict:
+    """GET the object once a second until ``done(obj)``; CliError after ``timeout`` seconds (0: never)."""
     deadline = env.clock() + timeout if timeout else None
     while True:
         obj = get(env, name)
-        st = obj.get("status") or {}
-        if st.get(change.handled_field) == change.value:
-            new = [h for h in st.get("history") or [] if h not in seen and h.get("revision") == canary]
-            what = (f"{new[-1].get('outcome')} ({new[-1].get('reason')})" if new
-                    else "no outcome recorded (its rollout had ended when the operator got to the annotation)")
-            env.print(f"handled by the operator: phase {st.get('phase') or '-'}; revision {short(canary)}: {what}; "
-                      f"stable {short(st.get('stableRevision'))}")
-            return 0
+        if done(obj):
+            return obj
         if deadline is not None and env.clock() >= deadline:
-            raise CliError(f"timed out after {human_duration(timeout)} waiting for the operator to act on "
-                           f"{change.key}={change.value} (phase {st.get('phase') or '-'}); the annotation stays "
-                           f"set and is acted on when the operator gets to it (is the operator running?)")
+            raise CliError(f"timed out after {human_duration(timeout)} waiting for the operator to "
+                           f"{waiting_for(obj)}")
         env.sleep(1.0)
+
+
+def _not_acted_on(change: Change) -> Callable[[dict], str]:
+    def text(obj: dict) -> str:
+        st = obj.get("status") or {}
+        return (f"act on {change.key}={change.value} (phase {st.get('phase') or '-'}); the annotation stays "
+                f"set and is acted on when the operator gets to it (is the operator running?)")
+    return text
+
+
+def wait_handled(env: Env, name: str, change: Change, before: dict, timeout: float) -> int:
+    """Poll until the operator has acted on ``change.value``: it records the value in its handled
+    field and ends the canary that was in flight (``before``: the object as it was when the
+    annotation was set): abort at once, promote once the canary's pods are Ready at full size. Then
+    say what became of that canary."""
+    st0 = before.get("status") or {}
+    canary, seen = st0.get("canaryRevision"), st0.get("history") or []
+
+    def handled(obj: dict) -> bool:
+        return (obj.get("status") or {}).get(change.handled_field) == change.value
+
+    def outcomes(obj: dict) -> list[dict]:
+        history = (obj.get("status") or {}).get("history") or []
+        return [h for h in history if h not in seen and h.get("revision") == canary]
+
+    def done(obj: dict) -> bool:
+        st = obj.get("status") or {}
+        return handled(obj) and (bool(outcomes(obj)) or st.get("canaryRevision") != canary
+                                 or st.get("phase") in TERMINAL_PHASES)
+
+    def waiting_for(obj: dict) -> str:
+        if not handled(obj):
+            return _not_acted_on(change)(obj)
+        st = obj.get("status") or {}
+        promote = change.key == ANNOTATION_PROMOTE
+        return (f"{'promote' if promote else 'roll back'} revision {short(canary)}: it took {change.key}="
+                f"{change.value} (status.{change.handled_field}) but the revision is still the canary (phase "
+                f"{st.get('phase') or '-'}, weight {st.get('canaryWeight') or 0}%)"
+                + ("; it is promoted once its pods are Ready at full size" if promote else ""))
+
+    obj = _poll(env, name, timeout, done, waiting_for)
+    st = obj.get("status") or {}
+    new = outcomes(obj)
+    what = (f"{new[-1].get('outcome')} ({new[-1].get('reason')})" if new
+            else "no outcome recorded (its rollout had ended when the operator got to the annotation)")
+    env.print(f"handled by the operator: phase {st.get('phase') or '-'}; revision {short(canary)}: {what}; "
+              f"stable {short(st.get('stableRevision'))}")
+    return 0
+
+
+def wait_retried(env: Env, name: str, change: Change, before: dict, timeout: float) -> int:
+    """Poll until the operator has recorded ``change.value`` in ``status.handledRetry`` and the
+    retry shows: a canary in flight, or a phase other than RolledBack/RollingBack/Failed (the value
+    alone is not enough: a retry the operator recorded and ignored leaves the phase as it was)."""
+    seen = (before.get("status") or {}).get("history") or []
+
+    def handled(obj: dict) -> bool:
+        return (obj.get("status") or {}).get(change.handled_field) == change.value
+
+    def done(obj: dict) -> bool:
+        st = obj.get("status") or {}
+        return handled(obj) and (bool(st.get("canaryRevision")) or st.get("phase") not in RETRYABLE_PHASES)
+
+    def waiting_for(obj: dict) -> str:
+        if not handled(obj):
+            return _not_acted_on(change)(obj)
+        st = obj.get("status") or {}
+        return (f"retry: it recorded {change.key}={change.value} (status.{change.handled_field}) but no canary is "
+                f"in flight and the phase is still {st.get('phase') or '-'} (kubectl vision status)")
+
+    obj = _poll(env, name, timeout, done, waiting_for)
+    st = obj.get("status") or {}
+    retried = [h for h in st.get("history") or [] if h not in seen and h.get("outcome") == "Retried"]
+    parts = [f"handled by the operator: phase {st.get('phase') or '-'}"]
+    if st.get("canaryRevision"):
+        parts.append(f"revision {short(st['canaryRevision'])} is the canary again")
+    else:
+        parts.append("no canary in flight")
+    if retried:
+        parts.append(f"history: Retried ({retried[-1].get('reason')})" if retried[-1].get("reason")
+                     else "history: Retried")
+    parts.append(f"stable {short(st.get('stableRevision'))}")
+    env.print("; ".join(parts))
+    return 0
 
 
 def cmd_watch(env: Env, args: argparse.Namespace) -> int:
@@ -733,6 +878,7 @@ examples:
   kubectl vision resume doorbell
   kubectl vision promote doorbell --wait   # skip the remaining steps and analysis
   kubectl vision abort doorbell --wait     # roll the canary back now
+  kubectl vision retry doorbell --wait     # try the rolled-back revision again, same spec
 
 The namespace is -n/--namespace, else the kubeconfig context's namespace, else "default".
 The kubeconfig is --kubeconfig, else $KUBECONFIG, else ~/.kube/config.
@@ -770,26 +916,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("history", "list what became of each revision (newest last)",
         "List status.history, oldest first: each revision's outcome (Promoted, RolledBack, Aborted,\n"
-        "Superseded, CompileFailed), its reason and when; the stable revision and the canary in\n"
-        "flight are marked. The operator keeps the last 20 entries.")
+        "Superseded, CompileFailed, and Retried when a retry was accepted), its reason and when; the\n"
+        "stable revision and the canary in flight are marked. The operator keeps the last 20 entries.")
 
-    for name, key, what in (
-        ("promote", ANNOTATION_PROMOTE,
+    for name, key, short_help, what, wait_help in (
+        ("promote", ANNOTATION_PROMOTE, "promote the canary in flight now (skips remaining steps)",
          "Promote the canary in flight now: it becomes stable on every class that compiled it,\n"
          "skipping the remaining steps, pauses and analysis (like `kubectl argo rollouts promote\n"
-         "--full`; there is no single-step promote). Refused when no canary is in flight."),
-        ("abort", ANNOTATION_ABORT,
-         "Roll the canary in flight back now: all traffic returns to the stable revision and the\n"
-         "history records the revision as Aborted. As with Argo Rollouts, the spec still asks for\n"
-         "that revision, and the operator does not retry it: change the spec (revert it in Git, or\n"
-         "set a new model version) to move on. Refused when no canary is in flight."),
+         "--full`; there is no single-step promote). The operator first waits for the canary's pods\n"
+         "to be Ready (and, while it compiles, for the compile Jobs), then sends it 100%.\n"
+         "Refused when no canary is in flight.",
+         "wait until the operator has promoted the canary (once its pods are Ready at full size),\n"
+         "then print the resulting phase"),
+        ("abort", ANNOTATION_ABORT, "abort the canary in flight now",
+         "Roll the canary in flight back now, also while it compiles (its compile Jobs are stopped):\n"
+         "all traffic returns to the stable revision and the history records the revision as Aborted.\n"
+         "As with Argo Rollouts, the spec still asks for that revision, and the operator does not\n"
+         "retry it on its own: `kubectl vision retry` tries it again, or change the spec (revert it\n"
+         "in Git, or set a new model version) to move on. Refused when no canary is in flight.",
+         "wait until the operator has acted on it, then print the resulting phase"),
+        ("retry", ANNOTATION_RETRY, "re-attempt the spec's revision after a rollback, abort or failed compile",
+         "Re-attempt the revision the spec asks for, without a spec change, when its newest outcome\n"
+         "is RolledBack, Aborted or CompileFailed (like `kubectl argo rollouts retry rollout`): the\n"
+         "operator records a Retried entry in the history and starts a new canary of it.\n"
+         "\n"
+         "The status does not carry the revision the spec asks for, and the history (the last 20\n"
+         "entries) may end with another revision's failure, so the plugin goes by the phase, which\n"
+         "the operator derives from exactly that outcome: retry is refused unless the phase is\n"
+         "RolledBack, RollingBack or Failed, no canary is in flight, and the status is of the\n"
+         "current generation. The note names the newest failed attempt in the history.",
+         "wait until the operator has acted on it and a canary is in flight (or the phase has left\n"
+         "RolledBack/RollingBack/Failed), then print the resulting phase"),
     ):
-        p = add(name, f"{name} the canary in flight now" + (" (skips remaining steps)" if name == "promote" else ""),
+        handled = COMMANDS[name][1]
+        p = add(name, short_help,
                 what + f"\n\nSets the one-shot annotation {key} to a fresh timestamp; the operator acts on each\n"
-                "new value once and records it in status." + ("handledPromote" if name == "promote" else "handledAbort")
-                + ".")
-        p.add_argument("--wait", action="store_true",
-                       help="wait until the operator has acted on it, then print the resulting phase")
+                f"new value once and records it in status.{handled}.")
+        p.add_argument("--wait", action="store_true", help=wait_help)
         p.add_argument("--timeout", type=parse_timeout, default=120.0, metavar="DURATION",
                        help="with --wait: give up after this long, in seconds or as a duration like 5m "
                             "(default 120; 0 waits forever)")
@@ -812,8 +975,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-HANDLERS = {"status": cmd_status, "history": cmd_history, "watch": cmd_watch,
-            "promote": cmd_annotate, "abort": cmd_annotate, "pause": cmd_annotate, "resume": cmd_annotate}
+HANDLERS = {"status": cmd_status, "history": cmd_history, "watch": cmd_watch, "promote": cmd_annotate,
+            "abort": cmd_annotate, "retry": cmd_annotate, "pause": cmd_annotate, "resume": cmd_annotate}
 
 
 def main(argv: list[str] | None = None, *, env: Env | None = None) -> int:

@@ -13,7 +13,7 @@ its transitions only after ``apply_plan`` returned, i.e. once the status write w
     visionfleet_promotions_total                        history outcome Promoted
     visionfleet_rollbacks_total{reason}                 ROLLBACK_REASONS (a closed set)
     visionfleet_rollouts_superseded_total               history outcome Superseded
-    visionfleet_analysis_verdicts_total{verdict}        Passed | Failed | Inconclusive
+    visionfleet_analysis_verdicts_total{verdict}        Passed | Failed | Inconclusive | Error
     visionfleet_time_to_rollback_seconds{reason}        rollout start -> rollback recorded
     visionfleet_visiondeployment_phase{namespace,name,phase}   1 for the current phase, 0 for the others
     visionfleet_canary_weight{namespace,name}           the canary's weight in percent (0: none)
@@ -59,7 +59,8 @@ WRITE_KINDS = {"apply": "applies", "delete": "deletes", "status": "status_writes
 #   Aborted (the visionfleet.io/abort annotation) ............... aborted
 #   CompileFailed (no class compiled; the canary never served) .. compile_failed
 #   anything else (a future outcome) ............................ other
-ROLLBACK_REASONS = ("analysis_failed", "analysis_inconclusive", "aborted", "compile_failed", "other")
+ROLLBACK_REASONS = ("analysis_failed", "analysis_inconclusive", "progress_deadline", "aborted", "compile_failed",
+                    "other")
 
 ROLLOUT_STARTED = "rollout_started"
 PROMOTED = "promoted"
@@ -110,9 +111,11 @@ def rollback_reason(entry: HistoryEntry, new: VisionDeploymentStatus) -> str | N
         if a is not None and a.at == entry.at:
             if a.verdict == Verdict.FAILED.value:
                 return "analysis_failed"
-            if a.verdict == Verdict.INCONCLUSIVE.value:
+            if a.verdict in (Verdict.INCONCLUSIVE.value, Verdict.ERROR.value):
                 return "analysis_inconclusive"
         text = (entry.reason or "").lower()
+        if "progressdeadline" in text:
+            return "progress_deadline"
         if "inconclusive" in text:
             return "analysis_inconclusive"
         if "failed measurement" in text:

@@ -1,8 +1,14 @@
-"""A tiny simulated world for planner tests: it carries out a plan's actions the way the cluster
-would (Jobs run then finish, Deployments become Ready) and feeds the result back, tick by tick.
+"""A small simulated world for planner tests: it carries out a plan's actions the way the cluster
+would and feeds the result back, tick by tick. Time is real in it: Jobs run then finish, each new
+pod becomes Ready ``ready_delay`` seconds after it was created (a Triton pod pulls its image and
+loads its model), a Ready pod can crash and is Ready again ``ready_delay`` later, and a scale-down
+removes pods at once (not-yet-Ready ones first, as the ReplicaSet controller does).
 
-Only ``status`` travels from one tick to the next, exactly as in the operator: what the planner
-remembers is what it wrote to ``status``.
+Only ``status`` (and the revisions' snapshots, as the operator's ControllerRevisions) travel from one
+tick to the next: what the planner remembers is what it wrote.
+
+``ready_before`` / ``ready_after`` hold each class's Ready pods just before and just after the pass
+applied its actions, so a test can check what the *operator* did to capacity, apart from crashes.
 """
 
 from __future__ import annotations
@@ -17,13 +23,19 @@ from visionfleet.api.status import ChosenBatching, CompileResult, VisionDeployme
 from visionfleet.planner.analysis import Measurement
 from visionfleet.planner.classes import ObservedNode
 from visionfleet.planner.model import (
+    DeleteCompileJob,
     DeleteServing,
+    DeleteSnapshot,
     EnsureCompileJob,
     EnsureServing,
+    EnsureSnapshot,
+    MarkOutcome,
     Observed,
     ObservedDeployment,
     ObservedJob,
     Plan,
+    RevisionSnapshot,
+    SetRouteWeights,
     VisionDeploymentView,
 )
 from visionfleet.planner.rollout import plan
@@ -67,7 +79,8 @@ NODES = (
 
 GOOD = Measurement(p99_ms=12.0, error_rate=0.0, requests=500)
 SLOW = Measurement(p99_ms=31.2, error_rate=0.0, requests=500)
-NO_DATA = Measurement(slo_error="Prometheus unreachable: connection refused")
+NO_DATA = Measurement(slo_error="Prometheus unreachable: connection refused")  # a provider error
+UNKNOWN = Measurement(slo_unknown="no data for the canary yet")  # Prometheus answers, without a number
 
 
 def spec(**changes) -> VisionDeploymentSpec:
@@ -94,47 +107,101 @@ class World:
     annotations: dict[str, str] = field(default_factory=dict)
     now: datetime = T0
     jobs: dict[tuple[str, str], ObservedJob] = field(default_factory=dict)
-    deployments: dict[tuple[str, str], ObservedDeployment] = field(default_factory=dict)
+    # (class, revision) -> when each pod is (or was) Ready; a pod in the future is starting
+    pods: dict[tuple[str, str], list[datetime]] = field(default_factory=dict)
+    snapshots: dict[str, RevisionSnapshot] = field(default_factory=dict)
+    templates: dict[tuple[str, str], VisionDeploymentSpec] = field(default_factory=dict)  # what each Deployment runs
     measurement: Measurement | None = GOOD
     stable_drift: Measurement | None = None
     fail_compile: set[str] = field(default_factory=set)   # classes whose compile Job fails
     never_ready: bool = False
+    ready_delay: float = 0.0  # seconds from a pod's creation (or crash) to Ready
+    compile_ticks: int = 1  # passes a compile Job runs before it finishes
+    nodes: tuple = ()
+    route: tuple[tuple[str, int], ...] = ()
     last: Plan | None = None
     writes: int = 0
     all_events: list[tuple[str, str, str]] = field(default_factory=list)
+    ready_before: dict[str, int] = field(default_factory=dict)
+    ready_after: dict[str, int] = field(default_factory=dict)
+    after: dict[tuple[str, str], ObservedDeployment] = field(default_factory=dict)  # right after the last pass
+    _job_age: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def set_spec(self, s: VisionDeploymentSpec) -> None:
         self.spec = s
         self.generation += 1
 
+    @property
+    def deployments(self) -> dict[tuple[str, str], ObservedDeployment]:
+        out = {}
+        for key, pods in self.pods.items():
+            ready = 0 if self.never_ready else sum(1 for t in pods if t <= self.now)
+            out[key] = ObservedDeployment(key[0], key[1], len(pods), ready)
+        return out
+
+    def ready_by_class(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (cls, _), d in self.deployments.items():
+            out[cls] = out.get(cls, 0) + d.ready
+        return out
+
+    def crash(self, cls: str, revision: str, n: int = 1) -> None:
+        """``n`` Ready pods of a Deployment crash: Ready again ``ready_delay`` from now."""
+        pods = self.pods.get((cls, revision), [])
+        for i, t in enumerate(pods):
+            if n and t <= self.now:
+                pods[i] = self.now + timedelta(seconds=max(self.ready_delay, 1))
+                n -= 1
+
+    def _scale(self, key: tuple[str, str], replicas: int) -> None:
+        pods = sorted(self.pods.get(key, []))  # Ready ones first
+        if replicas > len(pods):
+            pods += [self.now + timedelta(seconds=self.ready_delay, microseconds=1)] * (replicas - len(pods))
+        else:
+            pods = pods[:replicas]  # the starting ones go first
+        self.pods[key] = pods
+
     def tick(self, seconds: float = 5) -> Plan:
         """Advance the clock, let the cluster progress, then run one planner pass and apply it."""
         self.now += timedelta(seconds=seconds)
-        # The cluster moves: running Jobs finish, Deployments become Ready.
         for key, job in list(self.jobs.items()):
             if job.state == "Running":
+                self._job_age[key] = self._job_age.get(key, 0) + 1
+                if self._job_age[key] < self.compile_ticks:
+                    continue
                 if key[0] in self.fail_compile:
                     self.jobs[key] = replace(job, state="Failed", message="accuracy gate: top1Agreement 0.91 < 0.99")
                 else:
                     self.jobs[key] = replace(job, state="Succeeded", result=result())
-        for key, d in list(self.deployments.items()):
-            if d.ready != d.replicas and not self.never_ready:
-                self.deployments[key] = replace(d, ready=d.replicas)
         vd = VisionDeploymentView(name="doorbell", namespace="vision", generation=self.generation, spec=self.spec,
                                   status=self.status, annotations=dict(self.annotations))
-        observed = Observed(nodes=NODES, jobs=tuple(self.jobs.values()), deployments=tuple(self.deployments.values()),
-                            measurement=self.measurement, stable_drift=self.stable_drift)
+        observed = Observed(nodes=self.nodes or NODES, jobs=tuple(self.jobs.values()),
+                            deployments=tuple(self.deployments.values()),
+                            measurement=self.measurement, stable_drift=self.stable_drift,
+                            snapshots=tuple(self.snapshots.values()))
+        self.ready_before = self.ready_by_class()
         p = plan(vd, observed, self.now)
         for a in p.actions:
             if isinstance(a, EnsureCompileJob):
                 self.jobs.setdefault((a.cls.name, a.revision), ObservedJob(a.cls.name, a.revision, "Running"))
+            elif isinstance(a, DeleteCompileJob):
+                self.jobs.pop((a.class_name, a.revision), None)
+                self._job_age.pop((a.class_name, a.revision), None)
             elif isinstance(a, EnsureServing):
-                key = (a.cls.name, a.revision)
-                old = self.deployments.get(key)
-                ready = min(old.ready, a.replicas) if old else 0
-                self.deployments[key] = ObservedDeployment(a.cls.name, a.revision, a.replicas, ready)
+                self._scale((a.cls.name, a.revision), a.replicas)
+                self.templates[(a.cls.name, a.revision)] = a.spec
             elif isinstance(a, DeleteServing):
-                self.deployments.pop((a.class_name, a.revision), None)
+                self.pods.pop((a.class_name, a.revision), None)
+            elif isinstance(a, EnsureSnapshot):
+                self.snapshots.setdefault(a.snapshot.revision, a.snapshot)
+            elif isinstance(a, MarkOutcome) and a.revision in self.snapshots:
+                self.snapshots[a.revision] = replace(self.snapshots[a.revision], outcome=a.outcome)
+            elif isinstance(a, DeleteSnapshot):
+                self.snapshots.pop(a.revision, None)
+            elif isinstance(a, SetRouteWeights):
+                self.route = a.weights
+        self.ready_after = self.ready_by_class()
+        self.after = self.deployments
         if p.status != self.status:
             self.writes += 1
         self.status = p.status

@@ -2,10 +2,11 @@
 gopher-lua dialect) on statuses the planner itself wrote, tick by tick in the simulated world.
 
 ``run_health(obj)`` runs the script the way Argo CD does (a fresh state, ``obj`` a global, only the
-base, table and a safe os library, no string metatable) and returns ``{"status", "message"}``; an
-e2e test can import it to judge live objects.
+base, table, package and a safe os library, no string metatable) and returns ``{"status",
+"message"}``; an e2e test can import it to judge live objects.
 
-Regenerate ``argocd-cm-patch.yaml`` after editing ``health.lua``:
+``argocd-cm-patch.yaml`` embeds ``health.lua`` and the resource actions (``actions/``, tested in
+test_argocd_actions.py). Regenerate it after editing any of them:
 ``.venv/bin/python -m tests.unit.test_argocd_health``.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 import yaml
@@ -33,6 +34,9 @@ ARGOCD_DIR = ROOT / "charts" / "visionfleet" / "argocd"
 HEALTH_LUA = ARGOCD_DIR / "health.lua"
 CM_PATCH = ARGOCD_DIR / "argocd-cm-patch.yaml"
 CM_KEY = f"resource.customizations.health.{crd.GROUP}_{crd.KIND}"
+ACTIONS_DIR = ARGOCD_DIR / "actions"
+CM_ACTIONS_KEY = f"resource.customizations.actions.{crd.GROUP}_{crd.KIND}"
+ACTION_NAMES = ("promote", "abort", "retry", "pause", "resume")  # the order of argocd-cm's definitions
 
 # What Argo CD accepts from a health script (anything else becomes Unknown).
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
@@ -52,14 +56,47 @@ PHASE_TO_ARGO = {
     Phase.FAILED: "Degraded",
 }
 
-# Argo CD opens package, base and table, and its own os with only time and date
-# (util/lua/lua.go, oslib_safe.go); no string library means no string metatable either.
+# Argo CD opens package, base and table, and its own "safe" os with only time and date
+# (util/lua/lua.go runLua, oslib_safe.go). OpenSafeOs registers those two under the name of the table
+# library, so there is no global os: scripts reach it as require("os") (preloaded), as Argo CD's own
+# Rollout restart action does. No string library means no string metatable either. ``NOW`` (set by
+# argo_lua) pins os.date and os.time to a fixed time for tests whose output holds the date.
 _ARGO_SANDBOX = """
-local time, date = os.time, os.date
+local time, date, pairs = os.time, os.date, pairs
+local safe_os = {}
+function safe_os.time(t)
+  if t == nil and NOW ~= nil then
+    return NOW
+  end
+  return time(t)
+end
+function safe_os.date(fmt, t)
+  t = t or NOW
+  if t == nil then
+    return date(fmt)
+  end
+  return date(fmt, t)
+end
 debug.setmetatable("", nil)
-string, math, io, debug, coroutine = nil, nil, nil, nil, nil
-os = {time = time, date = date}
+string, math, io, debug, coroutine, os = nil, nil, nil, nil, nil, nil
+for name in pairs(package.loaded) do
+  if name ~= "_G" and name ~= "package" and name ~= "table" then
+    package.loaded[name] = nil
+  end
+end
+package.loaded.os = safe_os
+package.path, package.cpath = "", ""
 """
+
+
+def argo_lua(now: int | None = None) -> Any:
+    """A fresh Lua 5.1 state restricted as Argo CD's (``_ARGO_SANDBOX``); ``now``: a fixed time for
+    os.date/os.time, in seconds since the epoch (None: the real clock)."""
+    lua = lua51.LuaRuntime(register_eval=False, register_builtins=False, unpack_returned_tuples=False)
+    if now is not None:
+        lua.globals().NOW = now
+    lua.execute(_ARGO_SANDBOX)
+    return lua
 
 
 def _to_lua(lua: Any, value: Any) -> Any:
@@ -85,8 +122,7 @@ def run_health(obj: dict[str, Any], script: str | None = None) -> dict[str, str]
     (``lupa.LuaError``); a result that is not a table raises TypeError; an invalid status becomes
     Unknown, as in Argo CD."""
     script = HEALTH_LUA.read_text() if script is None else script
-    lua = lua51.LuaRuntime(register_eval=False, register_builtins=False, unpack_returned_tuples=False)
-    lua.execute(_ARGO_SANDBOX)
+    lua = argo_lua()
     chunk = lua.compile(script)  # a syntax error raises here
     lua.globals().obj = _to_lua(lua, json.loads(json.dumps(obj)))
     hs = chunk()
@@ -141,9 +177,11 @@ def test_script_compiles_in_lua51_and_returns_a_table_without_any_status():
 
 def test_sandbox_is_as_strict_as_argo_cd():
     """run_health must fail a script that leans on a library Argo CD does not open."""
-    for uses in ('string.format("%d", 1)', '("x"):upper()', "math.floor(1.5)"):
+    for uses in ('string.format("%d", 1)', '("x"):upper()', "math.floor(1.5)", "os.date()",
+                 'require("string").rep("x", 2)', 'io.write("x")'):
         with pytest.raises(Exception):
             run_health({}, f"local hs = {{status = 'Healthy', message = {uses}}} return hs")
+    assert run_health({}, 'local os = require("os") return {status = "Healthy", message = os.date("!%Y")}')["message"]
     assert run_health({}, "return {status = 'Fine'}") == {"status": "Unknown", "message": INVALID_HEALTH}
 
 
@@ -168,7 +206,8 @@ def test_cm_patch_embeds_health_lua_byte_for_byte():
     embedded = patch["data"][CM_KEY]
     assert embedded.encode() == HEALTH_LUA.read_bytes(), \
         "argocd-cm-patch.yaml is stale: .venv/bin/python -m tests.unit.test_argocd_health"
-    assert CM_PATCH.read_text() == render_cm_patch(HEALTH_LUA.read_text())
+    assert CM_PATCH.read_text() == render_cm_patch_from_files(), \
+        "argocd-cm-patch.yaml is stale: .venv/bin/python -m tests.unit.test_argocd_health"
     assert CM_KEY in (ARGOCD_DIR / "README.md").read_text()
 
 
@@ -314,8 +353,15 @@ def test_inconclusive_analysis_is_suspended_with_its_reason_and_count():
     assert cond.reason == "AnalysisInconclusive"
     hs = health(w)
     assert hs["status"] == "Suspended"
-    assert "analysis inconclusive (1 of 3 in a row before a rollback)" in hs["message"]
+    assert "analysis inconclusive (3 in a row, 6 provider errors in a row)" in hs["message"]
     assert "Prometheus unreachable: connection refused" in hs["message"]
+    assert "a Passed analysis resumes the rollout" in hs["message"]
+
+
+def test_inconclusive_analysis_rolls_back_at_the_limit_when_the_policy_says_so():
+    w = healthy_world()
+    w.set_spec(spec(model__version="2", analysis__onInconclusive="Rollback"))
+    w.measurement = NO_DATA
     w.run_until("RolledBack", seconds=30)
     hs = health(w)
     assert hs["status"] == "Degraded" and "inconclusive 3 times in a row" in hs["message"]
@@ -382,7 +428,7 @@ def test_invalid_spec_is_degraded_with_the_operators_message(monkeypatch):
     w = healthy_world()
     written: list[VisionDeploymentStatus] = []
     monkeypatch.setattr(handlers, "api_client", lambda: None)
-    monkeypatch.setattr(handlers, "write_status", lambda api, name, ns, old, new: written.append(new) or True)
+    monkeypatch.setattr(handlers, "write_status", lambda api, name, ns, old, new, *rest: written.append(new) or True)
     monkeypatch.setattr(handlers, "WRITES", WriteCounter(), raising=False)
     monkeypatch.setattr(handlers, "METRICS", _NoMetrics(), raising=False)
     obj = vd_object(w)
@@ -423,15 +469,26 @@ def test_stable_drift_is_healthy_with_a_warning():
 # -- argocd-cm-patch.yaml --------------------------------------------------------------------------
 
 
-def render_cm_patch(script: str) -> str:
-    """argocd-cm-patch.yaml: health.lua as a literal block (clip: the file ends in one newline)."""
-    assert script.endswith("\n") and not script.endswith("\n\n"), "health.lua must end in exactly one newline"
+def _block(script: str, indent: int, what: str) -> str:
+    """``script`` as the body of a YAML literal block indented by ``indent`` spaces (clip: the file
+    ends in one newline, which the block keeps)."""
+    assert script.endswith("\n") and not script.endswith("\n\n"), f"{what} must end in exactly one newline"
     assert "\t" not in script and all(line == line.rstrip() for line in script.splitlines()), \
-        "no tabs or trailing spaces in health.lua (they would not survive the YAML block)"
-    body = "".join(f"    {line}\n" if line else "\n" for line in script.splitlines())
+        f"no tabs or trailing spaces in {what} (they would not survive the YAML block)"
+    assert not script[:1].isspace(), f"{what} must not start with white space (the block's indentation)"
+    return "".join(" " * indent + line + "\n" if line else "\n" for line in script.splitlines())
+
+
+def render_cm_patch(script: str, discovery: str, actions: Sequence[tuple[str, str]]) -> str:
+    """argocd-cm-patch.yaml: health.lua as a literal block, and the resource actions (the
+    ``discovery.lua`` / ``definitions`` document Argo CD reads from the actions key) as a literal
+    block holding literal blocks."""
+    body = _block(script, 4, "health.lua")
+    definitions = "".join(f"      - name: {name}\n        action.lua: |\n"
+                          + _block(lua, 10, f"actions/{name}/action.lua") for name, lua in actions)
     return (
-        "# Generated from health.lua by `.venv/bin/python -m tests.unit.test_argocd_health`; do not edit by hand\n"
-        "# (tests/unit/test_argocd_health.py fails when the two differ).\n"
+        "# Generated from health.lua and actions/ by `.venv/bin/python -m tests.unit.test_argocd_health`; do not\n"
+        "# edit by hand (tests/unit/test_argocd_health.py and test_argocd_actions.py fail when they differ).\n"
         "#\n"
         "# kubectl -n argocd patch configmap argocd-cm --type merge --patch-file argocd-cm-patch.yaml\n"
         "# or list it under `patches:` of the kustomization that installs Argo CD.\n"
@@ -446,9 +503,19 @@ def render_cm_patch(script: str) -> str:
         "data:\n"
         f"  {CM_KEY}: |\n"
         f"{body}"
+        f"  {CM_ACTIONS_KEY}: |\n"
+        "    discovery.lua: |\n"
+        f"{_block(discovery, 6, 'actions/discovery.lua')}"
+        "    definitions:\n"
+        f"{definitions}"
     )
 
 
+def render_cm_patch_from_files() -> str:
+    return render_cm_patch(HEALTH_LUA.read_text(), (ACTIONS_DIR / "discovery.lua").read_text(),
+                           [(name, (ACTIONS_DIR / name / "action.lua").read_text()) for name in ACTION_NAMES])
+
+
 if __name__ == "__main__":
-    CM_PATCH.write_text(render_cm_patch(HEALTH_LUA.read_text()))
+    CM_PATCH.write_text(render_cm_patch_from_files())
     print(f"wrote {CM_PATCH.relative_to(ROOT)}")

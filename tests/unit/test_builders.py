@@ -11,15 +11,18 @@ from visionfleet.builders.manifests import (
     NAME_MAX,
     build_compile_job,
     build_config_map,
+    build_controller_revision,
     build_service,
     build_triton_deployment,
     child_name,
     compile_job_name,
     manifest_hash,
+    snapshot_name,
     with_applied_hash,
 )
 from visionfleet.builders.triton_config import build_triton_config
 from visionfleet.planner.classes import ObservedNode, resolve_classes
+from visionfleet.planner.model import Track
 
 from .planner_sim import SPEC
 
@@ -101,6 +104,26 @@ def test_triton_deployment_probes_selector_and_security():
     assert {p["containerPort"] for p in c["ports"]} == {8000, 8001, 8002}
     restricted(dep["spec"]["template"]["spec"])
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+@pytest.mark.parametrize("track, value", [(Track.CANARY, "canary"), (Track.STABLE, "stable"), ("canary", "canary")])
+def test_track_annotation_is_the_tracks_plain_value(track, value):
+    dep = build_triton_deployment("doorbell", "vision", "u", spec(), classes()["l4"], REV, 1, RESULT, track)
+    assert type(dep["metadata"]["annotations"]["visionfleet.io/track"]) is str
+    assert dep["metadata"]["annotations"]["visionfleet.io/track"] == value
+
+
+def test_controller_revision_holds_the_snapshot_and_its_outcome():
+    data = {"format": 1, "revision": REV}
+    cr = build_controller_revision("doorbell", "vision", "u", REV, data, 7, "Promoted")
+    assert cr["apiVersion"] == "apps/v1" and cr["kind"] == "ControllerRevision"
+    assert cr["metadata"]["name"] == snapshot_name("doorbell", REV) == f"doorbell-rev-{REV}"
+    assert cr["metadata"]["labels"]["app.kubernetes.io/component"] == "revision"
+    assert cr["metadata"]["labels"]["visionfleet.io/revision"] == REV
+    assert cr["metadata"]["ownerReferences"][0]["uid"] == "u"
+    assert cr["metadata"]["annotations"] == {"visionfleet.io/outcome": "Promoted"}
+    assert cr["data"] is data and cr["revision"] == 7
+    assert "annotations" not in build_controller_revision("doorbell", "vision", "u", REV, data, 1)["metadata"]
 
 
 def test_discovered_cpu_class_avoids_gpu_nodes_by_affinity():

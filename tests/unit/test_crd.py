@@ -84,7 +84,7 @@ def test_crd_surface():
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Stable", "Canary", "Weight", "P99-ms", "Drift-p", "Age"]
+    assert columns == ["Phase", "Stable", "Canary", "Weight", "Set-weight", "P99-ms", "Drift-p", "Age"]
     rules = [r["rule"] for _, n in walk(schema()) if isinstance(n, dict) for r in n.get("x-kubernetes-validations", [])]
     assert any("setWeight <" in r for r in rules), "steps must be checked for ascending weights"
     assert any("self.min <= self.max" in r for r in rules)
@@ -96,7 +96,8 @@ def test_crd_surface():
 def test_defaults_reach_the_schema():
     spec = schema()["properties"]["spec"]["properties"]
     # Whole objects, not {}: the API server checks defaults against CEL rules before nested defaulting.
-    assert spec["analysis"]["default"] == {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 3}
+    assert spec["analysis"]["default"] == {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 3,
+                                           "onInconclusive": "Pause", "consecutiveErrorLimit": 4}
     assert spec["fleet"]["properties"]["classes"]["items"]["properties"]["replicas"]["default"] == {"min": 1, "max": 4}
     assert spec["analysis"]["properties"]["interval"]["default"] == "30s"
     assert spec["rollout"]["properties"]["steps"]["default"][0] == {"setWeight": 10, "pause": "1m"}

@@ -43,7 +43,7 @@ from visionfleet.kubectl_vision import (
     render_status,
 )
 
-from .planner_sim import World, spec as sim_spec
+from .planner_sim import SLOW, World, spec as sim_spec
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
 STABLE, CANARY, OLDER, BAD, DROPPED = "3f9a1c2b7d4e", "8b1e0a9c5f27", "0a1b2c3d4e5f", "c0ffee000001", "d15ea5e00001"
@@ -160,6 +160,18 @@ def vd(status: VisionDeploymentStatus | None = None, *, generation: int = 3, ann
 def healthy_status() -> VisionDeploymentStatus:
     st = mid_rollout_status()
     st.phase, st.canary_revision, st.step, st.wave, st.canary_weight, st.step_started_at = "Healthy", *([None] * 5)
+    return st
+
+
+ROLLED_BACK_REASON = "p99 31.2 ms > 20 ms (2 of 2 failed measurements)"
+
+
+def rolled_back_status(outcome: str = "RolledBack", phase: str = "RolledBack") -> VisionDeploymentStatus:
+    """The canary of mid_rollout_status() failed its analysis (or was aborted, or compiled nowhere):
+    no canary, the stable revision serves, the spec still asks for CANARY."""
+    st = healthy_status()
+    st.phase = phase
+    st.history.append(HistoryEntry(revision=CANARY, outcome=outcome, at=at(60), reason=ROLLED_BACK_REASON))
     return st
 
 
@@ -353,7 +365,91 @@ def test_promote_and_abort_set_a_fresh_one_shot_value():
 def test_promote_while_compiling_says_when_it_acts():
     st = mid_rollout_status()
     st.phase = "Compiling"
-    assert "once the compile Jobs have finished" in command_annotation(vd(st), "promote", NOW).notes[0]
+    assert command_annotation(vd(st), "promote", NOW).notes == (
+        "the canary is still compiling: the operator promotes it once it has compiled and its pods are Ready",)
+    # abort acts during the compile too
+    assert command_annotation(vd(st), "abort", NOW).notes == (
+        "the canary is still compiling: the operator aborts it now and stops its compile Jobs",)
+    st.phase, st.step_started_at = "Verifying", None
+    assert command_annotation(vd(st), "promote", NOW).notes == (
+        "the canary's pods are not all Ready yet: the operator sends it 100% once they are",)
+    assert command_annotation(vd(mid_rollout_status()), "promote", NOW).notes == ()
+
+
+# -- retry -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome, phase", [("RolledBack", "RolledBack"), ("Aborted", "RolledBack"),
+                                            ("Aborted", "RollingBack"), ("CompileFailed", "Failed")])
+def test_retry_sets_a_fresh_one_shot_value_after_a_failure(outcome, phase):
+    obj = vd(rolled_back_status(outcome, phase))
+    retry = command_annotation(obj, "retry", NOW)
+    assert (retry.key, retry.handled_field, retry.before) == ("visionfleet.io/retry", "handledRetry", None)
+    assert retry.value == "2026-11-28T12:00:00.000000Z"
+    assert retry.patch == {"metadata": {"annotations": {"visionfleet.io/retry": retry.value}}}
+    assert retry.notes == (f"newest failed attempt in the history: revision {CANARY}, {outcome}: {ROLLED_BACK_REASON}",)
+    # a value the operator has handled already is not sent again
+    obj["status"]["handledRetry"] = retry.value
+    assert command_annotation(obj, "retry", NOW).value == "2026-11-28T12:00:00.000001Z"
+    paused = vd(rolled_back_status(outcome, phase), annotations={"visionfleet.io/paused": "true"})
+    assert command_annotation(paused, "retry", NOW).notes[-1] == (
+        'visionfleet.io/paused is "true": the retried rollout holds at its first step until resumed')
+
+
+def test_retry_refuses_unless_the_spec_revision_failed():
+    where = "visiondeployment doorbell in namespace vision"
+    cases = [
+        (vd(healthy_status()),
+         f"{where} has nothing to retry (phase Healthy, stable {STABLE}): retry re-attempts the revision the spec "
+         f"asks for only when its newest outcome is RolledBack, Aborted or CompileFailed"),
+        (vd(mid_rollout_status()),
+         f"{where} has a canary in flight (revision {CANARY}, phase RollingOut): nothing to retry (abort it first, "
+         f"or let it finish)"),
+        (vd(rolled_back_status(), generation=4),
+         f"{where}: the operator has not observed generation 4 yet (the status is of generation 3, phase "
+         f"RolledBack): nothing to retry until it has"),
+        (vd(None), f"{where} has nothing to retry (phase unknown, stable -): retry re-attempts the revision"),
+    ]
+    # The history ends in a failure, but of another revision: the phase (the operator's verdict on
+    # the revision the spec asks for) says Healthy, so there is nothing to retry.
+    other = healthy_status()
+    other.history.append(HistoryEntry(revision=BAD, outcome="RolledBack", at=at(30), reason="slow"))
+    cases.append((vd(other), f"{where} has nothing to retry (phase Healthy"))
+    for obj, message in cases:
+        with pytest.raises(CliError) as e:
+            command_annotation(obj, "retry", NOW)
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_failed_attempt_is_the_newest_entry_off_the_stable_revision():
+    assert kv.failed_attempt(vd(rolled_back_status()))["revision"] == CANARY
+    assert kv.failed_attempt(vd(healthy_status())) is None  # newest off-stable entry: Superseded
+    st = rolled_back_status("CompileFailed", "Failed")
+    st.stable_revision = None  # a first revision that compiled nowhere
+    assert kv.failed_attempt(vd(st))["outcome"] == "CompileFailed"
+    st.history = st.history[:-1] + [HistoryEntry(revision=CANARY, outcome="Retried", at=at(5), reason="retried")]
+    assert kv.failed_attempt(vd(st)) is None
+    assert kv.failed_attempt(vd(None)) is None
+
+
+def test_retry_on_the_planners_own_rolled_back_status():
+    w = World(sim_spec())
+    w.run_until("Healthy")
+    w.set_spec(sim_spec(model__version="2"))
+    w.measurement = SLOW
+    w.run_until("RolledBack")
+    obj = {"apiVersion": "visionfleet.io/v1alpha1", "kind": "VisionDeployment",
+           "metadata": {"name": "doorbell", "namespace": "vision", "generation": w.generation, "annotations": {}},
+           "spec": w.spec.to_wire(), "status": w.status.to_wire()}
+    retry = command_annotation(obj, "retry", w.now)
+    assert retry.key == "visionfleet.io/retry"
+    assert retry.notes[0].startswith(f"newest failed attempt in the history: revision {w.status.history[-1].revision}, "
+                                     f"RolledBack: p99 31.2 ms > 20 ms")
+    w.set_spec(sim_spec(model__version="1"))  # back to the stable revision: Healthy, nothing to retry
+    w.tick()
+    obj["metadata"]["generation"], obj["status"] = w.generation, w.status.to_wire()
+    with pytest.raises(CliError, match="has nothing to retry \\(phase Healthy"):
+        command_annotation(obj, "retry", w.now)
 
 
 def test_pause_and_resume_are_levels():
@@ -385,6 +481,15 @@ def test_an_annotation_also_held_in_git_is_flagged():
         {"metadata": {"annotations": {"visionfleet.io/promote": "go"}}})
     assert other_owners(obj, "visionfleet.io/promote") == [
         'kubectl.kubernetes.io/last-applied-configuration (value "go")']
+    # Argo CD's resource actions patch as argocd-server: by hand, not Git
+    obj["metadata"]["managedFields"].append({"manager": "argocd-server", "operation": "Update", "fieldsV1": {
+        "f:metadata": {"f:annotations": {"f:visionfleet.io/retry": {}}}}})
+    assert other_owners(obj, "visionfleet.io/retry") == []
+
+
+def test_status_lists_the_retry_annotation():
+    text = render_status(vd(rolled_back_status(), annotations={"visionfleet.io/retry": "2026-11-28T11:59:00Z"}), NOW)
+    assert "Annotations:  visionfleet.io/retry=2026-11-28T11:59:00Z" in text
 
 
 # -- the CLI against a fake CustomObjectsApi --------------------------------------------------------
@@ -505,14 +610,21 @@ def test_help_lists_every_command_and_the_connection_flags(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for word in ("status", "history", "watch", "promote", "abort", "pause", "resume", "--namespace", "--context",
-                 "--kubeconfig", "GitOps", "kubectl vision promote doorbell --wait"):
+    for word in ("status", "history", "watch", "promote", "abort", "retry", "pause", "resume", "--namespace",
+                 "--context", "--kubeconfig", "GitOps", "kubectl vision promote doorbell --wait",
+                 "kubectl vision retry doorbell --wait"):
         assert word in text
-    for command, words in {"promote": ["--wait", "--timeout", "--full", "visionfleet.io/promote", "handledPromote"],
-                           "abort": ["Aborted", "does not retry", "visionfleet.io/abort"],
+    for command, words in {"promote": ["--wait", "--timeout", "--full", "visionfleet.io/promote", "handledPromote",
+                                       "pods to be Ready"],
+                           "abort": ["Aborted", "does not retry", "visionfleet.io/abort", "also while it compiles",
+                                     "kubectl vision retry"],
+                           "retry": ["--wait", "--timeout", "visionfleet.io/retry", "handledRetry",
+                                     "RolledBack, Aborted or CompileFailed", "Retried",
+                                     "RolledBack, RollingBack or Failed", "current generation",
+                                     "a canary is in flight"],
                            "pause": ['visionfleet.io/paused="true"', "analysis still runs"],
                            "resume": ["null"], "watch": ["--until-done", "--timeout", "Healthy, RolledBack, Failed"],
-                           "status": ["-o {json,yaml}", "conditions"], "history": ["last 20"]}.items():
+                           "status": ["-o {json,yaml}", "conditions"], "history": ["last 20", "Retried"]}.items():
         with pytest.raises(SystemExit) as e:
             main([command, "--help"])
         assert e.value.code == 0
@@ -640,6 +752,134 @@ def test_abort_wait_times_out_with_a_clear_message():
     assert err.startswith("error: timed out after 5s waiting for the operator to act on visionfleet.io/abort=")
     assert "(phase RollingOut)" in err and len(clock.sleeps) == 5
     assert fake.store[("vision", "doorbell")]["metadata"]["annotations"]["visionfleet.io/abort"]
+
+
+def test_promote_wait_waits_for_the_promotion_not_just_the_value():
+    """The operator takes the promote at once (status.handledPromote) but promotes the canary only
+    once its pods are Ready at full size: --wait returns then, with the outcome."""
+    fake = FakeCustomObjects(vd(mid_rollout_status()))
+    reads = []
+
+    def operator(obj):
+        reads.append(1)
+        value = obj["metadata"]["annotations"].get("visionfleet.io/promote")
+        st = obj["status"]
+        if value and len(reads) == 2:  # took it: scaling the canary to full size
+            st.update(handledPromote=value, phase="Verifying", canaryWeight=100)
+            st.pop("stepStartedAt")
+        if value and len(reads) == 4:  # its pods are Ready: promoted
+            st.update(phase="Healthy", stableRevision=CANARY)
+            for k in ("canaryRevision", "step", "wave", "canaryWeight"):
+                st.pop(k)
+            st["history"].append({"revision": CANARY, "outcome": "Promoted", "at": at(0),
+                                  "reason": "promoted by the visionfleet.io/promote annotation"})
+
+    fake.on_get = operator
+    clock = Clock()
+    code, out, _ = run(fake, "promote", "doorbell", "-n", "vision", "--wait", clock=clock)
+    assert code == 0 and out.splitlines()[-1] == (
+        f"handled by the operator: phase Healthy; revision {CANARY}: Promoted (promoted by the visionfleet.io/promote "
+        f"annotation); stable {CANARY}")
+    assert len(reads) == 4 and clock.sleeps == [1.0, 1.0]
+
+
+def test_promote_wait_times_out_saying_the_canary_waits_for_its_pods():
+    fake = FakeCustomObjects(vd(mid_rollout_status()))
+
+    def operator(obj):
+        value = obj["metadata"]["annotations"].get("visionfleet.io/promote")
+        if value:
+            obj["status"].update(handledPromote=value, phase="Verifying", canaryWeight=100)
+
+    fake.on_get = operator
+    code, _, err = run(fake, "promote", "doorbell", "-n", "vision", "--wait", "--timeout", "3")
+    assert code == 1 and err == (
+        f"error: timed out after 3s waiting for the operator to promote revision {CANARY}: it took "
+        f"visionfleet.io/promote=2026-11-28T12:00:00.000000Z (status.handledPromote) but the revision is still the "
+        f"canary (phase Verifying, weight 100%); it is promoted once its pods are Ready at full size\n")
+
+
+def test_retry_is_a_merge_patch_of_one_annotation_under_our_field_manager():
+    fake = FakeCustomObjects(vd(rolled_back_status()))
+    code, out, err = run(fake, "retry", "doorbell", "-n", "vision")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        'visiondeployment vision/doorbell: visionfleet.io/retry: (unset) -> "2026-11-28T12:00:00.000000Z"',
+        f"note: newest failed attempt in the history: revision {CANARY}, RolledBack: {ROLLED_BACK_REASON}"]
+    [(_, (ns, name, body), kwargs)] = fake.patches()
+    assert (ns, name) == ("vision", "doorbell")
+    assert body == {"metadata": {"annotations": {"visionfleet.io/retry": "2026-11-28T12:00:00.000000Z"}}}
+    assert kwargs == {"field_manager": "kubectl-vision", "_content_type": "application/merge-patch+json"}
+    stored = fake.store[("vision", "doorbell")]
+    assert stored["spec"] == vd(rolled_back_status())["spec"] and stored["status"] == vd(rolled_back_status())["status"]
+
+
+def test_retry_refused_is_one_line_and_patches_nothing():
+    fake = FakeCustomObjects(vd(healthy_status()))
+    code, out, err = run(fake, "retry", "doorbell", "-n", "vision", "--wait")
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: visiondeployment doorbell in namespace vision has nothing to retry (phase Healthy")
+    assert fake.patches() == []
+
+
+def test_retry_wait_returns_once_the_canary_is_in_flight_again():
+    fake = FakeCustomObjects(vd(rolled_back_status()))
+    gets = []
+
+    def operator(obj):  # records the value on the second read after the patch, starts the canary on the third
+        gets.append(1)
+        value = obj["metadata"]["annotations"].get("visionfleet.io/retry")
+        st = obj["status"]
+        if value and len(gets) == 3:
+            st["handledRetry"] = value
+            st["history"].append({"revision": CANARY, "outcome": "Retried", "at": at(0),
+                                  "reason": "retried by the visionfleet.io/retry annotation"})
+        if value and len(gets) == 4:
+            st.update(phase="Compiling", canaryRevision=CANARY, step=0, wave=0, canaryWeight=10)
+
+    fake.on_get = operator
+    clock = Clock()
+    code, out, err = run(fake, "retry", "doorbell", "-n", "vision", "--wait", clock=clock)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == (
+        f"handled by the operator: phase Compiling; revision {CANARY} is the canary again; history: Retried "
+        f"(retried by the visionfleet.io/retry annotation); stable {STABLE}")
+    assert len(gets) == 4 and clock.sleeps == [1.0, 1.0]  # handled alone (the third read) is not enough
+
+
+def test_retry_wait_also_ends_when_the_phase_moves_on():
+    fake = FakeCustomObjects(vd(rolled_back_status()))
+
+    def operator(obj):  # e.g. the spec went back to the stable revision meanwhile
+        value = obj["metadata"]["annotations"].get("visionfleet.io/retry")
+        if value:
+            obj["status"].update(handledRetry=value, phase="Healthy")
+
+    fake.on_get = operator
+    code, out, _ = run(fake, "retry", "doorbell", "-n", "vision", "--wait")
+    assert code == 0 and out.splitlines()[-1] == (
+        f"handled by the operator: phase Healthy; no canary in flight; stable {STABLE}")
+
+
+def test_retry_wait_times_out_saying_what_it_saw():
+    fake = FakeCustomObjects(vd(rolled_back_status()))
+    clock = Clock()
+    code, _, err = run(fake, "retry", "doorbell", "-n", "vision", "--wait", "--timeout", "3", clock=clock)
+    assert code == 1 and err.startswith("error: timed out after 3s waiting for the operator to act on "
+                                        "visionfleet.io/retry=2026-11-28T12:00:00.000000Z (phase RolledBack); "
+                                        "the annotation stays set")
+
+    def records_and_ignores(obj):
+        value = obj["metadata"]["annotations"].get("visionfleet.io/retry")
+        if value:
+            obj["status"]["handledRetry"] = value
+
+    fake.on_get = records_and_ignores
+    code, _, err = run(fake, "retry", "doorbell", "-n", "vision", "--wait", "--timeout", "3", clock=Clock())
+    assert code == 1 and err == (
+        "error: timed out after 3s waiting for the operator to retry: it recorded visionfleet.io/retry="
+        "2026-11-28T12:00:00.000001Z (status.handledRetry) but no canary is in flight and the phase is still "
+        "RolledBack (kubectl vision status)\n")
 
 
 def test_pause_then_resume_sends_true_then_null():

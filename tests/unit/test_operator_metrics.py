@@ -100,7 +100,8 @@ def test_no_change_no_transition_and_a_restart_counts_nothing_twice():
     assert own(r.metrics.registry) == before
     # ...and its next passes (the same world, from status alone) count nothing either.
     restarted = Recorder(World(r.w.spec, status=s.model_copy(deep=True), generation=r.w.generation, now=r.w.now,
-                               jobs=dict(r.w.jobs), deployments=dict(r.w.deployments)))
+                               jobs=dict(r.w.jobs), pods={k: list(v) for k, v in r.w.pods.items()},
+                               snapshots=dict(r.w.snapshots)))
     for _ in range(10):
         restarted.tick(30)
     assert restarted.found == []
@@ -136,11 +137,21 @@ def test_failed_analysis_rollback_counts_one_verdict_one_rollback_and_its_time()
 def test_inconclusive_analyses_count_each_verdict_and_roll_back_as_inconclusive():
     r = healthy()
     r.found.clear()
-    r.w.set_spec(spec(model__version="2"))
+    r.w.set_spec(spec(model__version="2", analysis__onInconclusive="Rollback"))
     r.w.measurement = NO_DATA
     r.run_until("RolledBack", seconds=30)
-    assert [t.label for t in r.kinds(m.VERDICT)] == ["Inconclusive"] * 3  # inconclusiveLimit 3
+    # consecutiveErrorLimit 4: the 4th, 5th and 6th provider errors count as inconclusive (limit 3)
+    assert [t.label for t in r.kinds(m.VERDICT)] == ["Error"] * 6
     assert [t.label for t in r.kinds(m.ROLLED_BACK)] == ["analysis_inconclusive"]
+
+
+def test_a_canary_never_ready_is_rolled_back_for_its_progress_deadline():
+    r = healthy()
+    r.found.clear()
+    r.w.set_spec(spec(model__version="2", rollout__progressDeadline="1m"))
+    r.w.ready_delay = 3600  # the canary's pods never get Ready; the stable's already are
+    r.run_until("RolledBack", seconds=30)
+    assert [t.label for t in r.kinds(m.ROLLED_BACK)] == ["progress_deadline"]
 
 
 def test_good_canary_counts_every_passed_verdict_and_one_promotion():
@@ -431,10 +442,10 @@ def test_run_pass_counts_a_new_rollout_once_apply_went_through(monkeypatch):
 
     monkeypatch.setattr(handlers, "api_client", lambda: object())
     monkeypatch.setattr(handlers, "gather", lambda *a, **kw: SimpleNamespace(
-        nodes=list(NODES), jobs=[], deployments=[], applied={}, revision_services={}))
+        nodes=list(NODES), jobs=[], deployments=[], live={}, snapshots=[], revision_services={}))
     calls = []
 
-    def apply_plan(api, vd, p, *a):
+    def apply_plan(api, vd, p, *a, **kw):
         calls.append(p.status.canary_revision)
         if len(calls) == 1:
             raise RuntimeError("the API server went away mid-pass")

@@ -24,22 +24,38 @@ GOOD = dict(p99_ms=12.0, error_rate=0.001, requests=1000, drift_p_value=0.4, dri
         pytest.param({"p99_ms": 31.2}, "Failed", "p99 31.2 ms > 20 ms", id="slow"),
         pytest.param({"error_rate": 0.05}, "Failed", "error rate 5.00% > 1.00%", id="errors"),
         pytest.param({"drift_p_value": 0.001}, "Failed", "input drift: p=0.001 < 0.01", id="drift"),
-        pytest.param({"slo_error": "connection refused"}, "Inconclusive", "SLO source: connection refused",
+        pytest.param({"slo_error": "connection refused"}, "Error", "SLO source: connection refused",
                      id="prometheus-down"),
+        pytest.param({"slo_unknown": "no data for the canary yet"}, "Inconclusive", "SLO source: no data",
+                     id="no-series"),
         pytest.param({"requests": 40}, "Inconclusive", "40 requests < minRequests 100", id="too-little-traffic"),
         pytest.param({"requests": None}, "Inconclusive", "no request count", id="no-requests"),
         pytest.param({"p99_ms": math.nan}, "Inconclusive", "no p99 latency", id="nan-p99"),
         pytest.param({"error_rate": math.inf}, "Inconclusive", "no error rate", id="inf-errors"),
         pytest.param({"drift_window_fill": 0.4}, "Inconclusive", "drift window 40% full", id="window-filling"),
-        pytest.param({"drift_error": "monitor unreachable"}, "Inconclusive", "drift monitor: monitor unreachable",
+        pytest.param({"drift_error": "monitor unreachable"}, "Error", "drift monitor: monitor unreachable",
                      id="monitor-down"),
         pytest.param({"p99_ms": 50.0, "drift_window_fill": 0.1}, "Failed", "p99 50.0 ms", id="failed-beats-inconclusive"),
+        pytest.param({"p99_ms": 50.0, "drift_error": "down"}, "Failed", "p99 50.0 ms", id="failed-beats-error"),
+        pytest.param({"drift_window_fill": 0.1, "drift_error": None, "slo_error": "down"}, "Error", "SLO source: down",
+                     id="error-beats-inconclusive"),
     ],
 )
 def test_assess(changes, verdict, reason):
     a = assess(Measurement(**(GOOD | changes)), SLO_AND_DRIFT)
     assert a.verdict == verdict
     assert reason in a.reason
+
+
+@pytest.mark.parametrize(("dry", "verdict", "trial"), [
+    (["latency"], "Passed", "latency: Failed (p99 31.2 ms > 20 ms)"),
+    (["drift"], "Failed", "drift: Passed"),
+    (["latency", "errorRate", "drift"], "Passed", "errorRate: Passed"),
+])
+def test_dry_run_checks_are_reported_and_take_no_part_in_the_verdict(dry, verdict, trial):
+    analysis = SLO_AND_DRIFT.model_copy(update={"dry_run": dry})
+    a = assess(Measurement(**(GOOD | {"p99_ms": 31.2})), analysis)
+    assert a.verdict == verdict and trial in a.dry_run
 
 
 def test_numbers_travel_with_the_verdict_and_nan_is_dropped():

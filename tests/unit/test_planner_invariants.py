@@ -6,7 +6,13 @@ annotations, with the rollout invariants checked after every step.
   2. a failed revision never returns without a spec change;
   3. a class's stable never drops below its minimum while its canary is not fully Ready;
   4. at most one rollout in flight: one canary revision at a time, and only its Deployments
-     besides the stable's (and a previous stable during its scale-down delay).
+     besides the stable's (and a previous stable during its scale-down delay);
+  5. make before break: no pass leaves a class that has a stable revision with fewer Ready pods than
+     min(replicas.min, what it had just before) — pods take time to be Ready and crash in these
+     histories, and only the operator's own actions are held to this (a first revision aborted before
+     its promotion is the documented exception: there is nothing to fall back to);
+  6. the weight in status is the weight users get: each class's effectiveWeight is the canary's
+     share of the Ready pods the pass leaves.
 """
 
 from __future__ import annotations
@@ -17,16 +23,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from visionfleet.planner.model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE
 
-from .planner_sim import GOOD, NO_DATA, SLOW, World, spec
+from .planner_sim import GOOD, NO_DATA, SLOW, UNKNOWN, World, spec
 
-MEASUREMENTS = {"good": GOOD, "slow": SLOW, "no-data": NO_DATA, "none": None}
+MEASUREMENTS = {"good": GOOD, "slow": SLOW, "no-data": NO_DATA, "unknown": UNKNOWN, "none": None}
 FAILED = {"RolledBack", "CompileFailed", "Aborted"}
 
 
 class Rollouts(RuleBasedStateMachine):
     # Short steps and a generous inconclusive limit, so that random histories reach the last step
     # (and its 100 % weight) often, inconclusive streaks included.
-    SPEC = dict(analysis__inconclusiveLimit=50, rollout__waves=[["xeon"], ["l4"]],
+    SPEC = dict(analysis__inconclusiveLimit=50, rollout__waves=[["xeon"], ["l4"]], rollout__progressDeadline="3m",
                 rollout__steps=[{"setWeight": 50, "pause": "10s"}, {"setWeight": 100, "pause": "10s"}])
 
     @initialize()
@@ -35,9 +41,11 @@ class Rollouts(RuleBasedStateMachine):
         self.version = 1
         self.promote_tokens = 0
         self.failed_seen: set[str] = set()
+        self.before = None
 
     @rule(seconds=st.sampled_from([1, 5, 15, 31, 61]))
     def tick(self, seconds):
+        self.before = self.w.status
         before_stable = self.w.status.stable_revision
         before_canary = self.w.status.canary_revision
         self.w.tick(seconds)
@@ -68,6 +76,21 @@ class Rollouts(RuleBasedStateMachine):
     def readiness(self, flag):
         self.w.never_ready = flag
 
+    @rule(delay=st.sampled_from([0, 20, 60]))
+    def ready_delay(self, delay):
+        self.w.ready_delay = delay
+
+    @rule(cls=st.sampled_from(["l4", "xeon"]), canary=st.booleans())
+    def crash(self, cls, canary):
+        rev = self.w.status.canary_revision if canary else self.w.status.stable_revision
+        if rev:
+            self.w.crash(cls, rev)
+
+    @rule()
+    def retry(self):
+        self.promote_tokens += 1
+        self.w.annotations["visionfleet.io/retry"] = f"r{self.promote_tokens}"
+
     @rule()
     def promote(self):
         self.promote_tokens += 1
@@ -86,12 +109,38 @@ class Rollouts(RuleBasedStateMachine):
             self.w.annotations.pop(ANNOTATION_PAUSED, None)
 
     @invariant()
-    def failed_revision_never_returns(self):
+    def failed_revision_never_returns_unless_retried(self):
         if not hasattr(self, "w"):
             return
-        assert self.w.status.canary_revision not in self.failed_seen
+        retried = {h.revision for h in self.w.status.history or [] if h.outcome == "Retried"}
+        assert self.w.status.canary_revision not in self.failed_seen - retried
         assert self.w.status.stable_revision not in self.failed_seen or \
             self.w.status.stable_revision in {h.revision for h in self.w.status.history or [] if h.outcome == "Promoted"}
+
+    @invariant()
+    def make_before_break(self):
+        if not hasattr(self, "w"):
+            return
+        has_stable = {cs.name for cs in self.before.classes or [] if cs.stable_revision} if self.before else set()
+        for cls, before in self.w.ready_before.items():
+            if cls not in has_stable:
+                continue
+            after = self.w.ready_after.get(cls, 0)
+            assert after >= min(2, before), (cls, before, after, self.w.last.actions if self.w.last else None)
+
+    @invariant()
+    def status_weight_is_the_weight_users_get(self):
+        if not hasattr(self, "w") or self.w.last is None:
+            return
+        st_ = self.w.status
+        for cs in st_.classes or []:
+            if not st_.canary_revision:
+                assert cs.effective_weight is None
+                continue
+            ready = {rev: d.ready for (c, rev), d in self.w.after.items() if c == cs.name}
+            total = sum(ready.values())
+            want = round(100 * ready.get(st_.canary_revision, 0) / total) if total else 0
+            assert cs.effective_weight == want, (cs.name, cs.effective_weight, ready)
 
     @invariant()
     def stable_keeps_its_minimum_while_the_canary_is_not_ready(self):
@@ -111,16 +160,16 @@ class Rollouts(RuleBasedStateMachine):
 
     @invariant()
     def one_rollout_in_flight(self):
-        if not hasattr(self, "w"):
+        """Only the stable revisions and the one canary get pods; any other revision is leaving
+        (kept, untouched, for make-before-break) and is never scaled up."""
+        if not hasattr(self, "w") or self.w.last is None:
             return
+        from visionfleet.planner.model import EnsureServing
         st_ = self.w.status
         promoted = {h.revision for h in st_.history or [] if h.outcome == "Promoted"}
-        for cls in ("l4", "xeon"):
-            revs = {rev for (c, rev) in self.w.deployments if c == cls}
-            unpromoted = revs - promoted
-            assert len(unpromoted) <= 1, (cls, revs)
-            if unpromoted:
-                assert unpromoted == {st_.canary_revision} or st_.canary_revision is None, (unpromoted, st_.canary_revision)
+        for a in self.w.last.actions:
+            if isinstance(a, EnsureServing):
+                assert a.revision in promoted or a.revision == st_.canary_revision, (a.revision, st_.canary_revision)
 
 
 TestRollouts = Rollouts.TestCase

@@ -8,7 +8,7 @@ from visionfleet.planner.model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOT
 from visionfleet.planner.revision import revision_of
 from visionfleet.planner.rollout import split_replicas
 
-from .planner_sim import GOOD, NO_DATA, SLOW, World, spec
+from .planner_sim import GOOD, NO_DATA, SLOW, UNKNOWN, World, spec
 
 
 def healthy_world() -> World:
@@ -84,8 +84,9 @@ def test_good_canary_walks_every_step_and_is_promoted():
     assert weights == [20, 50, 100]
     assert w.status.phase == "Healthy" and w.status.canary_revision is None
     assert [h.outcome for h in w.status.history] == ["Promoted", "Promoted"]
-    w.tick()
-    assert w.serving() == {("l4", v2): 2, ("xeon", v2): 2}, "the old stable is removed once the new one is Ready"
+    w.tick(31)
+    assert w.serving() == {("l4", v2): 2, ("xeon", v2): 2}, \
+        "the old stable is removed once the new one is Ready and rollout.scaleDownDelay (30s) is over"
     assert v1 != v2
 
 
@@ -99,22 +100,22 @@ def test_pause_is_respected_before_the_next_step():
     assert (w.now - started).total_seconds() >= 60, "step 0 has a 1m pause"
 
 
-def test_inconclusive_analysis_pauses_and_never_promotes_then_rolls_back_at_the_limit():
+def test_inconclusive_analysis_never_promotes_and_rolls_back_at_the_limit_when_the_policy_says_so():
     w = healthy_world()
-    w.set_spec(spec(model__version="2"))
-    w.measurement = NO_DATA
+    w.set_spec(spec(model__version="2", analysis__onInconclusive="Rollback"))
+    w.measurement = UNKNOWN
     phases = w.run_until("RolledBack", seconds=30)
-    assert "Paused" in phases and "Healthy" not in phases
+    assert "Healthy" not in phases
     assert w.status.history[-1].outcome == "RolledBack"
-    assert "inconclusive 3 times in a row" in w.status.history[-1].reason
+    assert "inconclusive 3 times in a row (onInconclusive: Rollback)" in w.status.history[-1].reason
     assert w.status.step in (None, 0)
 
 
 def test_inconclusive_streak_resets_on_a_pass():
     w = healthy_world()
-    w.set_spec(spec(model__version="2"))
+    w.set_spec(spec(model__version="2", analysis__onInconclusive="Rollback"))
     w.run_until("RollingOut")
-    for m in (NO_DATA, NO_DATA, GOOD, NO_DATA, NO_DATA):
+    for m in (UNKNOWN, UNKNOWN, GOOD, UNKNOWN, UNKNOWN):
         w.measurement = m
         w.tick(31)
     assert w.status.canary_revision is not None, "two inconclusive, a pass, two inconclusive: no rollback"
@@ -199,13 +200,19 @@ def test_abort_annotation_rolls_back_now():
     w.run_until("RollingOut")
 
 
-def test_promote_annotation_skips_the_remaining_steps():
+def test_promote_annotation_skips_the_remaining_steps_once_the_canary_is_ready_at_full_size():
     w = healthy_world()
+    w.ready_delay = 20
     w.set_spec(spec(model__version="2"))
+    v2 = revision_of(w.spec)
     w.run_until("RollingOut")
     w.annotations[ANNOTATION_PROMOTE] = "now"
     w.tick()
-    assert w.status.stable_revision == revision_of(w.spec) and w.status.phase == "Healthy"
+    assert w.status.full_promotion and w.status.stable_revision != v2, "not before the canary is Ready"
+    assert w.serving()[("l4", v2)] == 2 and w.serving()[("xeon", v2)] == 2, "scaled to full size first"
+    w.run_until("Healthy")
+    assert w.status.stable_revision == v2
+    assert "once the canary was Ready" in w.status.history[-1].reason
 
 
 def test_paused_annotation_holds_the_step():
@@ -221,14 +228,20 @@ def test_paused_annotation_holds_the_step():
     w.run_until("Healthy", seconds=30)
 
 
-def test_canary_that_never_becomes_ready_is_never_analysed_or_promoted():
+def test_canary_that_never_becomes_ready_is_never_analysed_and_rolled_back_at_the_progress_deadline():
     w = healthy_world()
+    v1 = w.status.stable_revision
     w.set_spec(spec(model__version="2"))
     w.never_ready = True
-    for _ in range(50):
+    for _ in range(19):  # 9.5 minutes: inside the 10m progressDeadline
         w.tick(30)
     assert w.status.phase == "Verifying" and w.status.analysis is None
-    assert w.status.stable_revision != revision_of(w.spec)
+    for _ in range(3):  # the deadline counts from the first pass that found the compiled canary unready
+        w.tick(30)
+    assert w.status.stable_revision == v1 and w.status.canary_revision is None
+    assert w.status.history[-1].outcome == "RolledBack"
+    assert "not Ready within progressDeadline 10m" in w.status.history[-1].reason
+    assert "l4: 0/1 Ready" in w.status.history[-1].reason
 
 
 def test_restart_resumes_from_status_alone():
@@ -237,31 +250,34 @@ def test_restart_resumes_from_status_alone():
     w.set_spec(spec(model__version="2"))
     w.run_until("RollingOut")
     w2 = World(w.spec, status=w.status.model_copy(deep=True), generation=w.generation, now=w.now,
-               jobs=dict(w.jobs), deployments=dict(w.deployments))
+               jobs=dict(w.jobs), pods={k: list(v) for k, v in w.pods.items()}, snapshots=dict(w.snapshots))
     a, b = w.tick(), w2.tick()
     assert a.status == b.status and a.actions == b.actions and a.events == b.events
 
 
 @pytest.mark.parametrize(
-    ("base", "weight", "ready", "expected"),
+    ("base", "max_", "weight", "ready", "expected"),
     [
-        (2, 0, True, (2, 0)),
-        (2, 20, True, (2, 1)),
-        (4, 50, True, (4, 4)),
-        (10, 10, False, (10, 2)),
-        (2, 100, False, (2, 2)),
-        (2, 100, True, (0, 2)),
+        (2, 4, 0, True, (2, 0, 0)),
+        (2, 4, 20, True, (3, 1, 25)),
+        (4, 8, 50, True, (4, 4, 50)),
+        (1, 10, 10, True, (9, 1, 10)),
+        (1, 1, 10, True, (1, 1, 50)),  # the canary needs a pod: one more than max, reported as off
+        (1, 4, 10, True, (3, 1, 25)),
+        (10, 20, 10, False, (10, 1, 9)),
+        (2, 4, 100, False, (2, 2, 100)),
+        (2, 4, 100, True, (0, 2, 100)),
     ],
 )
-def test_split_replicas(base, weight, ready, expected):
-    stable, canary = split_replicas(base, weight, ready)
-    assert (stable, canary) == expected
-    assert stable >= base or (weight == 100 and ready), "stable never drops while the canary is not Ready"
+def test_split_replicas(base, max_, weight, ready, expected):
+    split = split_replicas(base, max_, weight, ready)
+    assert (split.stable, split.canary, split.share) == expected
+    assert split.stable >= base or (weight == 100 and ready), "stable never drops while the canary is not Ready"
 
 
 def test_inconclusive_never_advances_a_step_however_long_it_lasts():
     w = healthy_world()
-    w.set_spec(spec(model__version="2", analysis__inconclusiveLimit=100))
+    w.set_spec(spec(model__version="2"))
     w.measurement = NO_DATA
     for _ in range(60):
         w.tick(30)

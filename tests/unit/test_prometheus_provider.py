@@ -51,21 +51,25 @@ def analysis(url):
 
 
 @pytest.mark.parametrize(
-    ("answer", "error"),
+    ("answer", "kind", "error"),
     [
-        pytest.param((200, vector(), 0), "no data for the canary yet", id="empty"),
-        pytest.param((200, vector("3", "4"), 0), "2 series where one was expected", id="several-series"),
-        pytest.param((200, vector("NaN"), 0), "the query returned nan", id="nan"),
-        pytest.param((200, vector("+Inf"), 0), "the query returned inf", id="inf"),
-        pytest.param((400, {"status": "error", "error": "parse error"}, 0), "refused the query", id="bad-query"),
-        pytest.param((503, {"status": "error"}, 0), "refused the query", id="unavailable"),
-        pytest.param((200, vector("1"), 2.5), "did not answer in time", id="timeout"),
+        pytest.param((200, vector(), 0), "slo_unknown", "no data for the canary yet", id="empty"),
+        pytest.param((200, vector("3", "4"), 0), "slo_unknown", "2 series where one was expected", id="several-series"),
+        pytest.param((200, vector("NaN"), 0), "slo_unknown", "the query returned nan", id="nan"),
+        pytest.param((200, vector("+Inf"), 0), "slo_unknown", "the query returned inf", id="inf"),
+        pytest.param((400, {"status": "error", "error": "parse error"}, 0), "slo_error", "refused the query",
+                     id="bad-query"),
+        pytest.param((503, {"status": "error"}, 0), "slo_error", "refused the query", id="unavailable"),
+        pytest.param((200, vector("1"), 2.5), "slo_error", "did not answer in time", id="timeout"),
     ],
 )
-def test_anything_but_one_finite_sample_is_an_error(fake_prometheus, answer, error):
+def test_anything_but_one_finite_sample_is_unknown_or_an_error(fake_prometheus, answer, kind, error):
+    """An answer without one number is unknown (Inconclusive); no answer is a provider error (Error)."""
     ANSWERS["next"] = answer
     m = measure(analysis(fake_prometheus), "ns", "vd", "abc")
-    assert m.slo_error is not None and error in m.slo_error
+    assert getattr(m, kind) is not None and error in getattr(m, kind)
+    other = "slo_error" if kind == "slo_unknown" else "slo_unknown"
+    assert getattr(m, other) is None
     assert m.p99_ms is None
 
 

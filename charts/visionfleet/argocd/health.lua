@@ -28,9 +28,10 @@
 --     RollingOut   -> Progressing  step, canary weight, wave, last analysis verdict and reason
 --     RollingBack  -> Progressing  canary objects being removed after a rollback or an abort
 --     RolledBack   -> Degraded     the last history entry's reason: the spec still asks for the
---                                  revision that was rolled back, and it is never retried
+--                                  revision that was rolled back, which is not retried on its own
+--                                  (visionfleet.io/retry, the retry action, or a spec change)
 --     Failed       -> Degraded     the revision the spec asks for compiled on no class (a stable
---                                  revision, if any, keeps serving; not retried until the spec changes)
+--                                  revision, if any, keeps serving; not retried on its own either)
 --     no phase     -> Progressing
 --     other        -> Progressing  "unknown phase X" (an operator newer than this script)
 --
@@ -38,8 +39,8 @@
 -- inconclusive analysis alike (a pause condition, reason InconclusiveAnalysis for the latter), and
 -- Argo CD's bundled Rollout health check reports Suspended for any pause condition. We do the same,
 -- so a VisionDeployment reads like a Rollout in the Argo CD UI. The difference worth knowing: our
--- inconclusive pause does not wait for a human alone. The operator keeps measuring; a Passed
--- analysis resumes the steps, and spec.analysis.inconclusiveLimit inconclusive results in a row roll
+-- inconclusive pause does not wait for a human alone. The operator keeps measuring and a Passed
+-- analysis resumes the steps; only with spec.analysis.onInconclusive: Rollback does the limit roll
 -- the canary back (then RolledBack -> Degraded). The message says which pause it is.
 
 local function condition(st, kind)
@@ -168,20 +169,14 @@ if phase == "Paused" then
   if isTrue(paused) and paused.reason == "PausedByUser" then
     hs.message = join({"paused by the visionfleet.io/paused annotation (remove it to resume)", where,
       analysisText(st)}, "; ")
-  elseif (isTrue(paused) and paused.reason == "AnalysisInconclusive")
-      or (st.analysis ~= nil and st.analysis.verdict == "Inconclusive") then
+  elseif isTrue(paused) and paused.reason == "AnalysisInconclusive" then
     local count = ""
     if st.analysis ~= nil and st.analysis.inconclusive ~= nil then
-      count = " (" .. tostring(st.analysis.inconclusive)
-      local limit = nil
-      if obj.spec ~= nil and obj.spec.analysis ~= nil then
-        limit = obj.spec.analysis.inconclusiveLimit
+      count = " (" .. tostring(st.analysis.inconclusive) .. " in a row"
+      if st.analysis.errors ~= nil and st.analysis.errors > 0 then
+        count = count .. ", " .. tostring(st.analysis.errors) .. " provider errors in a row"
       end
-      if limit ~= nil then
-        count = count .. " of " .. tostring(limit) .. " in a row before a rollback)"
-      else
-        count = count .. " in a row)"
-      end
+      count = count .. ")"
     end
     local reason = nil
     if st.analysis ~= nil then
@@ -212,7 +207,8 @@ if phase == "RolledBack" then
   end
   hs.message = "revision " .. rev .. " " .. what .. ": " .. reason .. "; stable revision " ..
     text(st.stableRevision) .. " keeps serving; the spec still asks for " .. rev ..
-    ", which is not retried: change the spec to roll out a new revision"
+    ", which is not retried on its own: retry it (Argo CD action retry, kubectl vision retry) or change " ..
+    "the spec"
   return hs
 end
 
@@ -221,7 +217,8 @@ if phase == "Failed" then
   if last ~= nil and st.stableRevision ~= nil then
     hs.message = "revision " .. text(last.revision) .. " failed to compile on every class: " .. text(last.reason) ..
       "; stable revision " .. text(st.stableRevision) .. " keeps serving; the spec still asks for " ..
-      text(last.revision) .. ", which is not retried: change the spec to roll out a new revision"
+      text(last.revision) .. ", which is not retried on its own: retry it (Argo CD action retry, " ..
+      "kubectl vision retry) or change the spec"
   elseif last ~= nil then
     hs.message = "revision " .. text(last.revision) .. " failed to compile on every class, nothing is serving: " ..
       text(last.reason)

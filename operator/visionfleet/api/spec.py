@@ -343,6 +343,12 @@ class RolloutSpec(Model):
                      Field(max_length=MAX_CLASSES)] | None = Field(
         default=None, description="Node classes in waves: each wave rolls out after the previous one is promoted."
     )
+    scale_down_delay: Duration = Field(default="30s", description=(
+        "How long the previous stable revision keeps serving after a promotion, once its successor is Ready "
+        "(Argo Rollouts' scaleDownDelaySeconds): a quick way back while clients and caches move over."))
+    progress_deadline: Duration = Field(default="10m", description=(
+        "A canary whose pods are not all Ready for this long (at the start of a step, or after turning unready "
+        "mid-step) is rolled back with the reason."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -365,6 +371,19 @@ class SLO(Model):
     latency_p99_ms: Annotated[float, Field(gt=0, le=600_000)]
     error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     min_requests: Annotated[int, Field(ge=0, le=100_000_000)] = 100
+
+
+class InconclusivePolicy(str, Enum):
+    PAUSE = "Pause"
+    ROLLBACK = "Rollback"
+
+
+class Check(str, Enum):
+    """The checks of one measurement, by name (for ``analysis.dryRun``)."""
+
+    LATENCY = "latency"
+    ERROR_RATE = "errorRate"
+    DRIFT = "drift"
 
 
 class DriftDetector(str, Enum):
@@ -394,8 +413,22 @@ class AnalysisSpec(Model):
         default=1, description="Failed measurements that trigger a rollback."
     )
     inconclusive_limit: Annotated[int, Field(ge=1, le=100)] = Field(
-        default=3, description="Inconclusive measurements in a row (no data, source down) before a rollback."
-    )
+        default=3, description=(
+            "Inconclusive measurements in a row (too little traffic, no series, drift window filling) after which "
+            "onInconclusive applies. An inconclusive measurement never advances a step."))
+    on_inconclusive: InconclusivePolicy = Field(default=InconclusivePolicy.PAUSE, description=(
+        "Pause: the rollout holds (phase Paused) and goes on by itself once a measurement passes; Rollback: "
+        "roll back once inconclusiveLimit is reached."))
+    consecutive_error_limit: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=4, description=(
+            "Provider errors in a row (Prometheus unreachable, refused query, timeout) tolerated as retries; at "
+            "the limit the analysis counts as inconclusive (onInconclusive applies). Argo Rollouts' "
+            "consecutiveErrorLimit."))
+    initial_delay: Duration | None = Field(default=None, description=(
+        "Wait after a step's weight took effect (canary Ready) before its first measurement; default one "
+        "interval, the query window, so a measurement holds only traffic at the step's weight."))
+    dry_run: Annotated[list[Check], Field(max_length=3)] | None = Field(default=None, description=(
+        "Checks measured and reported (status.analysis.dryRun) but never acted on: trial a new SLO."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(

@@ -43,6 +43,7 @@ class Verdict(str, Enum):
     PASSED = "Passed"
     FAILED = "Failed"
     INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"  # the provider could not answer (unreachable, refused query, timeout)
 
 
 class ChosenBatching(Model):
@@ -76,6 +77,12 @@ class ClassStatus(Model):
     stable_replicas: Annotated[int, Field(ge=0)] = 0
     canary_replicas: Annotated[int, Field(ge=0)] = 0
     ready: Annotated[int, Field(ge=0)] = 0
+    canary_ready: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Ready canary pods.")
+    effective_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(default=None, description=(
+        "Percent of the class's traffic the canary really gets: its share of the Ready pods (replica traffic) "
+        "or its route weight (Gateway API)."))
+    message: MESSAGE | None = Field(default=None, description=(
+        "What needs attention on this class (a step weight its replicas cannot approximate, no nodes left)."))
 
 
 class AnalysisResult(Model):
@@ -88,6 +95,8 @@ class AnalysisResult(Model):
     reason: MESSAGE | None = None
     failures: Annotated[int, Field(ge=0)] = 0
     inconclusive: Annotated[int, Field(ge=0)] = 0
+    errors: Annotated[int, Field(ge=0)] = Field(default=0, description="Provider errors in a row.")
+    dry_run: MESSAGE | None = Field(default=None, description="What the dry-run checks measured (never acted on).")
 
 
 class Condition(Model):
@@ -115,7 +124,16 @@ class VisionDeploymentStatus(Model):
     canary_revision: REVISION | None = None
     step: Annotated[int, Field(ge=0)] | None = None
     wave: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Index of the rollout wave in flight.")
-    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    canary_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(
+        default=None, description="Percent of traffic the current step asks for (on the current wave's classes).")
+    effective_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(
+        default=None, description="Percent of the current wave's traffic the canary really gets (Ready canary share).")
+    full_promotion: bool | None = Field(
+        default=None, description="A promotion by hand is in progress: the canary is scaled to full size and "
+                                  "promoted once Ready.")
+    canary_unready_since: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, json_schema_extra={"format": "date-time"},
+        description="Since when the canary's pods are not all Ready (the progress deadline counts from here).")
     step_started_at: Annotated[str, Field(max_length=64)] | None = Field(
         default=None, json_schema_extra={"format": "date-time"},
         description="When the canary of the current step became ready (the pause counts from here).")
@@ -123,6 +141,8 @@ class VisionDeploymentStatus(Model):
         default=None, description="Value of the last visionfleet.io/promote annotation acted on.")
     handled_abort: Annotated[str, Field(max_length=256)] | None = Field(
         default=None, description="Value of the last visionfleet.io/abort annotation acted on.")
+    handled_retry: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="Value of the last visionfleet.io/retry annotation acted on.")
     classes: Annotated[list[ClassStatus], Field(max_length=64, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})] | None = None
     analysis: AnalysisResult | None = None

@@ -1,6 +1,8 @@
 """Manifests of everything a VisionDeployment creates. Pure: dicts in, dicts out.
 
     VisionDeployment <vd>
+      ├─ ControllerRevision <vd>-rev-<rev>           the revision's frozen spec and classes (its data
+      │                                              never changes; annotation visionfleet.io/outcome)
       ├─ Job         <vd>-<class>-<rev8>-compile     one per class and revision, runs on the class
       ├─ ConfigMap   <vd>-<class>-<rev8>             config.pbtxt of that artifact
       ├─ Deployment  <vd>-<class>-<rev8>             Triton serving that artifact on the class
@@ -11,7 +13,8 @@
 Names are deterministic (a restart recreates nothing) and at most 63 characters (they become label
 values); a long name is cut and given a short hash of the full name, so it stays unique. Every
 object carries an owner reference to the VisionDeployment (garbage collection on delete) and the
-labels Argo CD and ``kubectl`` users filter by.
+labels Argo CD and ``kubectl`` users filter by. Everything of a revision is rendered from that
+revision's frozen spec (``RevisionSnapshot.spec``), never from the spec as it is now.
 
 Pods follow the Pod Security Standard ``restricted``: non-root, no privilege escalation, all
 capabilities dropped, RuntimeDefault seccomp, read-only root filesystem (an emptyDir for /tmp).
@@ -30,6 +33,7 @@ from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import CompileResult
 from visionfleet.planner.classes import ResolvedClass
 from visionfleet.planner.durations import seconds
+from visionfleet.planner.model import Track
 
 from visionfleet_monitor import REFERENCE_FILE
 
@@ -41,7 +45,9 @@ LABEL_CLASS = "visionfleet.io/class"
 LABEL_REVISION = "visionfleet.io/revision"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_APPLIED = "visionfleet.io/applied-hash"
+ANNOTATION_OUTCOME = "visionfleet.io/outcome"  # on a revision's ControllerRevision: its newest outcome
 TRACK_ANNOTATION = "visionfleet.io/track"
+COMPONENT_REVISION = "revision"
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
 MONITOR_PORT = 8010
 COMPILE_REQUEST_ENV = "VISIONFLEET_COMPILE_REQUEST"
@@ -64,6 +70,11 @@ def serving_name(vd: str, class_name: str, revision: str) -> str:
 
 def compile_job_name(vd: str, class_name: str, revision: str) -> str:
     return child_name(vd, class_name, revision[:8], "compile")
+
+
+def snapshot_name(vd: str, revision: str) -> str:
+    """The revision's ControllerRevision: the whole revision (12 hex digits), not its first 8."""
+    return child_name(vd, "rev", revision)
 
 
 def labels(vd: str, component: str, class_name: str | None = None, revision: str | None = None) -> dict[str, str]:
@@ -210,7 +221,7 @@ def build_config_map(vd: str, namespace: str, uid: str, spec: VisionDeploymentSp
 
 
 def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
-                            revision: str, replicas: int, result: CompileResult, track: str) -> dict[str, Any]:
+                            revision: str, replicas: int, result: CompileResult, track: Track | str) -> dict[str, Any]:
     name = serving_name(vd, cls.name, revision)
     model = spec.model.name
     pod_labels = labels(vd, "triton", cls.name, revision)
@@ -258,7 +269,7 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta(name, namespace, vd, uid, labels(vd, "triton", cls.name, revision),
-                         {TRACK_ANNOTATION: track, "visionfleet.io/artifact": result.artifact or ""}),
+                         {TRACK_ANNOTATION: Track(track).value, "visionfleet.io/artifact": result.artifact or ""}),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
@@ -376,8 +387,26 @@ def route_backends(refs: list[dict[str, Any]], vd: str, ours: set[str],
         for rev, w in weights]
 
 
+def build_controller_revision(vd: str, namespace: str, uid: str, revision: str, data: dict[str, Any],
+                              number: int, outcome: str | None = None) -> dict[str, Any]:
+    """A revision's frozen snapshot (``data``: ``planner.snapshot.snapshot_to_data``). Kubernetes never
+    lets ``data`` change, which is the point: created once, only its outcome annotation is patched.
+    ``number`` is the ControllerRevision's ``revision`` (≥ 0, ordering only)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ControllerRevision",
+        "metadata": meta(snapshot_name(vd, revision), namespace, vd, uid,
+                         labels(vd, COMPONENT_REVISION, revision=revision),
+                         {ANNOTATION_OUTCOME: outcome} if outcome is not None else None),
+        "data": data,
+        "revision": number,
+    }
+
+
 def manifest_hash(obj: dict[str, Any]) -> str:
-    """Hash of what we apply; stored on the object so an unchanged one is never re-applied."""
+    """Hash of what we apply, stored on the object: not a reason to skip an apply (the act layer
+    compares the object itself), but it tells whether *our* wish changed since the last apply — when
+    it did not and the object differs, someone else changed the object (``ChildDrifted``)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

@@ -1,7 +1,21 @@
-"""Read-only: what the cluster holds for one VisionDeployment, turned into planner values.
+"""Read-only: what the cluster holds for one VisionDeployment, turned into planner values, and the
+children as they are (for the act layer to hold them to what it renders).
 
-Every call here is a GET or LIST; nothing in this module writes. Compile results are read from the
-compile container's termination message (the Job's pod needs no API access to report them):
+Every call here is a GET or LIST; nothing in this module writes. One list per kind and pass, by the
+VisionDeployment's label:
+
+    ControllerRevisions ─► RevisionSnapshot per revision (frozen spec + classes, outcome annotation);
+                           one that cannot be read (a format this operator does not know) is logged
+                           and left out — it is still in ``live``, so it is never created over
+    Jobs + their pods ───► ObservedJob (below)
+    Deployments ─────────► ObservedDeployment (replicas, Ready)
+    Deployments, ConfigMaps, Services, ControllerRevisions ─► ``live``: the objects as the API server
+                           returned them (raw JSON, not the client's models, which drop any field
+                           the installed client does not know — a difference that would never go
+                           away); Jobs only as present: an existing Job is never re-applied
+
+Compile results are read from the compile container's termination message (the Job's pod needs no
+API access to report them):
 
     Job Complete  + pod terminated, message = result JSON ──► ObservedJob(Succeeded, result)
     Job Failed    + pod terminated (OOMKilled, exit 3, …) ──► ObservedJob(Failed, "<reason>: <message>")
@@ -12,27 +26,40 @@ compile container's termination message (the Job's pod needs no API access to re
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pydantic import ValidationError
 
 from visionfleet.api.status import ChosenBatching, CompileResult
-from visionfleet.builders.manifests import ANNOTATION_APPLIED, LABEL_CLASS, LABEL_COMPONENT, LABEL_REVISION, LABEL_VD
+from visionfleet.builders.manifests import (
+    ANNOTATION_OUTCOME,
+    COMPONENT_REVISION,
+    LABEL_CLASS,
+    LABEL_COMPONENT,
+    LABEL_REVISION,
+    LABEL_VD,
+)
 from visionfleet.planner.classes import GPU_RESOURCE, ObservedNode
-from visionfleet.planner.model import ObservedDeployment, ObservedJob
+from visionfleet.planner.model import ObservedDeployment, ObservedJob, RevisionSnapshot
+from visionfleet.planner.snapshot import snapshot_from_data
+
+log = logging.getLogger("visionfleet.observe")
 
 RESULT_KEYS = {"artifact", "sha256", "accuracy", "p99MsAtBatch", "batching"}
 
 
 @dataclass
 class ObservedObjects:
-    """Planner inputs plus what the act layer needs: the applied-hash of every object we own."""
+    """Planner inputs plus what the act layer needs: every child as it is now."""
 
     nodes: list[ObservedNode] = field(default_factory=list)
     jobs: list[ObservedJob] = field(default_factory=list)
     deployments: list[ObservedDeployment] = field(default_factory=list)
-    applied: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> applied hash
+    snapshots: list[RevisionSnapshot] = field(default_factory=list)  # the readable ControllerRevisions
+    # (kind, name) -> the object as listed (raw JSON); a Job or ControllerRevision by its metadata only
+    live: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     revision_services: dict[str, str] = field(default_factory=dict)  # per-revision Service name -> revision
 
 
@@ -139,25 +166,60 @@ def gather_nodes(core: Any) -> list[ObservedNode]:
     return out
 
 
+def _raw_items(list_call: Callable[..., Any], namespace: str, selector: str) -> list[dict[str, Any]]:
+    """A namespaced list as the API server's JSON (``_preload_content=False``: no client models)."""
+    resp = list_call(namespace, label_selector=selector, _preload_content=False)
+    return json.loads(resp.data or b"{}").get("items") or []
+
+
+def _metadata_only(obj: Mapping[str, Any]) -> dict[str, Any]:
+    md = obj.get("metadata") or {}
+    return {"metadata": {k: md[k] for k in ("name", "namespace", "labels", "annotations", "resourceVersion")
+                         if k in md}}
+
+
+def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects) -> None:
+    for cr in _raw_items(apps.list_namespaced_controller_revision, namespace,
+                         f"{LABEL_VD}={name},{LABEL_COMPONENT}={COMPONENT_REVISION}"):
+        md = cr.get("metadata") or {}
+        obs.live[("ControllerRevision", md.get("name", ""))] = {**_metadata_only(cr), "revision": cr.get("revision")}
+        revision = (md.get("labels") or {}).get(LABEL_REVISION)
+        try:
+            if not revision:
+                raise ValueError(f"no {LABEL_REVISION} label")
+            obs.snapshots.append(snapshot_from_data(revision, cr.get("data"),
+                                                    (md.get("annotations") or {}).get(ANNOTATION_OUTCOME)))
+        except ValueError as e:
+            log.warning("%s/%s: ControllerRevision %s is not a snapshot this operator can read, left out: %s",
+                        namespace, name, md.get("name"), e)
+
+
 def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
            nodes: list[ObservedNode] | None = None) -> ObservedObjects:
     obs = ObservedObjects(nodes=nodes if nodes is not None else gather_nodes(core))
     selector = f"{LABEL_VD}={name}"
+    gather_snapshots(apps, name, namespace, obs)
     jobs = batch.list_namespaced_job(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
     pods = core.list_namespaced_pod(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
     for job in jobs:
         mine = [p for p in pods if (p.metadata.labels or {}).get("job-name") == job.metadata.name]
         obs.jobs.append(_job_state(job, mine))
-        obs.applied[("Job", job.metadata.name)] = (job.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
-    for d in apps.list_namespaced_deployment(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton").items:
-        lbl = d.metadata.labels or {}
+        obs.live[("Job", job.metadata.name)] = {"metadata": {"name": job.metadata.name,
+                                                             "labels": dict(job.metadata.labels or {})}}
+    for d in _raw_items(apps.list_namespaced_deployment, namespace, f"{selector},{LABEL_COMPONENT}=triton"):
+        md = d.get("metadata") or {}
+        lbl = md.get("labels") or {}
         obs.deployments.append(ObservedDeployment(lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, ""),
-                                                  d.spec.replicas or 0, (d.status.ready_replicas or 0) if d.status else 0))
-        obs.applied[("Deployment", d.metadata.name)] = (d.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
-    for cm in core.list_namespaced_config_map(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton-config").items:
-        obs.applied[("ConfigMap", cm.metadata.name)] = (cm.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
-    for svc in core.list_namespaced_service(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=triton").items:
-        obs.applied[("Service", svc.metadata.name)] = (svc.metadata.annotations or {}).get(ANNOTATION_APPLIED, "")
-        if LABEL_REVISION in (svc.metadata.labels or {}):
-            obs.revision_services[svc.metadata.name] = svc.metadata.labels[LABEL_REVISION]
+                                                  (d.get("spec") or {}).get("replicas") or 0,
+                                                  (d.get("status") or {}).get("readyReplicas") or 0))
+        obs.live[("Deployment", md.get("name", ""))] = d
+    for cm in _raw_items(core.list_namespaced_config_map, namespace, f"{selector},{LABEL_COMPONENT}=triton-config"):
+        obs.live[("ConfigMap", cm["metadata"]["name"])] = cm
+    # Every Service of the VisionDeployment: <vd>, the per-revision ones and the drift monitors'.
+    for svc in _raw_items(core.list_namespaced_service, namespace, selector):
+        md = svc.get("metadata") or {}
+        lbl = md.get("labels") or {}
+        obs.live[("Service", md["name"])] = svc
+        if lbl.get(LABEL_COMPONENT) == "triton" and LABEL_REVISION in lbl:
+            obs.revision_services[md["name"]] = lbl[LABEL_REVISION]
     return obs

@@ -15,9 +15,11 @@ Each pod's monitor tests its own window, so a revision with k pods runs k tests:
 is Bonferroni-corrected by k, which keeps the false-alarm rate at drift.pValue however many pods
 the revision has; the window counts as full only when every pod's is.
 
-Anything but exactly one finite number per query — no series, several series, NaN, an HTTP or
-query error, a timeout — becomes an error string on the Measurement, which the planner judges
-Inconclusive: never a pass.
+Anything but exactly one finite number per query becomes a string on the Measurement, never a
+pass: Prometheus answering without one usable number (no series yet, several series, NaN) is
+*unknown* (the planner judges it Inconclusive); Prometheus not answering (unreachable, refused
+query, timeout) is a provider *error* (Error: retried up to analysis.consecutiveErrorLimit times
+in a row before it counts as inconclusive).
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def queries(namespace: str, vd: str, revision: str, window: str) -> Queries:
 
 
 class QueryError(Exception):
-    pass
+    """Prometheus did not answer: unreachable, refused the query, timed out."""
+
+
+class NoValue(Exception):
+    """Prometheus answered, without exactly one finite number."""
 
 
 def connect(url: str, timeout: float) -> PrometheusConnect:
@@ -79,12 +85,15 @@ def instant(prom: PrometheusConnect, query: str) -> float:
     except (ValueError, KeyError) as e:
         raise QueryError("Prometheus answered with something that is not a query result") from e
     if len(result) == 0:
-        raise QueryError("no data for the canary yet")
+        raise NoValue("no data for the canary yet")
     if len(result) > 1:
-        raise QueryError(f"{len(result)} series where one was expected")
-    value = float(result[0]["value"][1])
+        raise NoValue(f"{len(result)} series where one was expected")
+    try:
+        value = float(result[0]["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise QueryError("Prometheus answered with something that is not a query result") from e
     if math.isnan(value) or math.isinf(value):
-        raise QueryError(f"the query returned {value}")
+        raise NoValue(f"the query returned {value}")
     return value
 
 
@@ -103,7 +112,7 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> M
     window = f"{max(int(seconds(analysis.interval)), 10)}s"
     q = queries(namespace, vd, revision, window)
     values: dict[str, float | None] = {}
-    slo_error = drift_error = None
+    problems: dict[str, str] = {}
     if analysis.slo is not None:
         try:
             values["requests"] = instant(prom, q.requests)
@@ -111,13 +120,17 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> M
                 values["error_rate"] = instant(prom, q.errors)
                 values["p99_ms"] = instant(prom, q.p99_ms)
         except QueryError as e:
-            slo_error = str(e)
+            problems["slo_error"] = str(e)
+        except NoValue as e:
+            problems["slo_unknown"] = str(e)
     if analysis.drift is not None:
         try:
             values["drift_window_fill"] = instant(prom, q.drift_window_fill)
             if values["drift_window_fill"] >= 1.0:  # a filling window has no p-value yet, and needs none
                 values["drift_p_value"] = instant(prom, q.drift_p_value)
         except QueryError as e:
-            drift_error = str(e)
+            problems["drift_error"] = str(e)
+        except NoValue as e:
+            problems["drift_unknown"] = str(e)
     prom.close()
-    return Measurement(slo_error=slo_error, drift_error=drift_error, **values)
+    return Measurement(**problems, **values)

@@ -1,16 +1,20 @@
-"""Judge one measurement of the canary: Passed, Failed or Inconclusive — never a bare bool.
+"""Judge one measurement of the canary: Passed, Failed, Inconclusive or Error — never a bare bool.
 
-    source unreachable / query error ─────────────► Inconclusive  (never a pass)
-    no value, NaN, several series ────────────────► Inconclusive
-    requests < slo.minRequests ───────────────────► Inconclusive  (too little traffic to judge)
-    p99 > slo.latencyP99Ms  or  errors > errorRate ► Failed
-    drift window not yet full ────────────────────► Inconclusive
-    drift p-value < drift.pValue ─────────────────► Failed        (the canary's inputs moved)
-    otherwise ────────────────────────────────────► Passed
+Each configured check (``latency``, ``errorRate``, ``drift``) gives its own result:
 
-Failed wins over Inconclusive when both apply: a canary that is already too slow is failed even
-if the drift window is still filling. With neither an SLO nor a drift test configured the step is
-judged by its pause alone (Passed, reason says so), as Argo Rollouts does without an analysis.
+    the provider could not answer (unreachable, refused query, timeout) ► Error        (retried)
+    no series yet, NaN, several series ──────────────────────────────────► Inconclusive
+    requests < slo.minRequests ──────────────────────────────────────────► Inconclusive (too little traffic)
+    p99 > slo.latencyP99Ms  /  errors > slo.errorRate ───────────────────► Failed
+    drift window not yet full ───────────────────────────────────────────► Inconclusive
+    drift p-value < drift.pValue ────────────────────────────────────────► Failed       (the inputs moved)
+    otherwise ───────────────────────────────────────────────────────────► Passed
+
+The measurement's verdict is the worst of its checks, in the order Failed > Error > Inconclusive >
+Passed: a canary already too slow is failed even while the drift window fills or the drift monitor is
+unreachable. Checks named in ``analysis.dryRun`` are measured and reported (``dry_run``) but take no
+part in the verdict. With no check configured the step is judged by its pause alone (Passed, the
+reason says so), as Argo Rollouts does without an analysis.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from visionfleet.api.spec import AnalysisSpec
+from visionfleet.api.spec import AnalysisSpec, Check
 from visionfleet.api.status import Verdict
 
 
@@ -29,10 +33,12 @@ class Measurement:
     p99_ms: float | None = None
     error_rate: float | None = None
     requests: float | None = None
-    slo_error: str | None = None  # the SLO source could not answer (unreachable, bad query, several series)
+    slo_error: str | None = None  # the SLO source could not answer (unreachable, refused query, timeout)
+    slo_unknown: str | None = None  # it answered, without one usable number (no series, NaN, several series)
     drift_p_value: float | None = None
     drift_window_fill: float | None = None  # 0..1
     drift_error: str | None = None
+    drift_unknown: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,58 +49,87 @@ class Assessment:
     error_rate: float | None = None
     requests: float | None = None
     drift_p_value: float | None = None
+    dry_run: str | None = None  # what the dry-run checks found, for status only
+
+
+SEVERITY = {Verdict.PASSED: 0, Verdict.INCONCLUSIVE: 1, Verdict.ERROR: 2, Verdict.FAILED: 3}
 
 
 def _bad(x: float | None) -> bool:
     return x is None or math.isnan(x) or math.isinf(x)
 
 
-def assess(m: Measurement, analysis: AnalysisSpec) -> Assessment:
-    failed: list[str] = []
-    unknown: list[str] = []
+def _checks(m: Measurement, analysis: AnalysisSpec) -> list[tuple[Check, Verdict, str]]:
+    out: list[tuple[Check, Verdict, str]] = []
     slo, drift = analysis.slo, analysis.drift
-
     if slo is not None:
+        common: tuple[Verdict, str] | None = None
         if m.slo_error:
-            unknown.append(f"SLO source: {m.slo_error}")
+            common = (Verdict.ERROR, f"SLO source: {m.slo_error}")
+        elif m.slo_unknown:
+            common = (Verdict.INCONCLUSIVE, f"SLO source: {m.slo_unknown}")
         elif _bad(m.requests):
-            unknown.append("no request count for the canary")
+            common = (Verdict.INCONCLUSIVE, "no request count for the canary")
         elif m.requests < slo.min_requests:
-            unknown.append(f"{m.requests:.0f} requests < minRequests {slo.min_requests}")
+            common = (Verdict.INCONCLUSIVE, f"{m.requests:.0f} requests < minRequests {slo.min_requests}")
+        if common is not None:
+            out += [(Check.LATENCY, *common), (Check.ERROR_RATE, *common)]
         else:
             if _bad(m.p99_ms):
-                unknown.append("no p99 latency for the canary")
+                out.append((Check.LATENCY, Verdict.INCONCLUSIVE, "no p99 latency for the canary"))
             elif m.p99_ms > slo.latency_p99_ms:
-                failed.append(f"p99 {m.p99_ms:.1f} ms > {slo.latency_p99_ms:g} ms")
+                out.append((Check.LATENCY, Verdict.FAILED, f"p99 {m.p99_ms:.1f} ms > {slo.latency_p99_ms:g} ms"))
+            else:
+                out.append((Check.LATENCY, Verdict.PASSED, f"p99 {m.p99_ms:.1f} ms <= {slo.latency_p99_ms:g} ms"))
             if _bad(m.error_rate):
-                unknown.append("no error rate for the canary")
+                out.append((Check.ERROR_RATE, Verdict.INCONCLUSIVE, "no error rate for the canary"))
             elif m.error_rate > slo.error_rate:
-                failed.append(f"error rate {m.error_rate:.2%} > {slo.error_rate:.2%}")
-
+                out.append((Check.ERROR_RATE, Verdict.FAILED, f"error rate {m.error_rate:.2%} > {slo.error_rate:.2%}"))
+            else:
+                out.append((Check.ERROR_RATE, Verdict.PASSED, f"errors {m.error_rate:.2%}"))
     if drift is not None:
         if m.drift_error:
-            unknown.append(f"drift monitor: {m.drift_error}")
+            out.append((Check.DRIFT, Verdict.ERROR, f"drift monitor: {m.drift_error}"))
+        elif m.drift_unknown:
+            out.append((Check.DRIFT, Verdict.INCONCLUSIVE, f"drift monitor: {m.drift_unknown}"))
         elif _bad(m.drift_window_fill) or m.drift_window_fill < 1.0:
             fill = 0.0 if _bad(m.drift_window_fill) else m.drift_window_fill
-            unknown.append(f"drift window {fill:.0%} full (needs {drift.window} samples)")
+            out.append((Check.DRIFT, Verdict.INCONCLUSIVE, f"drift window {fill:.0%} full (needs {drift.window} samples)"))
         elif _bad(m.drift_p_value):
-            unknown.append("no drift p-value for the canary")
+            out.append((Check.DRIFT, Verdict.INCONCLUSIVE, "no drift p-value for the canary"))
         elif m.drift_p_value < drift.p_value:
-            failed.append(f"input drift: p={m.drift_p_value:.3g} < {drift.p_value:g}")
+            out.append((Check.DRIFT, Verdict.FAILED, f"input drift: p={m.drift_p_value:.3g} < {drift.p_value:g}"))
+        else:
+            out.append((Check.DRIFT, Verdict.PASSED, f"drift p={m.drift_p_value:.3g}"))
+    return out
 
+
+def _summary(checks: list[tuple[Check, Verdict, str]]) -> tuple[Verdict, str]:
+    worst = max((v for _, v, _ in checks), key=SEVERITY.__getitem__)
+    texts: list[str] = []
+    for _, v, text in checks:
+        if v == worst and text not in texts:
+            texts.append(text)
+    return worst, "; ".join(texts)
+
+
+def assess(m: Measurement, analysis: AnalysisSpec) -> Assessment:
+    dry = {Check(c) for c in analysis.dry_run or []}
+    checks = _checks(m, analysis)
+    acted = [c for c in checks if c[0] not in dry]
+    trial = [c for c in checks if c[0] in dry]
     numbers = dict(p99_ms=None if _bad(m.p99_ms) else m.p99_ms,
                    error_rate=None if _bad(m.error_rate) else m.error_rate,
                    requests=None if _bad(m.requests) else m.requests,
                    drift_p_value=None if _bad(m.drift_p_value) else m.drift_p_value)
-    if failed:
-        return Assessment(Verdict.FAILED, "; ".join(failed), **numbers)
-    if unknown:
-        return Assessment(Verdict.INCONCLUSIVE, "; ".join(unknown), **numbers)
-    if slo is None and drift is None:
-        return Assessment(Verdict.PASSED, "no SLO or drift test configured: judged by the pause alone", **numbers)
-    parts = []
-    if slo is not None:
-        parts.append(f"p99 {m.p99_ms:.1f} ms <= {slo.latency_p99_ms:g} ms, errors {m.error_rate:.2%}")
-    if drift is not None:
-        parts.append(f"drift p={m.drift_p_value:.3g}")
-    return Assessment(Verdict.PASSED, "; ".join(parts), **numbers)
+    dry_run = None
+    if trial:
+        dry_run = "; ".join(f"{c.value}: {v.value} ({text})" for c, v, text in trial)
+    if not acted:
+        reason = "no SLO or drift test configured: judged by the pause alone" if not checks else \
+            "every check is a dry run: judged by the pause alone"
+        return Assessment(Verdict.PASSED, reason, dry_run=dry_run, **numbers)
+    if all(v == Verdict.PASSED for _, v, _ in acted):
+        return Assessment(Verdict.PASSED, "; ".join(t for _, _, t in acted), dry_run=dry_run, **numbers)
+    verdict, reason = _summary(acted)
+    return Assessment(verdict, reason, dry_run=dry_run, **numbers)

@@ -20,6 +20,7 @@ class CondType(str, Enum):
     ROLLED_BACK = "RolledBack"
     PAUSED = "Paused"
     INPUT_DRIFT = "InputDrift"
+    TRAFFIC_SPLIT = "TrafficSplit"
 
 
 class Reason(str, Enum):
@@ -40,6 +41,8 @@ class Reason(str, Enum):
     NONE = "AsExpected"
     DRIFT_DETECTED = "DriftDetected"
     INVALID_SPEC = "InvalidSpec"
+    WEIGHT_APPROXIMATED = "WeightApproximated"
+    WEIGHT_NOT_APPROXIMATED = "WeightNotApproximated"
 
 
 def set_condition(conditions: list[Condition], type_: CondType, status: bool, reason: Reason, message: str,

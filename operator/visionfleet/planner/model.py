@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import CompileResult, VisionDeploymentStatus
@@ -23,6 +24,43 @@ from .classes import ObservedNode, ResolvedClass
 ANNOTATION_PAUSED = "visionfleet.io/paused"   # "true": hold the current step (level)
 ANNOTATION_PROMOTE = "visionfleet.io/promote"  # any new value: promote the canary now (one-shot)
 ANNOTATION_ABORT = "visionfleet.io/abort"      # any new value: roll the canary back now (one-shot)
+ANNOTATION_RETRY = "visionfleet.io/retry"      # any new value: re-attempt the spec's failed revision (one-shot)
+
+
+class Outcome(str, Enum):
+    """How a revision's attempt ended (``status.history[*].outcome``, and the snapshot's annotation)."""
+
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    COMPILE_FAILED = "CompileFailed"
+    SUPERSEDED = "Superseded"
+    RETRIED = "Retried"
+
+
+# A revision with one of these as its newest outcome is not tried again until the spec changes or a
+# person asks (visionfleet.io/retry).
+FAILED_OUTCOMES = frozenset({Outcome.ROLLED_BACK.value, Outcome.ABORTED.value, Outcome.COMPILE_FAILED.value})
+
+
+class Track(str, Enum):
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+@dataclass(frozen=True)
+class RevisionSnapshot:
+    """What a revision runs, frozen when it was first planned (stored as an apps/v1 ControllerRevision):
+    the spec as it was then (defaults filled in) and the node classes it resolved to. Every child of
+    the revision is rendered from this for the revision's whole life, whatever the spec says now."""
+
+    revision: str
+    spec: VisionDeploymentSpec
+    classes: tuple[ResolvedClass, ...]
+    outcome: str | None = None  # the newest terminal Outcome recorded on the snapshot, if any
+
+    def cls(self, name: str) -> ResolvedClass | None:
+        return next((c for c in self.classes if c.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -59,6 +97,7 @@ class Observed:
     jobs: tuple[ObservedJob, ...] = ()
     deployments: tuple[ObservedDeployment, ...] = ()
     measurement: Measurement | None = None  # the canary's, while one is in flight
+    snapshots: tuple[RevisionSnapshot, ...] = ()  # the VisionDeployment's ControllerRevisions
     stable_drift: Measurement | None = None  # the stable revision's drift test, when drift is configured
 
     def job(self, class_name: str, revision: str) -> ObservedJob | None:
@@ -67,13 +106,45 @@ class Observed:
     def deployment(self, class_name: str, revision: str) -> ObservedDeployment | None:
         return next((d for d in self.deployments if d.class_name == class_name and d.revision == revision), None)
 
+    def snapshot(self, revision: str | None) -> RevisionSnapshot | None:
+        return next((s for s in self.snapshots if s.revision == revision), None) if revision else None
+
 
 # -- actions ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class EnsureSnapshot:
+    """Create the revision's ControllerRevision if it does not exist (its data is never updated)."""
+
+    snapshot: RevisionSnapshot
+
+
+@dataclass(frozen=True)
+class MarkOutcome:
+    """Record the newest outcome on the revision's snapshot (annotation); None clears it (retry)."""
+
+    revision: str
+    outcome: str | None
+
+
+@dataclass(frozen=True)
+class DeleteSnapshot:
+    revision: str
+
+
+@dataclass(frozen=True)
 class EnsureCompileJob:
     cls: ResolvedClass
+    revision: str
+    spec: VisionDeploymentSpec  # the revision's frozen spec (RevisionSnapshot.spec)
+
+
+@dataclass(frozen=True)
+class DeleteCompileJob:
+    """Stop a compile Job that is no longer wanted (its revision aborted or superseded)."""
+
+    class_name: str
     revision: str
 
 
@@ -85,7 +156,8 @@ class EnsureServing:
     revision: str
     replicas: int
     compile: CompileResult
-    track: str  # "stable" | "canary"
+    track: Track
+    spec: VisionDeploymentSpec  # the revision's frozen spec (RevisionSnapshot.spec)
 
 
 @dataclass(frozen=True)
@@ -108,7 +180,8 @@ class SetRouteWeights:
     weights: tuple[tuple[str, int], ...]  # (revision, weight)
 
 
-Action = EnsureCompileJob | EnsureServing | DeleteServing | EnsureService | SetRouteWeights
+Action = (EnsureSnapshot | MarkOutcome | DeleteSnapshot | EnsureCompileJob | DeleteCompileJob | EnsureServing
+          | DeleteServing | EnsureService | SetRouteWeights)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,17 @@
     fleet      ─┘ (minus replicas: scaling a class is not a new artifact)
 
 ``rollout`` and ``analysis`` are policy: changing a pause or an SLO must not recompile anything or
-restart a rollout, so they are left out. The hash is taken over the *defaulted* model dump, so a
-field written out with its default value and the same field omitted give the same revision.
+restart a rollout, so they are left out.
+
+Defaults are left out of the hash: a field equal to its default counts as omitted. So a field written
+out with its default value and the same field omitted give the same revision, and an operator upgrade
+that changes a default starts no rollout: the revision keeps its hash, and what it runs stays frozen in
+its snapshot (``snapshot.py``) with the defaults of the day it was planned. The new default reaches a
+VisionDeployment with its next revision. (The price: a spec that spells out the old default value
+explicitly gets a new revision when that default changes, since the value no longer equals the default.)
+
+Revisions planned before defaults were left out (hashed over the defaulted dump) are recognised by
+``desired_revision``, so upgrading to this hashing starts no rollout either.
 """
 
 from __future__ import annotations
@@ -30,16 +39,28 @@ def _strip_replicas(fleet: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def revision_parts(spec: VisionDeploymentSpec) -> dict[str, Any]:
-    wire = spec.to_wire()
+def revision_parts(spec: VisionDeploymentSpec, *, defaults: bool = False) -> dict[str, Any]:
+    wire = spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=not defaults, mode="json")
+    wire.setdefault("fleet", {})
     return {
         "model": wire["model"],
-        "compile": wire["compile"],
-        "serving": wire["serving"],
+        "compile": wire.get("compile", {}),
+        "serving": wire.get("serving", {}),
         "fleet": _strip_replicas(wire["fleet"]),
     }
 
 
-def revision_of(spec: VisionDeploymentSpec) -> str:
-    canonical = json.dumps(revision_parts(spec), sort_keys=True, separators=(",", ":"))
+def _hash(parts: dict[str, Any]) -> str:
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]
+
+
+def revision_of(spec: VisionDeploymentSpec) -> str:
+    return _hash(revision_parts(spec))
+
+
+def desired_revision(spec: VisionDeploymentSpec, stable: str | None, canary: str | None) -> str:
+    """The spec's revision; a revision hashed the older way (defaults included) that is still stable
+    or in flight keeps its name, so upgrading the operator never restarts a rollout by itself."""
+    legacy = _hash(revision_parts(spec, defaults=True))
+    return legacy if legacy in (stable, canary) else revision_of(spec)

@@ -1,0 +1,165 @@
+"""What the status tells an SRE: per-class numbers, the canary's real weight, and the conditions.
+
+    effectiveWeight (per class) ── the canary's share of the class's Ready pods (replica traffic) or its
+                                   route weight while it has a Ready pod (Gateway API); counted as it
+                                   will be once the pass's scale-downs are done
+    effectiveWeight (top level) ── the same over the classes of the wave in flight
+    TrafficSplit condition ──────── False when a step's weight cannot be approximated with the class's
+                                   replicas.max (replica traffic), naming the replicas.max that would do
+"""
+
+from __future__ import annotations
+
+from visionfleet.api.spec import DriftSpec
+from visionfleet.api.status import CompileState, Condition
+
+from .conditions import CondType, Reason, get_condition, set_condition
+from .judging import held_by_analysis
+from .model import Outcome
+from .replicas import WEIGHT_TOLERANCE, replicas_needed, share, split_replicas
+from .serving import ClassServing
+from .state import PassState, base_replicas
+from .steps import class_weight, first_rollout, gateway, paused, waves
+
+
+def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary: int | None) -> None:
+    canary = p.st.canary_revision
+    wave_ready = wave_canary = 0
+    current = set(waves(p)[p.st.wave or 0]) if canary else set()
+    for c in p.classes:
+        cs, s = p.cs[c.name], serving[c.name]
+        total = sum(s.ready.values())
+        cs.ready = total
+        cs.canary_ready = s.canary_ready if canary else None
+        cs.message = None
+        if canary is None:
+            cs.effective_weight = None
+        elif route_canary is not None:
+            cs.effective_weight = route_canary if s.canary_ready > 0 else 0
+        else:
+            cs.effective_weight = share(s.canary_ready, total)
+        if c.name in current:
+            wave_ready += total
+            wave_canary += s.canary_ready
+        if c.nodes == 0:
+            cs.message = "no node matches the class's nodeSelector" + \
+                ("; its objects are kept and serve what they served" if total else "")
+        weight = class_weight(p, c) if canary else 0
+        if canary and route_canary is None and not first_rollout(p, c) and 0 < weight < 100:
+            best = split_replicas(base_replicas(c), c.spec.replicas.max, weight, True).share
+            if abs(best - weight) > WEIGHT_TOLERANCE:
+                need = replicas_needed(base_replicas(c), weight)
+                cs.message = (f"setWeight {weight}% cannot be approximated with replicas.max {c.spec.replicas.max}: "
+                              f"the canary gets {best}% of the pods"
+                              + (f"; replicas.max {need} would give {weight}±{WEIGHT_TOLERANCE}%" if need else ""))
+    if canary is None:
+        p.st.effective_weight = None
+    elif route_canary is not None:
+        p.st.effective_weight = route_canary
+    else:
+        p.st.effective_weight = share(wave_canary, wave_ready)
+
+
+def conditions(p: PassState, compiling: bool, rolling_back: bool) -> None:
+    st, now, gen = p.st, p.now_s, p.vd.generation
+    conds = list(st.conditions or [])
+    newest = st.canary_revision or (st.history[-1].revision if st.history else st.stable_revision)
+    compiled = [c for c in p.classes if p.cs[c.name].compile and p.cs[c.name].compile.revision == newest]
+    failed = [c.name for c in compiled if p.cs[c.name].compile.state == CompileState.FAILED.value]
+    if compiling:
+        conds = set_condition(conds, CondType.COMPILED, False, Reason.COMPILING, f"compiling revision {newest}", now, gen)
+    elif failed and len(failed) == len(p.classes):
+        conds = set_condition(conds, CondType.COMPILED, False, Reason.COMPILE_FAILED,
+                              f"revision {newest} failed to compile on every class", now, gen)
+    elif failed:
+        conds = set_condition(conds, CondType.COMPILED, True, Reason.COMPILE_PARTIAL,
+                              f"revision {newest} failed on {', '.join(failed)} (held back on stable)", now, gen)
+    elif newest:
+        conds = set_condition(conds, CondType.COMPILED, True, Reason.COMPILE_SUCCEEDED,
+                              f"revision {newest} compiled on every class", now, gen)
+    if st.canary_revision:
+        conds = set_condition(conds, CondType.PROGRESSING, True, Reason.ROLLING_OUT,
+                              f"revision {st.canary_revision} at step {st.step}, weight {st.canary_weight}% asked, "
+                              f"{st.effective_weight}% effective", now, gen)
+    else:
+        conds = set_condition(conds, CondType.PROGRESSING, False, Reason.STABLE,
+                              f"serving revision {st.stable_revision}" if st.stable_revision else "nothing to serve yet",
+                              now, gen)
+    serving = [c for c in p.classes if p.cs[c.name].stable_revision]
+    unready = [c.name for c in serving
+               if (d := p.observed.deployment(c.name, p.cs[c.name].stable_revision)) is None
+               or d.ready < d.replicas or d.replicas == 0]
+    # At 100 % on replica traffic the stable is at 0 on purpose: the class is available if its canary is.
+    unready = [n for n in unready if p.cs[n].ready < base_replicas(p.by_name[n])]
+    if serving and not unready:
+        conds = set_condition(conds, CondType.AVAILABLE, True, Reason.REPLICAS_READY,
+                              f"Ready serving pods on {', '.join(c.name for c in serving)}", now, gen)
+    else:
+        conds = set_condition(conds, CondType.AVAILABLE, False, Reason.REPLICAS_NOT_READY,
+                              f"not Ready: {', '.join(unready)}" if unready else "no stable revision yet", now, gen)
+    no_nodes = [c.name for c in p.classes if c.nodes == 0]
+    if failed or no_nodes:
+        parts = ([f"compile failed on {', '.join(failed)}"] if failed else []) + \
+                ([f"no nodes for {', '.join(no_nodes)}"] if no_nodes else [])
+        conds = set_condition(conds, CondType.DEGRADED, True,
+                              Reason.COMPILE_FAILED if failed else Reason.NO_NODES, "; ".join(parts), now, gen)
+    else:
+        conds = set_condition(conds, CondType.DEGRADED, False, Reason.NONE, "all classes compiled and placed", now, gen)
+    last = st.history[-1] if st.history else None
+    if last is not None and last.outcome in (Outcome.ROLLED_BACK.value, Outcome.ABORTED.value) \
+            and not st.canary_revision and last.revision == p.desired:
+        conds = set_condition(conds, CondType.ROLLED_BACK, True,
+                              Reason.ANALYSIS_FAILED if last.outcome == Outcome.ROLLED_BACK.value else Reason.ABORTED,
+                              f"revision {last.revision}: {last.reason}"
+                              + (" (the stable revision is starting; the canary serves until it is Ready)"
+                                 if rolling_back else ""), now, gen)
+    elif get_condition(conds, CondType.ROLLED_BACK) is not None:
+        conds = set_condition(conds, CondType.ROLLED_BACK, False, Reason.NONE,
+                              "no rollback since the last revision started", now, gen)
+    by_user, by_analysis = paused(p), held_by_analysis(p)
+    if st.canary_revision and (by_user or by_analysis):
+        conds = set_condition(conds, CondType.PAUSED, True,
+                              Reason.PAUSED_BY_USER if by_user else Reason.ANALYSIS_INCONCLUSIVE,
+                              "paused by the visionfleet.io/paused annotation" if by_user else
+                              f"{st.analysis.inconclusive} inconclusive measurements in a row: {st.analysis.reason}; "
+                              "the rollout goes on once a measurement passes", now, gen)
+    elif get_condition(conds, CondType.PAUSED) is not None:
+        conds = set_condition(conds, CondType.PAUSED, False, Reason.NONE, "not paused", now, gen)
+    conds = _traffic_split(p, conds)
+    st.conditions = _stable_drift(p, conds)
+
+
+def _traffic_split(p: PassState, conds: list[Condition]) -> list[Condition]:
+    off = [f"{c.name}: {p.cs[c.name].message}" for c in p.classes
+           if p.cs[c.name].message and p.cs[c.name].message.startswith("setWeight")]
+    if p.st.canary_revision and not gateway(p):
+        if off:
+            return set_condition(conds, CondType.TRAFFIC_SPLIT, False, Reason.WEIGHT_NOT_APPROXIMATED,
+                                 "; ".join(off), p.now_s, p.vd.generation)
+        return set_condition(conds, CondType.TRAFFIC_SPLIT, True, Reason.WEIGHT_APPROXIMATED,
+                             f"every class within {WEIGHT_TOLERANCE} points of the asked weight", p.now_s,
+                             p.vd.generation)
+    return [c for c in conds if c.type != CondType.TRAFFIC_SPLIT.value]
+
+
+def _stable_drift(p: PassState, conds: list[Condition]) -> list[Condition]:
+    """Drift on the stable revision: the input moved, not the model. A condition and a Warning
+    Event when it starts, never a rollback (there is nothing better to roll back to)."""
+    drift: DriftSpec | None = p.spec.analysis.drift
+    m = p.observed.stable_drift
+    if drift is None:
+        return [c for c in conds if c.type != CondType.INPUT_DRIFT.value]
+    if m is None or m.drift_error or m.drift_unknown or m.drift_p_value is None or m.drift_window_fill is None \
+            or m.drift_window_fill < 1.0:
+        return conds  # no verdict yet: what was last known stands
+    rev, now, gen = p.st.stable_revision, p.now_s, p.vd.generation
+    before = get_condition(conds, CondType.INPUT_DRIFT)
+    if m.drift_p_value < drift.p_value:
+        message = (f"the inputs of stable revision {rev} drifted from its calibration set: "
+                   f"p={m.drift_p_value:.3g} < {drift.p_value:g} over the last {drift.window} samples")
+        if before is None or before.status != "True":
+            p.event("Warning", "InputDrift", message)
+        return set_condition(conds, CondType.INPUT_DRIFT, True, Reason.DRIFT_DETECTED, message, now, gen)
+    return set_condition(conds, CondType.INPUT_DRIFT, False, Reason.NONE,
+                         f"stable revision {rev}: p={m.drift_p_value:.3g} >= {drift.p_value:g}", now, gen)
+

@@ -1,0 +1,310 @@
+"""Which revision is the canary, how it walks its steps and waves, and the commands a person gives.
+
+    spec ──► revision r
+      r == stable ......................... steady state (a canary in flight is superseded)
+      r's newest outcome failed ........... not tried again until the spec changes or visionfleet.io/retry
+      r new ──► canary = r, step 0, snapshot taken (a canary in flight is superseded, its compiles stopped)
+
+    per step i (after compile):
+      canary pods not all Ready ─► wait; past rollout.progressDeadline ─► roll back (the reason names the
+                                   class); a canary that turns unready mid-step is still judged, and its
+                                   step starts over once it is Ready again
+      Ready ─► the step starts (the weight has taken effect): the first measurement after
+               analysis.initialDelay (default one interval, the query window), then every interval
+      Passed (after the initial delay) and the pause over ─► next step / next wave / promote after the last
+      Failed × failureLimit ─► roll back          Inconclusive past the limit ─► Pause (or Rollback)
+
+    annotations (one-shot, by new value): abort (any moment, compile too), promote (full: the canary is
+    scaled to full size, promoted once Ready, analysis skipped), retry (the spec's failed revision);
+    paused=true holds the current step
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from datetime import datetime
+
+from visionfleet.api.spec import TrafficMethod
+from visionfleet.api.status import Verdict
+
+from .analysis import Measurement
+from .classes import ResolvedClass
+from .compiling import mark_retry, stop_compiles
+from .durations import seconds
+from .judging import judge
+from .model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE, ANNOTATION_RETRY, Outcome, parse_iso
+from .replicas import gateway_canary_replicas, split_replicas
+from .state import MIN_REQUEUE, PassState, base_replicas
+
+
+def command(p: PassState, annotation: str, handled_field: str) -> bool:
+    """A one-shot command: the annotation carries a value not acted on before."""
+    value = p.vd.annotations.get(annotation)
+    if value and value != getattr(p.st, handled_field):
+        setattr(p.st, handled_field, value)
+        return True
+    return False
+
+
+def paused(p: PassState) -> bool:
+    return p.vd.annotations.get(ANNOTATION_PAUSED) == "true"
+
+
+# -- which revision is the canary ---------------------------------------------------------------
+
+
+def start_canary(p: PassState, revision: str) -> None:
+    st = p.st
+    p.ensure_snapshot(revision)
+    st.canary_revision = revision
+    st.step = st.wave = 0
+    st.canary_weight = p.spec.rollout.steps[0].set_weight
+    st.step_started_at = st.canary_unready_since = None
+    st.full_promotion = None
+    st.analysis = None
+    p.event("Normal", "NewRevision", f"revision {revision}: compiling for {len(p.classes)} node classes")
+
+
+def supersede(p: PassState, why: str, message: str) -> None:
+    rev = p.st.canary_revision
+    assert rev is not None
+    p.record(rev, Outcome.SUPERSEDED, why)
+    p.event("Normal", "Superseded", message)
+    stop_compiles(p, rev)
+    p.clear_canary()
+
+
+def choose_canary(p: PassState) -> None:
+    st, desired = p.st, p.desired
+    if desired == st.stable_revision:
+        if st.canary_revision:
+            supersede(p, "spec returned to the stable revision",
+                      f"canary {st.canary_revision} dropped: spec is back to stable {desired}")
+        elif p.snapshot(desired) is None:
+            p.ensure_snapshot(desired)  # adopt a stable revision planned before snapshots existed
+        return
+    if desired == st.canary_revision:
+        return
+    if p.failed(desired):
+        if st.canary_revision:
+            supersede(p, f"spec changed to revision {desired}, which failed before",
+                      f"canary {st.canary_revision} dropped: the spec asks for {desired}, not retried "
+                      "(visionfleet.io/retry tries it again)")
+        return
+    if st.canary_revision:
+        supersede(p, f"spec changed to revision {desired} during the rollout",
+                  f"canary {st.canary_revision} superseded by {desired}: traffic back to stable, analysis restarts")
+    start_canary(p, desired)
+
+
+def handle_commands(p: PassState) -> bool:
+    """abort / promote / retry; True when the pass must stop here (the canary was aborted)."""
+    st = p.st
+    promote = command(p, ANNOTATION_PROMOTE, "handled_promote")
+    abort = command(p, ANNOTATION_ABORT, "handled_abort")
+    retry = command(p, ANNOTATION_RETRY, "handled_retry")
+    if retry and st.canary_revision is None and p.failed(p.desired):
+        rev = p.desired
+        p.record(rev, Outcome.RETRIED, "retried by the visionfleet.io/retry annotation")
+        p.event("Normal", "Retried", f"revision {rev} is tried again (visionfleet.io/retry)")
+        mark_retry(p, rev)
+    if st.canary_revision is None:
+        # A promote/abort value set while no rollout is in flight is recorded and ignored, so that a
+        # stale annotation (left in Git, say) can never wave a future canary through its analysis.
+        return False
+    if abort:
+        rollback(p, "aborted by the visionfleet.io/abort annotation", Outcome.ABORTED)
+        return True
+    if promote:
+        st.full_promotion = True
+        st.step_started_at = None
+        p.event("Normal", "PromotionRequested", f"revision {st.canary_revision}: promotion by the visionfleet.io/"
+                "promote annotation: scaling the canary to full size, promoted once Ready")
+    return False
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+
+
+def promote(p: PassState, ok: list[str], reason: str) -> None:
+    rev = p.st.canary_revision
+    assert rev is not None
+    for name in ok:
+        cs = p.cs[name]
+        cs.stable_revision = rev
+        cs.stable = None  # `compile` now holds the stable's result
+    p.st.stable_revision = rev
+    p.record(rev, Outcome.PROMOTED, reason)
+    p.event("Normal", "Promoted", f"revision {rev} promoted on {', '.join(ok)}: {reason}")
+    p.clear_canary()
+
+
+def rollback(p: PassState, reason: str, outcome: Outcome = Outcome.ROLLED_BACK) -> None:
+    rev = p.st.canary_revision
+    assert rev is not None
+    p.record(rev, outcome, reason)
+    stop_compiles(p, rev)
+    p.event("Warning", "RolledBack", f"revision {rev} rolled back, traffic back to stable "
+            f"{p.st.stable_revision} as soon as it is Ready: {reason}")
+    p.clear_canary()
+
+
+# -- steps and waves ----------------------------------------------------------------------------
+
+
+def waves(p: PassState) -> list[list[str]]:
+    """Class names in rollout order; classes no wave names go last, together."""
+    names = [c.name for c in p.classes]
+    declared = [[n for n in w if n in names] for w in (p.spec.rollout.waves or [])]
+    declared = [w for w in declared if w]
+    listed = {n for w in declared for n in w}
+    rest = [n for n in names if n not in listed]
+    return (declared + ([rest] if rest else [])) or [names]
+
+
+def first_rollout(p: PassState, c: ResolvedClass) -> bool:
+    return p.cs[c.name].stable_revision is None
+
+
+def class_weight(p: PassState, c: ResolvedClass) -> int:
+    """The canary's asked share on class ``c``: 100 for waves already through (and during a full
+    promotion), the step's weight for the current wave, 0 (no canary yet) for later waves."""
+    if p.st.full_promotion or first_rollout(p, c):
+        return 100
+    index = next((i for i, w in enumerate(waves(p)) if c.name in w), 0)
+    current = p.st.wave or 0
+    if index < current:
+        return 100
+    if index == current:
+        return p.st.canary_weight or 0
+    return 0
+
+
+def gateway(p: PassState) -> bool:
+    return p.spec.rollout.traffic.method == TrafficMethod.GATEWAY_API.value
+
+
+def canary_size(p: PassState, c: ResolvedClass) -> int:
+    """Canary pods class ``c`` needs at its current asked weight."""
+    base, weight = base_replicas(c), class_weight(p, c)
+    if first_rollout(p, c):
+        return base
+    if gateway(p):
+        return gateway_canary_replicas(base, weight)
+    return split_replicas(base, c.spec.replicas.max, weight, True).canary
+
+
+def unready_classes(p: PassState, ok: list[str]) -> list[str]:
+    """Classes whose canary has fewer Ready pods than its weight needs ("l4: 1/2 Ready")."""
+    rev = p.st.canary_revision
+    out = []
+    for c in p.classes:
+        if c.name not in ok:
+            continue
+        want = canary_size(p, c)
+        if want == 0:
+            continue
+        d = p.observed.deployment(c.name, rev)
+        ready = d.ready if d else 0
+        if d is None or ready < want or d.replicas < want:
+            out.append(f"{c.name}: {ready}/{want} Ready")
+    return out
+
+
+def advance(p: PassState, ok: list[str]) -> None:
+    """Walk the canary through its steps (after compile)."""
+    st, spec = p.st, p.spec
+    unready = unready_classes(p, ok)
+    if unready:
+        since = parse_iso(st.canary_unready_since) or p.now
+        st.canary_unready_since = st.canary_unready_since or p.now_s
+        deadline = seconds(spec.rollout.progress_deadline)
+        waited = (p.now - since).total_seconds()
+        if st.analysis is not None or st.step_started_at is not None:
+            # A canary that has served (its step had started) is still judged while it is unready.
+            measure(p, parse_iso(st.analysis.at) if st.analysis else p.now)
+            if st.canary_revision is None:
+                return
+        if waited >= deadline:
+            rollback(p, f"canary not Ready within progressDeadline {spec.rollout.progress_deadline} "
+                        f"({', '.join(unready)})")
+            return
+        st.step_started_at = None  # the step starts over once the canary is Ready again
+        p.wake_in(min(2.0, max(MIN_REQUEUE, deadline - waited)))
+        return
+    st.canary_unready_since = None
+    if st.full_promotion:
+        promote(p, ok, "promoted by the visionfleet.io/promote annotation once the canary was Ready")
+        return
+    if all(first_rollout(p, c) for c in p.classes if c.name in ok):
+        promote(p, ok, "first revision on these classes: nothing to compare against")
+        return
+    if st.step_started_at is None:
+        st.step_started_at = p.now_s
+    started = parse_iso(st.step_started_at)
+    assert started is not None
+    analysis = spec.analysis
+    interval = seconds(analysis.interval)
+    configured = analysis.slo is not None or analysis.drift is not None
+    initial = seconds(analysis.initial_delay) if analysis.initial_delay is not None else (interval if configured else 0)
+    first_at = started + timedelta(seconds=initial)
+    if p.now < first_at:
+        p.wake_in((first_at - p.now).total_seconds())
+        return
+    measure(p, first_at)
+    if st.canary_revision is None or paused(p):
+        return
+    step = spec.rollout.steps[st.step or 0]
+    pause_end = started + timedelta(seconds=seconds(step.pause))
+    last = st.analysis
+    passed = last is not None and last.verdict == Verdict.PASSED.value and parse_iso(last.at) >= first_at
+    if passed and p.now >= pause_end:
+        next_step(p, ok)
+        return
+    waits = [interval]
+    if p.now < pause_end:
+        waits.append((pause_end - p.now).total_seconds())
+    p.wake_in(min(waits))
+
+
+def measure(p: PassState, since: datetime) -> None:
+    """Judge a measurement when one is due: none yet since ``since``, or the last one an interval old."""
+    st, analysis = p.st, p.spec.analysis
+    interval = seconds(analysis.interval)
+    last_at = parse_iso(st.analysis.at) if st.analysis else None
+    if not (last_at is None or last_at < since or (p.now - last_at).total_seconds() >= interval):
+        return
+    m = p.observed.measurement
+    if m is None and analysis.slo is None and analysis.drift is None:
+        m = Measurement()
+    if m is None:
+        p.wake_in(MIN_REQUEUE)
+        return
+    reason = judge(p, m)
+    if reason is not None:
+        rollback(p, reason)
+
+
+def next_step(p: PassState, ok: list[str]) -> None:
+    st, spec = p.st, p.spec
+    if (st.step or 0) + 1 < len(spec.rollout.steps):
+        st.step = (st.step or 0) + 1
+        st.canary_weight = spec.rollout.steps[st.step].set_weight
+        st.step_started_at = None
+        p.event("Normal", "StepAdvanced", f"step {st.step}: canary weight {st.canary_weight}%")
+        p.wake_in(MIN_REQUEUE)
+        return
+    ws = waves(p)
+    if (st.wave or 0) + 1 < len(ws):
+        st.wave = (st.wave or 0) + 1
+        st.step = 0
+        st.canary_weight = spec.rollout.steps[0].set_weight
+        st.step_started_at = None
+        p.event("Normal", "WaveAdvanced", f"wave {st.wave} ({', '.join(ws[st.wave])}): "
+                f"canary weight {st.canary_weight}%; earlier waves stay fully on the canary")
+        p.wake_in(MIN_REQUEUE)
+        return
+    promote(p, ok, f"all {len(spec.rollout.steps)} steps passed their analysis"
+            + (f" in {len(ws)} waves" if len(ws) > 1 else ""))
+
