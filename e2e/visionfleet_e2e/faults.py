@@ -25,6 +25,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from .local_process import free_port
 
 PROMETHEUS_MODES = ("timeout", "empty", "nan", "several", "query-error", "server-error")
+HEALTHY = "healthy"  # one good number per query: 500 requests, 0 errors, p99 12 ms
 
 
 class _LoopThread:
@@ -70,12 +71,13 @@ class _LoopThread:
 
 
 class FaultyPrometheus(_LoopThread):
-    """``/api/v1/query`` answering in ``mode`` (one of PROMETHEUS_MODES); ``queries`` counts the calls."""
+    """``/api/v1/query`` answering in ``mode`` (one of PROMETHEUS_MODES, or HEALTHY); ``queries`` counts
+    the calls. ``mode`` may be changed while it serves."""
 
     def __init__(self, mode: str, delay: float = 30.0):
         super().__init__()
-        if mode not in PROMETHEUS_MODES:
-            raise ValueError(f"mode {mode!r}: one of {PROMETHEUS_MODES}")
+        if mode not in (*PROMETHEUS_MODES, HEALTHY):
+            raise ValueError(f"mode {mode!r}: one of {PROMETHEUS_MODES} or {HEALTHY!r}")
         self.mode, self.delay, self.queries = mode, delay, 0
 
     @property
@@ -99,6 +101,11 @@ class FaultyPrometheus(_LoopThread):
         if self.mode == "query-error":
             return web.json_response({"status": "error", "errorType": "bad_data",
                                       "error": "1:1: parse error: unexpected character"}, status=400)
+        if self.mode == HEALTHY:  # the mode may be switched while serving: an outage that ends
+            q = request.query.get("query", "") or (await request.post()).get("query", "")
+            value = "12" if "quantile" in q else "0" if " / (" in q else "500"
+            return web.json_response({"status": "success", "data": {"resultType": "vector",
+                                                                     "result": [sample(value)]}})
         result = {"empty": [], "nan": [sample("NaN")],
                   "several": [sample("12", pod="a"), sample("900", pod="b")]}[self.mode]
         return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})

@@ -3,7 +3,9 @@ what it has not measured. Each test injects one fault on the real API server / a
 and asserts the safe end state.
 
     Prometheus answering badly (timeout, no series, NaN, several series, query error, 503)
-        -> never a pass; Paused, then rolled back at inconclusiveLimit
+        -> never a pass; with onInconclusive: Rollback, rolled back at inconclusiveLimit
+    Prometheus down for a while (the default onInconclusive: Pause) -> Paused, never rolled back;
+        the rollout goes on by itself once data returns
     the operator SIGKILLed between two writes of a pass, or while a compile Job runs
         -> resumes from status: no duplicate object, no duplicate history, the rollout finishes
     deleted while the operator is down -> the finalizer is removed once it is back
@@ -27,7 +29,14 @@ import pytest
 import yaml
 
 from visionfleet_e2e.chart import CHART, service_account_kubeconfig
-from visionfleet_e2e.faults import PROMETHEUS_MODES, ApiFaults, FaultyApiServer, FaultyPrometheus, proxy_kubeconfig
+from visionfleet_e2e.faults import (
+    HEALTHY,
+    PROMETHEUS_MODES,
+    ApiFaults,
+    FaultyApiServer,
+    FaultyPrometheus,
+    proxy_kubeconfig,
+)
 
 from ..helpers import wait_for
 from .conftest import OperatorProcess
@@ -90,7 +99,8 @@ def test_a_bad_prometheus_never_passes_and_rolls_back_at_the_limit(cluster, oper
         operators()
         analysis = {"interval": "2s", "prometheus": {"url": prom.url, "timeout": "2s"},
                     "slo": {"latencyP99Ms": 100, "errorRate": 0.05, "minRequests": 10},
-                    "failureLimit": 1, "inconclusiveLimit": 2}
+                    "failureLimit": 1, "inconclusiveLimit": 2, "consecutiveErrorLimit": 2,
+                    "onInconclusive": "Rollback"}
         steps = [{"setWeight": 50, "pause": "1s"}, {"setWeight": 100}]
         g = Given(cluster, namespace).apply(vd_with(rollout__steps=steps, analysis=analysis))
         v1 = g.wait_phase("Healthy")["stableRevision"]  # a first revision has nothing to compare against
@@ -103,6 +113,38 @@ def test_a_bad_prometheus_never_passes_and_rolls_back_at_the_limit(cluster, oper
         assert all((w or 0) <= 50 for _, w, _ in seen), "the weight advanced without a passing measurement"
         assert prom.queries > 0
         no_duplicates(g)
+    finally:
+        prom.stop()
+
+
+def test_a_prometheus_outage_pauses_the_rollout_which_goes_on_when_data_returns(cluster, operators, namespace):
+    prom = FaultyPrometheus(HEALTHY).start()
+    try:
+        operators()
+        analysis = {"interval": "2s", "prometheus": {"url": prom.url, "timeout": "2s"},
+                    "slo": {"latencyP99Ms": 100, "errorRate": 0.05, "minRequests": 10},
+                    "inconclusiveLimit": 2, "consecutiveErrorLimit": 2}  # onInconclusive: Pause (default)
+        steps = [{"setWeight": 50, "pause": "1s"}, {"setWeight": 100}]
+        g = Given(cluster, namespace).apply(vd_with(rollout__steps=steps, analysis=analysis))
+        v1 = g.wait_phase("Healthy")["stableRevision"]
+        prom.mode = "server-error"
+        g.apply(vd_with(model__version="2", rollout__steps=steps, analysis=analysis))
+        st = g.wait_phase("Paused", timeout=120)
+        paused = next(c for c in st["conditions"] if c["type"] == "Paused")
+        assert paused["status"] == "True" and paused["reason"] == "AnalysisInconclusive", paused
+        assert st["analysis"]["verdict"] == "Error" and "refused" in st["analysis"]["reason"], st["analysis"]
+        # the outage lasts: the rollout holds at its step, never rolls back, never advances
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            s = g.status()
+            assert s.get("phase") == "Paused" and s.get("canaryWeight") == 50, (s.get("phase"), s.get("canaryWeight"))
+            time.sleep(0.5)
+        v2 = g.status()["canaryRevision"]
+        prom.mode = HEALTHY
+        st = wait_for(lambda: (s := g.status()).get("phase") == "Healthy" and s.get("stableRevision") == v2 and s,
+                      timeout=120, what="the rollout to go on once Prometheus answers again")
+        assert st["stableRevision"] != v1
+        assert [h["outcome"] for h in st["history"]] == ["Promoted", "Promoted"]
     finally:
         prom.stop()
 

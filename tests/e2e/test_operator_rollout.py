@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from visionfleet.builders.manifests import LABEL_CLASS as CLASS_LABEL_VF
 from visionfleet.builders.manifests import LABEL_VD
 from visionfleet_e2e.fleet import CLASS_LABEL
 
@@ -146,6 +147,30 @@ def test_steady_state_makes_no_writes(cluster, operator, namespace):
         time.sleep(1.5)  # room for the pass each nudge triggers; what is asserted is that nothing changed
     assert versions() == before, "children were rewritten in a steady state"
     assert status_write_time() == status_before, "status was rewritten in a steady state"
+
+
+def test_children_changed_by_hand_are_restored_with_an_event(cluster, operator, namespace):
+    g = Given(cluster, namespace).apply(VD)
+    rev = g.wait_phase("Healthy")["stableRevision"]
+    wait_for(lambda: all(d["status"].get("readyReplicas") for d in g.objects("deployments")), what="ready")
+    stable = next(d for d in g.objects("deployments") if d["metadata"]["labels"][CLASS_LABEL_VF] == "l4")
+    name = stable["metadata"]["name"]
+    image = stable["spec"]["template"]["spec"]["containers"][0]["image"]
+    g.c.kubectl("scale", "deployment", name, "-n", namespace, "--replicas=0")
+    g.c.kubectl("set", "image", f"deployment/{name}", "-n", namespace, "triton=registry.example/foreign:1")
+    # Nothing nudges the operator about its children: the next resync (30 s at most) restores them.
+    restored = wait_for(lambda: (d := g.c.kubectl_json("get", "deployment", name, "-n", namespace))["spec"]["replicas"]
+                        == 2 and d["spec"]["template"]["spec"]["containers"][0]["image"] == image and d,
+                        timeout=60, what="the operator to restore replicas and image")
+    assert restored["metadata"]["labels"]["visionfleet.io/revision"] == rev
+    drifted = [m for t, r, m in g.events() if r == "ChildDrifted"]
+    assert drifted and only_warnings(g, "ChildDrifted"), g.events()
+    assert any("spec.replicas was 0, restored to 2" in m for m in drifted), drifted
+    assert g.status()["phase"] == "Healthy"
+
+
+def only_warnings(g, reason):
+    return all(t == "Warning" for t, r, _ in g.events() if r == reason)
 
 
 def test_new_revision_walks_the_steps_and_is_promoted(cluster, operator, namespace):

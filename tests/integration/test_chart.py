@@ -28,7 +28,7 @@ ALLOWED = {
     ("visionfleet.io", "visiondeployments/status"): {"patch"},
     ("batch", "jobs"): {"list", "create", "patch", "delete"},
     ("apps", "deployments"): {"list", "create", "patch", "delete"},
-    ("apps", "controllerrevisions"): {"list", "create", "patch", "delete"},
+    ("apps", "controllerrevisions"): {"list", "create", "delete"},
     ("", "configmaps"): {"list", "create", "patch", "delete"},
     ("", "services"): {"list", "create", "patch", "delete"},
     ("", "pods"): {"list"},

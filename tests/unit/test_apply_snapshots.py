@@ -1,5 +1,7 @@
-"""Frozen revisions as ControllerRevisions (act/apply.py): created once and never re-applied, the
-outcome annotation merge-patched only when it changes, deleted after the revision's children."""
+"""Frozen revisions as ControllerRevisions (act/apply.py): created once and never re-applied; a new
+outcome is written by creating the snapshot again with the same data (the API server refuses any
+update whose re-encoded data differs by a byte), only when it changes; deleted after the revision's
+children."""
 
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def observed_cr(revision: str, number: int, outcome: str | None = None):
     md = {"name": snapshot_name(VD, revision), "namespace": NS, "labels": {"visionfleet.io/revision": revision}}
     if outcome is not None:
         md["annotations"] = {"visionfleet.io/outcome": outcome}
-    return {("ControllerRevision", md["name"]): {"metadata": md, "revision": number}}
+    return {("ControllerRevision", md["name"]): {"metadata": md, "revision": number,
+                                                 "data": {"format": 1, "revision": revision, "latency": 50.0}}}
 
 
 def test_a_new_revision_is_created_as_a_controller_revision(fake):
@@ -100,22 +103,25 @@ def test_a_created_snapshot_carries_the_outcome_marked_in_the_same_plan(fake):
     ("RolledBack", "RolledBack", None),
     (None, None, None),
 ], ids=["set", "change", "clear", "same", "already-clear"])
-def test_mark_outcome_patches_only_a_change(fake, observed, outcome, sent):
-    w = apply_plan(None, view(), plan_of(MarkOutcome(REV, outcome)), observed_cr(REV, 1, observed))
+def test_mark_outcome_recreates_the_snapshot_only_on_a_change(fake, observed, outcome, sent):
+    w = apply_plan(None, view(), plan_of(MarkOutcome(REV, outcome)), observed_cr(REV, 7, observed))
     if sent is None:
         assert w.total == 0 and fake.calls == []
         return
-    (call,) = fake.calls
-    assert call.method == "PATCH" and call.content_type == "application/merge-patch+json"
-    assert call.path == f"/apis/apps/v1/namespaces/{NS}/controllerrevisions/{VD}-rev-{REV}"
-    assert call.body == {"metadata": {"annotations": sent}}, "only the annotation, never the data"
+    delete_, create = fake.calls
+    assert delete_.method == "DELETE" and delete_.path == f"/apis/apps/v1/namespaces/{NS}/controllerrevisions/{VD}-rev-{REV}"
+    assert create.method == "POST" and create.path == f"/apis/apps/v1/namespaces/{NS}/controllerrevisions"
+    assert create.body["data"] == {"format": 1, "revision": REV, "latency": 50.0}, "the same data, untouched"
+    assert create.body["revision"] == 7
+    assert (create.body["metadata"].get("annotations") or {}).get("visionfleet.io/outcome") == \
+        sent["visionfleet.io/outcome"]
 
 
 def test_an_outcome_member_is_written_as_its_value(fake):
     apply_plan(None, view(), plan_of(MarkOutcome(REV, Outcome.ABORTED)), observed_cr(REV, 1, "Aborted"))
     assert fake.calls == []
     apply_plan(None, view(), plan_of(MarkOutcome(REV, Outcome.PROMOTED)), observed_cr(REV, 1))
-    value = fake.calls[0].body["metadata"]["annotations"]["visionfleet.io/outcome"]
+    value = fake.calls[1].body["metadata"]["annotations"]["visionfleet.io/outcome"]
     assert type(value) is str and value == "Promoted"
 
 

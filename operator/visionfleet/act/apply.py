@@ -416,11 +416,21 @@ def apply_snapshots(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan,
             continue
         if ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_OUTCOME) == outcome:
             continue
-        # A merge patch: null removes the annotation. Only the annotation, never the data.
-        request(api, "PATCH", object_path("ControllerRevision", vd.namespace, snapshot_name(vd.name, rev)),
-                body={"metadata": {"annotations": {ANNOTATION_OUTCOME: outcome}}},
-                query=[("fieldManager", FIELD_MANAGER)], content_type="application/merge-patch+json")
-        writes += 1
+        # Not a patch: any update of a ControllerRevision is refused ("data: field is immutable") when
+        # the API server's re-encoding of the stored data differs by a byte from what was sent (50.0
+        # re-encoded as 50, key order, spacing). So the snapshot is created again, with the same data
+        # and number, carrying the outcome. A crash between the two requests loses only the memory of
+        # an outcome the history still holds; the next pass that needs the snapshot takes it again.
+        delete(api, "ControllerRevision", vd.namespace, snapshot_name(vd.name, rev))
+        body = build_controller_revision(vd.name, vd.namespace, vd.uid, rev, obj.get("data"),
+                                         int(obj.get("revision") or number), outcome)
+        try:
+            request(api, "POST", f"/apis/apps/v1/namespaces/{vd.namespace}/controllerrevisions", body=body,
+                    query=[("fieldManager", FIELD_MANAGER)])
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        writes += 2
     return writes
 
 

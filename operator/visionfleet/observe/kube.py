@@ -182,7 +182,8 @@ def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects)
     for cr in _raw_items(apps.list_namespaced_controller_revision, namespace,
                          f"{LABEL_VD}={name},{LABEL_COMPONENT}={COMPONENT_REVISION}"):
         md = cr.get("metadata") or {}
-        obs.live[("ControllerRevision", md.get("name", ""))] = {**_metadata_only(cr), "revision": cr.get("revision")}
+        obs.live[("ControllerRevision", md.get("name", ""))] = {**_metadata_only(cr), "revision": cr.get("revision"),
+                                                                "data": cr.get("data")}
         revision = (md.get("labels") or {}).get(LABEL_REVISION)
         try:
             if not revision:
