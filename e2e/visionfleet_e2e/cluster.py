@@ -6,6 +6,8 @@
         └─► etcd ─ kube-apiserver ─ controller-manager ─ scheduler ─ kwok controller
     fleet file ──► Node objects (kwok.x-k8s.io/node=fake) ──► Ready within seconds
     stages ──► Deployment pods become Ready; Job pods run, then Succeed (or fail on request)
+    sim policies ──► Triton pods of a namespace labelled sim.visionfleet.io/ready-after=20s
+                     become Ready 20 s after they start (sim_policies.py)
 
 Hazards handled here, each found in kwokctl's code or on this machine:
 
@@ -36,6 +38,7 @@ from typing import Any, Callable
 import yaml
 
 from .fleet import FLEET_LABEL, FleetSpec
+from .sim_policies import apply_sim_policies
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "e2e" / "cluster" / "build-binaries.sh"
@@ -163,6 +166,8 @@ class LocalCluster:
             self._create(timeout)
             self.log(f"control plane ready in {time.monotonic() - t0:.1f}s")
         self._wait_default_serviceaccount(timeout)
+        # the simulation's admission policies (a namespace's opt-in readiness delay for Triton pods)
+        apply_sim_policies(self)
         if fleet is not None:
             self.apply_fleet(fleet, size, timeout)
         self.log(f"cluster {self.name} up in {time.monotonic() - t0:.1f}s; export KUBECONFIG={self.kubeconfig}")

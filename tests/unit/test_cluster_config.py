@@ -37,7 +37,9 @@ def test_all_needed_stages_are_given():
     assert len(names) == len(set(names))
     assert set(names) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete",
                           "pod-not-ready", "pod-complete", "pod-fail", "pod-fail-by-toleration",
-                          "compile-complete", "pod-image-pull-error"}
+                          "compile-complete", "pod-image-pull-error",
+                          # readiness that takes time (docs/local-fleet.md: sim.visionfleet.io/ready-after)
+                          "pod-starting", "pod-ready-after-delay", "pod-turn-unready"}
     kinds = {s["spec"]["resourceRef"]["kind"] for s in stages}
     assert kinds == {"Node", "Pod"}
 

@@ -1,0 +1,31 @@
+"""The benchmarks' quick modes run with the suite, so a benchmark cannot rot unseen.
+
+Only what holds on any machine is asserted (the run completes, make-before-break leaves no instant
+without a Ready pod, a steady state writes nothing); the times themselves are the benchmark's
+figures, printed, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(900)
+def test_rollback_bench_quick_mode():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "rollback.py"), "--quick", "--ready-after", "10s"],
+                         cwd=REPO, capture_output=True, text=True, timeout=850)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    print(out.stdout)
+    runs = re.findall(r"^ *(\d+)% run \d+: failure visible -> stable Ready with all traffic +([\d.]+)s; "
+                      r"no Ready pod in a class for +([\d.]+)s", out.stdout, re.M)
+    assert {int(w) for w, _, _ in runs} == {50, 100}, out.stdout
+    assert all(float(gap) == 0.0 for _, _, gap in runs), f"a class was left without a Ready pod: {runs}"
+    assert re.search(r"steady state: 0 operator writes over 3 resyncs", out.stdout), out.stdout
