@@ -149,7 +149,9 @@ def test_every_example_applies(crd, namespace, example):
 def test_server_fills_defaults(crd, namespace):
     apply(crd, namespace, BASE)
     spec = crd.kubectl_json("get", "vd", "probe", "-n", namespace)["spec"]
-    assert spec["analysis"] == {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 3}
+    assert spec["analysis"] == {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 3,
+                                "onInconclusive": "Pause", "consecutiveErrorLimit": 4}
+    assert (spec["rollout"]["scaleDownDelay"], spec["rollout"]["progressDeadline"]) == ("30s", "10m")
     assert spec["rollout"]["steps"] == [{"setWeight": 10, "pause": "1m"}, {"setWeight": 50, "pause": "2m"},
                                         {"setWeight": 100}]
     assert spec["rollout"]["traffic"] == {"method": "Replicas"}
@@ -162,12 +164,17 @@ def test_server_fills_defaults(crd, namespace):
 def test_status_subresource_and_printer_columns(crd, namespace):
     apply(crd, namespace, BASE)
     status = {"status": {"phase": "RollingOut", "stableRevision": "7f3c0a1b2c3d", "canaryRevision": "9a21ffee0011",
-                         "canaryWeight": 10, "analysis": {"verdict": "Passed", "p99Ms": 12.5, "driftPValue": 0.43}}}
+                         "canaryWeight": 10, "effectiveWeight": 25,
+                         "analysis": {"verdict": "Passed", "p99Ms": 12.5, "driftPValue": 0.43}}}
     crd.kubectl("patch", "vd", "probe", "-n", namespace, "--subresource=status", "--type=merge",
                 "-p", json.dumps(status))
     table = crd.kubectl("get", "vd", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "STABLE", "WEIGHT", "P99-MS", "DRIFT-P", "AGE"]
-    assert table[1].split()[:6] == ["probe", "RollingOut", "7f3c0a1b2c3d", "10", "12.5", "0.43"]
+    assert table[1].split()[:6] == ["probe", "RollingOut", "7f3c0a1b2c3d", "25", "12.5", "0.43"], \
+        "WEIGHT is the effective weight"
+    wide = crd.kubectl("get", "vd", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[:6] == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "SET-WEIGHT"]
+    assert wide[1].split()[4:6] == ["25", "10"]
     short = crd.kubectl("get", "vd", "-n", namespace, "-o", "name").stdout.strip()
     assert short == "visiondeployment.visionfleet.io/probe"
     # status written through the main resource is ignored; spec written through status is ignored
