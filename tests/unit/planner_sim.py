@@ -117,6 +117,7 @@ class World:
     never_ready: bool = False
     ready_delay: float = 0.0  # seconds from a pod's creation (or crash) to Ready
     compile_ticks: int = 1  # passes a compile Job runs before it finishes
+    slow_classes: dict[str, int] = field(default_factory=dict)  # class -> its own compile_ticks
     nodes: tuple = ()
     route: tuple[tuple[str, int], ...] = ()
     last: Plan | None = None
@@ -167,7 +168,7 @@ class World:
         for key, job in list(self.jobs.items()):
             if job.state == "Running":
                 self._job_age[key] = self._job_age.get(key, 0) + 1
-                if self._job_age[key] < self.compile_ticks:
+                if self._job_age[key] < self.slow_classes.get(key[0], self.compile_ticks):
                     continue
                 if key[0] in self.fail_compile:
                     self.jobs[key] = replace(job, state="Failed", message="accuracy gate: top1Agreement 0.91 < 0.99")

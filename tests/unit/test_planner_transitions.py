@@ -142,6 +142,21 @@ def test_an_image_change_leaves_the_stable_untouched_until_promotion():
     assert w.status.stable_revision == v2
 
 
+def test_the_drift_test_is_part_of_the_revision_and_of_what_its_pods_run():
+    calibration = {"uri": "pvc://models/calib.npz"}
+    w = healthy(compile__calibration=calibration)
+    v1 = w.status.stable_revision
+    w.set_spec(spec(compile__calibration=calibration, analysis__drift={"pValue": 0.01, "window": 100}))
+    v2 = revision_of(w.spec)
+    assert v2 != v1, "adding the drift sidecar is a new revision, rolled out as a canary"
+    assert revision_of(spec(compile__calibration=calibration, analysis__drift={"pValue": 0.01, "window": 100},
+                            analysis__slo={"latencyP99Ms": 50})) == v2, "the SLO stays policy"
+    for _ in range(20):
+        w.tick(5)
+        assert w.templates[("l4", v1)].analysis.drift is None, "the stable's pods never get the sidecar"
+    assert w.templates[("l4", v2)].analysis.drift is not None
+
+
 def test_a_default_left_out_or_written_out_is_the_same_revision_and_defaults_are_not_hashed():
     a = spec()
     b = spec(serving__image=TRITON_IMAGE, analysis__interval="30s")
@@ -379,3 +394,84 @@ def test_gateway_rollback_at_full_weight_never_routes_to_a_revision_without_read
         if w.status.phase == "RolledBack":
             break
     assert w.status.phase == "RolledBack" and dict(w.route).get(v2) is None
+
+
+def test_steps_or_waves_shortened_mid_rollout_bring_the_position_back_to_the_last_one():
+    steps = [{"setWeight": 20, "pause": "1m"}, {"setWeight": 50, "pause": "1m"}, {"setWeight": 100, "pause": "1m"}]
+    waves = [["xeon"], ["l4"]]
+    w = healthy(rollout__steps=steps, rollout__waves=waves)
+    w.set_spec(spec(model__version="2", rollout__steps=steps, rollout__waves=waves))
+    run(w, 600, until=lambda w: w.status.wave == 1 and w.status.step == 2)
+    w.set_spec(spec(model__version="2", rollout__steps=steps[:2]))  # policy only: the same revision
+    w.tick()
+    assert (w.status.wave, w.status.step, w.status.canary_weight) == (0, 1, 50)
+    run(w, 400, until=lambda w: w.status.phase == "Healthy")
+
+
+def test_a_canary_gets_no_pods_before_every_class_has_compiled():
+    w = healthy()
+    w.slow_classes = {"l4": 20}
+    w.set_spec(spec(model__version="2"))
+    v2 = revision_of(w.spec)
+    for _ in range(15):
+        w.tick(5)
+        assert not any(rev == v2 for _, rev in w.pods), "the canary served before its analysis could run"
+    assert w.status.phase == "Compiling"
+
+
+def test_retrying_a_compile_failed_revision_after_another_one_recompiles_it():
+    w = healthy()
+    w.set_spec(spec(model__version="2"))
+    v2 = revision_of(w.spec)
+    w.fail_compile = {"l4", "xeon"}
+    run(w, 20, until=lambda w: w.status.phase == "Failed")
+    w.fail_compile = set()
+    w.set_spec(spec(model__version="3"))
+    run(w, 400, until=lambda w: w.status.stable_revision == revision_of(w.spec))
+    w.set_spec(spec(model__version="2"))
+    w.tick()
+    assert w.status.phase == "Failed", "asked for again: still refused"
+    w.annotations[ANNOTATION_RETRY] = "now"
+    p = w.tick()
+    assert {a.class_name for a in p.actions if isinstance(a, DeleteCompileJob)} == {"l4", "xeon"}
+    run(w, 400, until=lambda w: w.status.stable_revision == v2)
+
+
+def test_abort_during_compile_is_no_compile_failure():
+    w = healthy()
+    w.compile_ticks = 10
+    w.set_spec(spec(model__version="2"))
+    w.tick()
+    w.annotations[ANNOTATION_ABORT] = "stop"
+    w.tick()
+    conds = {c.type: (c.status, c.reason) for c in w.status.conditions}
+    assert conds["Degraded"] == ("False", "AsExpected") and conds["Compiled"][1] != "CompileFailed"
+
+
+def test_a_class_without_nodes_gets_no_compile_job_for_a_new_revision():
+    w = World(spec(fleet=DISCOVER))
+    w.nodes = (ObservedNode("a-0", {"node.kubernetes.io/instance-type": "c7i"}),
+               ObservedNode("b-0", {"node.kubernetes.io/instance-type": "m7i"}))
+    w.run_until("Healthy")
+    w.nodes = w.nodes[:1]
+    w.tick()
+    w.set_spec(spec(fleet=DISCOVER, model__version="2"))
+    v2 = revision_of(w.spec)
+    run(w, 400, until=lambda w: w.status.stable_revision == v2)
+    assert ("m7i", v2) not in w.jobs and ("c7i", v2) in w.jobs
+    assert next(c for c in w.status.classes if c.name == "m7i").stable_revision != v2
+
+
+def test_gateway_route_keeps_the_stable_when_only_the_canary_is_ready():
+    gw = {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "doorbell"}}
+    w = World(spec(rollout__traffic=gw))
+    w.run_until("Healthy")
+    v1 = w.status.stable_revision
+    at_weight(w, 50, rollout__traffic=gw)
+    w.ready_delay = 3600
+    w.crash("l4", v1, 2)
+    w.crash("xeon", v1, 1)
+    p = w.tick()
+    from visionfleet.planner.model import SetRouteWeights
+    routes = [a for a in p.actions if isinstance(a, SetRouteWeights)]
+    assert routes and v1 in dict(routes[0].weights), "the stable's Service stays on the route"

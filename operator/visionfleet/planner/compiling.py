@@ -72,14 +72,15 @@ def advance_compile(p: PassState) -> list[str] | None:
     rev = p.st.canary_revision
     assert rev is not None
     compiling = False
-    for c in p.classes:
+    targets = [c for c in p.classes if not p.vanished(c)]
+    for c in targets:
         compiling = _advance(p, c, rev) or compiling
     if compiling:
         p.wake_in(2.0)
         return None
-    ok = [c.name for c in p.classes if p.cs[c.name].compile.state == CompileState.SUCCEEDED.value]
+    ok = [c.name for c in targets if p.cs[c.name].compile.state == CompileState.SUCCEEDED.value]
     if not ok:
-        reasons = "; ".join(f"{c.name}: {p.cs[c.name].compile.message}" for c in p.classes) or "no node classes"
+        reasons = "; ".join(f"{c.name}: {p.cs[c.name].compile.message}" for c in targets) or "no node classes"
         p.record(rev, Outcome.COMPILE_FAILED, reasons)
         p.event("Warning", "CompileFailed", f"revision {rev} failed to compile on every class: {reasons}")
         p.clear_canary()
@@ -94,15 +95,21 @@ def stop_compiles(p: PassState, rev: str) -> None:
             p.actions.append(DeleteCompileJob(j.class_name, rev))
     for cs in p.cs.values():
         if cs.compile is not None and cs.compile.revision == rev and cs.compile.state not in TERMINAL:
-            cs.compile = cs.compile.model_copy(update={"state": CompileState.FAILED,
-                                                       "message": "stopped: the revision was aborted or superseded"})
+            # Not a compile failure: the class goes back to what it had (the stable's result, if any).
+            cs.compile, cs.stable = (cs.stable, None) if cs.stable is not None else (None, None)
 
 
 def mark_retry(p: PassState, rev: str) -> None:
-    """A retried revision recompiles where it failed; where it compiled, its result is reused."""
-    for cs in p.cs.values():
-        if cs.compile is not None and cs.compile.revision == rev and cs.compile.state == CompileState.FAILED.value:
-            cs.compile = CompileResult(state=CompileState.PENDING, revision=rev, message=RETRYING)
+    """A retried revision recompiles where it failed — wherever its Job failed, whatever the class's
+    status holds now (it may track a revision planned since); where it compiled, the result is reused."""
+    failed_jobs = {j.class_name for j in p.observed.jobs if j.revision == rev and j.state == CompileState.FAILED.value}
+    for name, cs in p.cs.items():
+        mine = cs.compile is not None and cs.compile.revision == rev
+        if not (name in failed_jobs or (mine and cs.compile.state == CompileState.FAILED.value)):
+            continue
+        if cs.stable is None and cs.compile is not None and cs.compile.revision == cs.stable_revision:
+            cs.stable = cs.compile  # the stable's result stays known while `compile` tracks the retry
+        cs.compile = CompileResult(state=CompileState.PENDING, revision=rev, message=RETRYING)
 
 
 def catch_up(p: PassState) -> bool:

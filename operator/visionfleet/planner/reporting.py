@@ -3,7 +3,8 @@
     effectiveWeight (per class) ── the canary's share of the class's Ready pods (replica traffic) or its
                                    route weight while it has a Ready pod (Gateway API); counted as it
                                    will be once the pass's scale-downs are done
-    effectiveWeight (top level) ── the same over the classes of the wave in flight
+    effectiveWeight (top level) ── the canary's share of all the VisionDeployment's Ready pods: its one
+                                   Service <vd> spreads requests over every Ready pod of every class
     TrafficSplit condition ──────── False when a step's weight cannot be approximated with the class's
                                    replicas.max (replica traffic), naming the replicas.max that would do
 """
@@ -19,13 +20,12 @@ from .model import Outcome
 from .replicas import WEIGHT_TOLERANCE, replicas_needed, share, split_replicas
 from .serving import ClassServing
 from .state import PassState, base_replicas
-from .steps import class_weight, first_rollout, gateway, paused, waves
+from .steps import class_weight, first_rollout, gateway, paused
 
 
 def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary: int | None) -> None:
     canary = p.st.canary_revision
-    wave_ready = wave_canary = 0
-    current = set(waves(p)[p.st.wave or 0]) if canary else set()
+    all_ready = all_canary = 0
     for c in p.classes:
         cs, s = p.cs[c.name], serving[c.name]
         total = sum(s.ready.values())
@@ -38,9 +38,8 @@ def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary:
             cs.effective_weight = route_canary if s.canary_ready > 0 else 0
         else:
             cs.effective_weight = share(s.canary_ready, total)
-        if c.name in current:
-            wave_ready += total
-            wave_canary += s.canary_ready
+        all_ready += total
+        all_canary += s.canary_ready
         if c.nodes == 0:
             cs.message = "no node matches the class's nodeSelector" + \
                 ("; its objects are kept and serve what they served" if total else "")
@@ -57,13 +56,13 @@ def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary:
     elif route_canary is not None:
         p.st.effective_weight = route_canary
     else:
-        p.st.effective_weight = share(wave_canary, wave_ready)
+        p.st.effective_weight = share(all_canary, all_ready)
 
 
 def conditions(p: PassState, compiling: bool, rolling_back: bool) -> None:
     st, now, gen = p.st, p.now_s, p.vd.generation
     conds = list(st.conditions or [])
-    newest = st.canary_revision or (st.history[-1].revision if st.history else st.stable_revision)
+    newest = st.canary_revision or p.desired
     compiled = [c for c in p.classes if p.cs[c.name].compile and p.cs[c.name].compile.revision == newest]
     failed = [c.name for c in compiled if p.cs[c.name].compile.state == CompileState.FAILED.value]
     if compiling:

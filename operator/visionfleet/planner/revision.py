@@ -1,12 +1,15 @@
 """What a *revision* is: the hash of the spec parts that change what is served.
 
-    model      ─┐
-    compile    ─┤ canonical JSON ─► sha256 ─► first 12 hex digits
-    serving    ─┤
-    fleet      ─┘ (minus replicas: scaling a class is not a new artifact)
+    model           ─┐
+    compile         ─┤ canonical JSON ─► sha256 ─► first 12 hex digits
+    serving         ─┤
+    fleet           ─┤ (minus replicas: scaling a class is not a new artifact)
+    analysis.drift  ─┘ (the drift monitor is a sidecar in every Triton pod: it is part of what runs)
 
-``rollout`` and ``analysis`` are policy: changing a pause or an SLO must not recompile anything or
-restart a rollout, so they are left out.
+``rollout`` and the rest of ``analysis`` are policy: changing a pause or an SLO must not recompile
+anything or restart a rollout, so they are left out. ``analysis.drift`` is not: adding, changing or
+removing the drift test changes the pods, and a revision's pods never change under it, so it is a
+new revision that rolls out as a canary (with its own drift reference).
 
 Defaults are left out of the hash: a field equal to its default counts as omitted. So a field written
 out with its default value and the same field omitted give the same revision, and an operator upgrade
@@ -42,12 +45,15 @@ def _strip_replicas(fleet: dict[str, Any]) -> dict[str, Any]:
 def revision_parts(spec: VisionDeploymentSpec, *, defaults: bool = False) -> dict[str, Any]:
     wire = spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=not defaults, mode="json")
     wire.setdefault("fleet", {})
-    return {
+    parts = {
         "model": wire["model"],
         "compile": wire.get("compile", {}),
         "serving": wire.get("serving", {}),
         "fleet": _strip_replicas(wire["fleet"]),
     }
+    if not defaults and spec.analysis.drift is not None:  # (the older hashing left it out)
+        parts["drift"] = (wire.get("analysis") or {}).get("drift") or {}
+    return parts
 
 
 def _hash(parts: dict[str, Any]) -> str:

@@ -24,13 +24,22 @@ from visionfleet.api.status import CompileState
 
 from .compiling import advance_compile, catch_up
 from .judging import held_by_analysis
-from .model import FAILED_OUTCOMES, DeleteServing, DeleteSnapshot, Observed, Outcome, Plan, VisionDeploymentView
+from .model import (
+    FAILED_OUTCOMES,
+    DeleteServing,
+    DeleteSnapshot,
+    Observed,
+    Outcome,
+    Plan,
+    VisionDeploymentView,
+    parse_iso,
+)
 from .phases import derive_phase
 from .replicas import split_replicas
 from .reporting import conditions, report_classes
 from .serving import serve
 from .state import PassState
-from .steps import advance, choose_canary, handle_commands, paused
+from .steps import advance, choose_canary, clamp_position, handle_commands, measure, paused, served_before
 from .traffic import route, route_weights
 
 __all__ = ["FAILED_OUTCOMES", "plan", "route_weights", "split_replicas"]
@@ -49,6 +58,7 @@ def _collect_snapshots(p: PassState) -> None:
 
 def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
     p = PassState(vd, observed, now)
+    clamp_position(p)
     handle_commands(p)
     choose_canary(p)
     ok: list[str] | None = None
@@ -60,12 +70,17 @@ def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
             advance(p, ok)
             if p.st.canary_revision is None:
                 ok = None
+    if compiling and served_before(p):
+        # A class joining mid-rollout: the classes compiled so far keep their canary pods as they are
+        # (judged meanwhile) while the rest compiles. A canary that never served gets no pods before
+        # every class has compiled: nothing serves users before its analysis can run.
+        measure(p, parse_iso(p.st.analysis.at) if p.st.analysis else p.now)
+        if p.st.canary_revision:
+            ok = [c.name for c in p.classes if (r := p.cs[c.name].compile) is not None
+                  and r.revision == p.st.canary_revision and r.state == CompileState.SUCCEEDED.value]
+        else:
+            compiling = False
     compiling = catch_up(p) or compiling
-    if ok is None and compiling and p.st.canary_revision:
-        # A class joining (or a retry recompiling) mid-rollout: the classes compiled so far keep
-        # their canary pods as they are while the rest compiles.
-        ok = [c.name for c in p.classes if (r := p.cs[c.name].compile) is not None
-              and r.revision == p.st.canary_revision and r.state == CompileState.SUCCEEDED.value]
     served = serve(p, ok)
     route_canary = route(p, served)
     report_classes(p, served, route_canary)

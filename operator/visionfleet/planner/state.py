@@ -83,6 +83,11 @@ class PassState:
                                                   absent_labels=cls.absent_labels))
                 names.add(cls.name)
 
+    @staticmethod
+    def vanished(c: ResolvedClass) -> bool:
+        """A discovered class kept only because it serves: its nodes are gone (no new compile there)."""
+        return c.discovered and c.nodes == 0
+
     # -- time -------------------------------------------------------------------------------------
 
     def wake_in(self, seconds: float) -> None:
@@ -99,7 +104,7 @@ class PassState:
         snap = self.snapshot(revision)
         if snap is None:
             snap = RevisionSnapshot(revision=revision, spec=self.spec,
-                                    classes=tuple(c for c in self.classes))
+                                    classes=tuple(c for c in self.classes if not self.vanished(c)))
             self.new_snapshots[revision] = snap
             self.actions.append(EnsureSnapshot(snap))
         return snap

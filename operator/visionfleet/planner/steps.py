@@ -51,11 +51,34 @@ def paused(p: PassState) -> bool:
     return p.vd.annotations.get(ANNOTATION_PAUSED) == "true"
 
 
+def served_before(p: PassState) -> bool:
+    """The canary in flight has served users in this rollout (a step had started)."""
+    st = p.st
+    return st.canary_revision is not None and (st.analysis is not None or st.step_started_at is not None)
+
+
+def clamp_position(p: PassState) -> None:
+    """``rollout.steps`` and ``rollout.waves`` are policy, editable mid-rollout: a step or wave index
+    past the new end is brought back to the last one (and its weight), never an IndexError."""
+    st, steps = p.st, p.spec.rollout.steps
+    if st.canary_revision is None:
+        return
+    if st.wave is not None and st.wave >= len(waves(p)):
+        st.wave = len(waves(p)) - 1
+    if st.step is not None and st.step >= len(steps):
+        st.step = len(steps) - 1
+    if st.step is not None and st.canary_weight != steps[st.step].set_weight:
+        st.canary_weight = steps[st.step].set_weight
+        st.step_started_at = None
+
+
 # -- which revision is the canary ---------------------------------------------------------------
 
 
 def start_canary(p: PassState, revision: str) -> None:
     st = p.st
+    if st.stable_revision:
+        stop_compiles(p, st.stable_revision)  # a class catching up with the stable: the canary goes first
     p.ensure_snapshot(revision)
     st.canary_revision = revision
     st.step = st.wave = 0
@@ -196,7 +219,9 @@ def canary_size(p: PassState, c: ResolvedClass) -> int:
 
 
 def unready_classes(p: PassState, ok: list[str]) -> list[str]:
-    """Classes whose canary has fewer Ready pods than its weight needs ("l4: 1/2 Ready")."""
+    """Classes where the step's split is not yet in place ("l4: 1/2 Ready"): the canary has fewer
+    Ready pods than its weight needs, or (replica traffic) the stable fewer than the split gives it,
+    so the Ready share is not yet the step's weight."""
     rev = p.st.canary_revision
     out = []
     for c in p.classes:
@@ -209,6 +234,13 @@ def unready_classes(p: PassState, ok: list[str]) -> list[str]:
         ready = d.ready if d else 0
         if d is None or ready < want or d.replicas < want:
             out.append(f"{c.name}: {ready}/{want} Ready")
+            continue
+        stable = p.cs[c.name].stable_revision
+        if stable and not gateway(p) and class_weight(p, c) < 100:
+            need = split_replicas(base_replicas(c), c.spec.replicas.max, class_weight(p, c), True).stable
+            s = p.observed.deployment(c.name, stable)
+            if (s.ready if s else 0) < need:
+                out.append(f"{c.name}: stable {s.ready if s else 0}/{need} Ready")
     return out
 
 
@@ -221,12 +253,13 @@ def advance(p: PassState, ok: list[str]) -> None:
         st.canary_unready_since = st.canary_unready_since or p.now_s
         deadline = seconds(spec.rollout.progress_deadline)
         waited = (p.now - since).total_seconds()
-        if st.analysis is not None or st.step_started_at is not None:
+        if served_before(p) and not st.full_promotion:
             # A canary that has served (its step had started) is still judged while it is unready.
             measure(p, parse_iso(st.analysis.at) if st.analysis else p.now)
             if st.canary_revision is None:
                 return
-        if waited >= deadline:
+        # A class's first revision has nothing to fall back to: it waits (Verifying), never rolled back.
+        if waited >= deadline and not all(first_rollout(p, c) for c in p.classes if c.name in ok):
             rollback(p, f"canary not Ready within progressDeadline {spec.rollout.progress_deadline} "
                         f"({', '.join(unready)})")
             return

@@ -45,8 +45,8 @@ def canary_route_weight(p: PassState, serving: dict[str, ClassServing]) -> int:
     stables = [a for a in p.actions if isinstance(a, EnsureServing) and a.track == Track.STABLE and a.replicas > 0]
     if not stables:
         return 100  # a first revision: nothing else to serve
-    if st.step_started_at is None:
-        return 0
+    if st.step_started_at is None and not st.full_promotion:
+        return 0  # the step's pods are not Ready yet (a full promotion keeps the weight it had)
     return st.canary_weight or 0
 
 
@@ -69,8 +69,12 @@ def route(p: PassState, serving: dict[str, ClassServing]) -> int | None:
     all_ready = all(ready.get(rev, 0) >= n for rev, n in planned.items())
     others: dict[str, float] = {k: float(v) for k, v in planned.items()} if all_ready and planned else \
         {rev: n for rev, n in ready.items() if n > 0}
+    if not others:
+        # Nothing but the canary is Ready: the route still names the revisions that should serve (a
+        # route without them would have its per-revision Services deleted under it).
+        others = {k: float(v) for k, v in planned.items()}
     if not others and not canary_weight:
-        return 0  # nothing Ready anywhere: leave the route as it is
+        return 0
     weights = route_weights(canary if canary_weight else None, canary_weight, others)
     if weights:
         p.actions.append(SetRouteWeights(gw.http_route, weights))
