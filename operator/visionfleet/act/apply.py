@@ -300,6 +300,22 @@ def drift_message(kind: str, name: str, diffs: list[tuple[str, Any, Any]]) -> st
 _SERVER_KEEPS: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
 
 
+APPLY_CONFLICT_TRIES = 4
+
+
+def apply_forced(api: client.ApiClient, obj: dict[str, Any]) -> dict[str, Any]:
+    """A forced server-side apply carries no precondition, so a 409 on it can only be transient (an
+    overloaded or proxied API server): it is tried again in the pass, unlike the status write, whose
+    409 means a newer object and re-plans."""
+    for attempt in range(APPLY_CONFLICT_TRIES):
+        try:
+            return server_side_apply(api, obj)
+        except ApiException as e:
+            if e.status != 409 or attempt == APPLY_CONFLICT_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def apply_child(api: client.ApiClient, vd: VisionDeploymentView, obj: dict[str, Any],
                 live: Mapping[str, Any] | None) -> tuple[bool, str | None]:
     """Hold one child to ``obj`` (carrying its applied hash): (written, the ChildDrifted message when
@@ -322,7 +338,7 @@ def apply_child(api: client.ApiClient, vd: VisionDeploymentView, obj: dict[str, 
         drifted = drift_message(kind, name, diffs) if ours == want else None
     else:
         drifted = None
-    result = server_side_apply(api, obj)
+    result = apply_forced(api, obj)
     rest = list(differences(_comparable(obj), result)) if result else []
     if rest:
         log.warning("%s/%s: the API server keeps %s different from what was applied (a mutating webhook?); "
@@ -542,14 +558,25 @@ def write_status(api: client.ApiClient, name: str, namespace: str, old: VisionDe
     md: dict[str, Any] = {"name": name, "namespace": namespace}
     if resource_version:
         md["resourceVersion"] = resource_version
+    body = {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": crd.KIND, "metadata": md, "status": wire}
     try:
-        server_side_apply(api, {"apiVersion": f"{crd.GROUP}/{crd.VERSION}", "kind": crd.KIND, "metadata": md,
-                                "status": wire}, subresource="status")
+        server_side_apply(api, body, subresource="status")
     except ApiException as e:
-        # With force, a 409 is not a field-manager conflict: the object is newer than resourceVersion.
-        if e.status == 409 and resource_version:
+        # With force, a 409 is not a field-manager conflict: the object is newer than resourceVersion —
+        # unless a fresh read shows the very same version (a transient 409 from an overloaded or
+        # proxied API server): then the write is tried once more, on that same version.
+        if e.status != 409 or not resource_version:
+            raise
+        now = (request(api, "GET", object_path(crd.KIND, namespace, name)).get("metadata") or {}).get("resourceVersion")
+        if now != resource_version:
             raise StatusConflict(f"{namespace}/{name} changed since resourceVersion {resource_version}") from e
-        raise
+        try:
+            server_side_apply(api, body, subresource="status")
+        except ApiException as again:
+            if again.status == 409:
+                raise StatusConflict(f"{namespace}/{name}: status write refused twice (409) on resourceVersion "
+                                     f"{resource_version}") from again
+            raise
     return True
 
 
