@@ -396,6 +396,19 @@ def _plain(outcome: Any) -> str | None:
     return None if outcome is None else str(getattr(outcome, "value", outcome))
 
 
+def create_snapshot(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> bool:
+    """POST one ControllerRevision; False when it exists already (another replica, or a pass that
+    stopped, made it: its data is the same revision's)."""
+    try:
+        request(api, "POST", f"/apis/apps/v1/namespaces/{namespace}/controllerrevisions", body=body,
+                query=[("fieldManager", FIELD_MANAGER)])
+        return True
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        return False
+
+
 def apply_snapshots(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan,
                     live: Mapping[tuple[str, str], Mapping[str, Any]]) -> int:
     """EnsureSnapshot and MarkOutcome; the number of writes. A snapshot is created once (with the
@@ -414,14 +427,9 @@ def apply_snapshots(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan,
             continue
         body = build_controller_revision(vd.name, vd.namespace, vd.uid, rev, snapshot_to_data(a.snapshot), number,
                                          marks.get(rev, _plain(a.snapshot.outcome)))
-        try:
-            request(api, "POST", f"/apis/apps/v1/namespaces/{vd.namespace}/controllerrevisions", body=body,
-                    query=[("fieldManager", FIELD_MANAGER)])
+        if create_snapshot(api, vd.namespace, body):
             writes += 1
             number += 1
-        except ApiException as e:
-            if e.status != 409:  # AlreadyExists: another replica, or a pass that stopped, made it
-                raise
         created.add(rev)
     for rev, outcome in marks.items():
         if rev in created:
@@ -440,12 +448,7 @@ def apply_snapshots(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan,
         delete(api, "ControllerRevision", vd.namespace, snapshot_name(vd.name, rev))
         body = build_controller_revision(vd.name, vd.namespace, vd.uid, rev, obj.get("data"),
                                          int(obj.get("revision") or number), outcome)
-        try:
-            request(api, "POST", f"/apis/apps/v1/namespaces/{vd.namespace}/controllerrevisions", body=body,
-                    query=[("fieldManager", FIELD_MANAGER)])
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        create_snapshot(api, vd.namespace, body)
         writes += 2
     return writes
 
