@@ -5,31 +5,42 @@
 
 PYTHON ?= python3
 VENV   := .venv
-STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# One distribution per shipped component (each is its own image) and the development one at the root.
+PYPROJECTS := pyproject.toml contract/pyproject.toml operator/pyproject.toml compiler_jobs/pyproject.toml monitors/pyproject.toml
+STAMP  := $(VENV)/.installed-$(shell cat $(PYPROJECTS) | sha256sum | cut -c1-12)
 
-.PHONY: demo test unit binaries prometheus crd check-crd down clean venv
+.PHONY: demo test unit binaries prometheus image-tools images crd check-crd down clean venv
 
-$(STAMP): pyproject.toml
-	@echo "==> Creating $(VENV) and installing VisionFleet with its test dependencies"
-	rm -f $(VENV)/.installed-*
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
-	touch $@
+$(STAMP): $(PYPROJECTS)
+	@echo "==> Creating $(VENV) and installing VisionFleet's components (editable) with the test dependencies"
+	@rm -f $(VENV)/.installed-*
+	@$(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ./contract -e ./operator \
+	  -e './compiler_jobs[openvino,models]' -e './monitors[mmd]' -e '.[test]'
+	@touch $@
 
 venv: $(STAMP)
 
 binaries:
-	@echo "==> Building (or reusing) the pinned Kubernetes, etcd, kwok and helm binaries"
+	@echo "==> Building (or reusing) the pinned Kubernetes, etcd, kwok, helm and syft binaries"
 	e2e/cluster/build-binaries.sh
 
-demo: $(STAMP) binaries
+demo: $(STAMP) binaries prometheus
 	$(VENV)/bin/visionfleet-fleet demo
 
 prometheus:
 	e2e/prometheus/ensure-prometheus.sh
 
-test: $(STAMP) binaries prometheus
+image-tools:
+	e2e/images/ensure-image-tools.sh
+
+# The Dockerfile's four images (operator, compile, compile-gpu, monitor), built with buildah on a
+# debootstrap base, cached by content hash; prints each image's size and build time.
+images: $(STAMP) image-tools
+	$(VENV)/bin/visionfleet-fleet images
+
+test: $(STAMP) binaries prometheus image-tools
 	$(VENV)/bin/pytest
 
 unit: $(STAMP)

@@ -31,7 +31,7 @@ import numpy as np
 from visionfleet_compile import onnxrt, zoo
 from visionfleet_compile.program import build_artifact
 from visionfleet_e2e.corrupt import CORRUPTIONS, SEVERITIES, corrupt_all
-from visionfleet_monitor import reference
+from visionfleet_contract import reference
 from visionfleet_monitor.detect import Detector
 
 REF, WINDOW, CLEAN_POOL, CORRUPT_POOL = 300, 500, 3000, 600

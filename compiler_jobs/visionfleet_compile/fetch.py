@@ -23,6 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from visionfleet_contract import PVC_ROOT, PVC_ROOT_ENV
+
 CHUNK = 1 << 20
 
 
@@ -33,7 +35,7 @@ class FetchError(Exception):
 
 
 def pvc_root() -> Path:
-    return Path(os.environ.get("VISIONFLEET_PVC_ROOT", "/pvc"))
+    return Path(os.environ.get(PVC_ROOT_ENV, PVC_ROOT))
 
 
 def sha256_of(path: Path) -> str:

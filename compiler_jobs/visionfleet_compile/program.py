@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_BAD_INPUT, EXIT_GATE = 2, 3
-TERMINATION_LOG = "/dev/termination-log"
-MESSAGE_MAX = 4096  # the kubelet keeps at most 4 KiB of a termination message
+from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, EXIT_BAD_INPUT, EXIT_GATE, MESSAGE_MAX,
+                                  TERMINATION_LOG, TERMINATION_LOG_ENV, triton_config)
+from visionfleet_contract.schema import RESULT_REQUIRED
 BATCHES = (1, 2, 4, 8, 16, 32)
 
 
@@ -144,10 +144,6 @@ def check_triton_config(text: str) -> None:
 
 
 def compile_request(request: dict, workdir: Path) -> dict:
-    from visionfleet.api.spec import ModelSpec
-    from visionfleet.api.status import ChosenBatching
-    from visionfleet.builders.triton_config import build_triton_config
-
     from . import onnxrt
     from .batching import choose_batching
     from .fetch import fetch, sha256_of
@@ -190,7 +186,7 @@ def compile_request(request: dict, workdir: Path) -> dict:
     if len(calib):
         # The drift monitor's reference: this artifact's outputs on the calibration samples (and the
         # samples reduced), next to the artifact, so each revision of each class carries its own.
-        from visionfleet_monitor import reference
+        from visionfleet_contract import reference
 
         ref = reference.build(calib, onnxrt.predict(built, calib))
         drift_ref = reference.write(ref, out_dir)
@@ -206,31 +202,29 @@ def compile_request(request: dict, workdir: Path) -> dict:
         log("profiled", batch=p.batch, p50_ms=round(p.p50_ms, 3), p99_ms=round(p.p99_ms, 3),
             throughput=round(p.throughput, 1))
     if batching.get("mode") == "manual":
-        chosen = ChosenBatching(max_batch_size=batching["maxBatchSize"],
-                                preferred_batch_sizes=batching.get("preferredBatchSizes"),
-                                max_queue_delay_microseconds=batching.get("maxQueueDelayMicroseconds"),
-                                instance_count=batching.get("instanceCount"))
+        chosen = {k: batching[k] for k in ("maxBatchSize", "preferredBatchSizes", "maxQueueDelayMicroseconds",
+                                           "instanceCount") if batching.get(k) is not None}
         reason = "manual settings from the spec"
     else:
         c = choose_batching(points, float(batching["latencyBudgetMs"]))
-        chosen = ChosenBatching(max_batch_size=c.max_batch_size, preferred_batch_sizes=list(c.preferred_batch_sizes),
-                                max_queue_delay_microseconds=c.max_queue_delay_microseconds,
-                                instance_count=c.instance_count)
+        chosen = {"maxBatchSize": c.max_batch_size, "preferredBatchSizes": list(c.preferred_batch_sizes),
+                  "maxQueueDelayMicroseconds": c.max_queue_delay_microseconds, "instanceCount": c.instance_count}
+        chosen = {k: v for k, v in chosen.items() if v is not None}
         reason = c.reason
-    log("batching", choice=chosen.to_wire(), reason=reason)
-    config = build_triton_config(ModelSpec.model_validate(model_spec), runtime, chosen)
+    log("batching", choice=chosen, reason=reason)
+    config = triton_config.render(model_spec, runtime, chosen)
     check_triton_config(config)
-    (out_dir / "config.pbtxt").write_text(config)
+    (out_dir / CONFIG_FILE).write_text(config)
 
     return {
         "artifact": f"{out_uri}/{artifact.name}",
         "sha256": sha256_of(artifact),
         "accuracy": round(measured, 6),
         "p99MsAtBatch": {str(p.batch): round(p.p99_ms, 3) for p in points},
-        "batching": chosen.to_wire(),
+        "batching": chosen,
         "runtime": {"name": runtime, "precision": precision, **versions,
                     "cpu": platform.processor() or platform.machine()},
-        "files": {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != "config.pbtxt"},
+        "files": {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != CONFIG_FILE},
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
         "driftReference": f"{out_uri}/{drift_ref.name}" if drift_ref else None,
         "top1Agreement": round(acc.top1_agreement, 6),
@@ -246,9 +240,8 @@ def write_termination_message(result: dict | str) -> None:
     else:
         text = json.dumps(result, separators=(",", ":"))
         if len(text) > MESSAGE_MAX:  # keep what the operator reads; drop the extras first
-            text = json.dumps({k: result[k] for k in ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching")
-                               if k in result}, separators=(",", ":"))
-    path = Path(os.environ.get("VISIONFLEET_TERMINATION_LOG", TERMINATION_LOG))
+            text = json.dumps({k: result[k] for k in RESULT_REQUIRED if k in result}, separators=(",", ":"))
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG))
     try:
         path.write_text(text)
     except OSError:
@@ -281,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from .onnxrt import ModelMismatch
 
     try:
-        raw = args.request.read_text() if args.request else os.environ["VISIONFLEET_COMPILE_REQUEST"]
+        raw = args.request.read_text() if args.request else os.environ[COMPILE_REQUEST_ENV]
         request = json.loads(raw)
     except (KeyError, OSError, json.JSONDecodeError) as e:
         print(f"error: no readable compile request ({e}); pass --request or set VISIONFLEET_COMPILE_REQUEST",

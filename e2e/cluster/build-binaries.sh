@@ -4,6 +4,7 @@
 #   etcd, etcdctl                                                       (gomod/etcd)
 #   kwok, kwokctl                                                       (gomod/kwok)
 #   helm                                                                (gomod/helm)
+#   syft (SBOMs of the images, docs/operating.md)                       (gomod/syft)
 #
 # Each group is cached under $VISIONFLEET_CACHE/bin/<group>-<hash>/, the hash covering the group's
 # go.mod + go.sum, the Go version, and the flags and packages of its build, so a pin change rebuilds
@@ -24,6 +25,7 @@ KUBE_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+SYFT_VERSION=v1.57.1
 
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
@@ -53,7 +55,7 @@ require_pin() {  # group module version: fail loudly when the go.mod and this sc
 version_args() {  # binary name -> the arguments that make it print its version
   case $1 in
     kubectl) echo "version --client" ;;
-    helm|etcdctl) echo "version" ;;
+    helm|etcdctl|syft) echo "version" ;;
     *) echo "--version" ;;
   esac
 }
@@ -120,6 +122,7 @@ require_pin kubernetes k8s.io/kubernetes "$KUBE_VERSION"
 require_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 require_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 require_pin helm helm.sh/helm/v3 "$HELM_VERSION"
+require_pin syft github.com/anchore/syft "$SYFT_VERSION"
 
 build_group etcd "-s -w" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3
 build_group kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}" \
@@ -127,6 +130,7 @@ build_group kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
 build_group helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" \
   helm.sh/helm/v3/cmd/helm
+build_group syft "-s -w -X main.version=${SYFT_VERSION#v}" github.com/anchore/syft/cmd/syft
 build_group kubernetes "$(stamp_kube "$KUBE_VERSION")" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl

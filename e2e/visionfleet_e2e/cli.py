@@ -21,6 +21,9 @@ from pathlib import Path
 
 from .cluster import REPO, ClusterError, LocalCluster, ensure_binaries, say
 from .fleet import CLASS_LABEL, FleetError, load_fleet
+from .images import ImageError
+from .prometheus import PrometheusError
+from .triton import TritonError
 
 CRD_DIR = REPO / "crds"
 EXAMPLES_DIR = REPO / "docs" / "examples"
@@ -133,6 +136,19 @@ def install_gateway_api_crds(cluster: LocalCluster) -> None:
     cluster.wait_established("httproutes.gateway.networking.k8s.io")
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    from . import images
+
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{'TARGET':12} {'IMAGE':52} {'SIZE':>9} {'TIME':>7}  ")
+    for target in args.targets or list(images.TARGETS):
+        b = images.build(target, log)
+        print(f"{b.target:12} {b.ref:52} {b.size_bytes / 1e6:7.0f}MB {b.seconds:6.1f}s  "
+              f"{'(cached)' if b.cached else '(built)'}", flush=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -166,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("kubectl", help="run kubectl against the cluster")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_kubectl)
+    p = sub.add_parser("images", help="build the Dockerfile's images with buildah (cached by content hash) and "
+                       "print their sizes")
+    p.add_argument("targets", nargs="*", help="operator, compile, compile-gpu, monitor (default: all)")
+    p.add_argument("--log", default=str(REPO / ".fleet" / "images.log"), help="build log (default: %(default)s)")
+    p.set_defaults(func=cmd_images)
     p = sub.add_parser("demo", help="up + helm install + the operator + a real Triton per revision: v1 Healthy, "
                        "then a slow v2 caught by the canary analysis and rolled back")
     fleet_args(p)
@@ -174,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ClusterError, FleetError) as e:
+    except (ClusterError, FleetError, PrometheusError, TritonError, ImageError) as e:
+        # A missing tool or a cluster that would not start is one line naming the fix, never a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 1
 

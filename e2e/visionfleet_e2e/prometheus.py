@@ -25,8 +25,8 @@ class PrometheusError(RuntimeError):
 def find_prometheus() -> str:
     path = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
     if not path:
-        raise PrometheusError("prometheus not found: run e2e/prometheus/ensure-prometheus.sh "
-                              "(installs Debian's prometheus package)")
+        raise PrometheusError("prometheus not found: run `make prometheus` (installs Debian's prometheus "
+                              "package through e2e/prometheus/ensure-prometheus.sh)")
     return path
 
 

@@ -5,7 +5,7 @@
                        & Lipton, "Failing Loudly", NeurIPS 2019: the best detector they measured on
                        images). Needs the model's outputs for every sample.
     mmd                maximum mean discrepancy on the inputs reduced to 32 dimensions (see
-                       reference.py), p-value by permutation. Needs the inputs only.
+                       visionfleet_contract.reference), p-value by permutation. Needs the inputs only.
 
 Every test reports one p-value that is compared with the spec's ``drift.pValue`` as it is: for
 bbsd-ks it is the Bonferroni-adjusted one, min(1, C × min_c p_c), so "p < pValue" is exactly
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .reference import Reference, reduce_inputs, softmax
+from visionfleet_contract.reference import Reference, reduce_inputs, softmax
 
 DETECTORS = ("bbsd-ks", "mmd")
 

@@ -42,8 +42,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from visionfleet_contract import DRIFT_P_VALUE, DRIFT_WINDOW_FILL
+from visionfleet_contract.reference import ReferenceError, load
+
 from .detect import DETECTORS, Detector
-from .reference import ReferenceError, load
 from .window import TokenBucket, Window
 
 log = logging.getLogger("visionfleet.monitor")
@@ -107,10 +109,10 @@ class Monitor:
         r = self.registry = CollectorRegistry()
         # The last test's figures are exported only once a test ran: absent, never a default value.
         t = self.tested_registry = CollectorRegistry()
-        self.g_p = Gauge("visionfleet_drift_p_value", "p-value of the last drift test", registry=t)
+        self.g_p = Gauge(DRIFT_P_VALUE, "p-value of the last drift test", registry=t)
         self.g_dist = Gauge("visionfleet_drift_distance", "distance of the last drift test", registry=t)
         self.g_drift = Gauge("visionfleet_drift_detected", "1 when the last test found drift", registry=t)
-        self.g_fill = Gauge("visionfleet_drift_window_fill", "samples held / window size", registry=r)
+        self.g_fill = Gauge(DRIFT_WINDOW_FILL, "samples held / window size", registry=r)
         self.c_samples = Counter("visionfleet_drift_samples", "samples added to the window", registry=r)
         self.c_dropped = Counter("visionfleet_drift_samples_dropped", "samples not used", ["reason"], registry=r)
         self.c_tests = Counter("visionfleet_drift_tests", "drift tests run", registry=r)

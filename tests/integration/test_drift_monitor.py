@@ -22,7 +22,7 @@ from visionfleet_e2e.corrupt import corrupt_all
 from visionfleet_e2e.monitor import MonitorProcess, mirrored_stream
 from visionfleet_e2e.prometheus import PrometheusServer
 from visionfleet_e2e.triton import TritonServer, repository_entry
-from visionfleet_monitor.reference import REFERENCE_FILE, load
+from visionfleet_contract.reference import REFERENCE_FILE, load
 
 NAMESPACE, VD, WINDOW = "vision", "effnet", 300
 CORRUPTION = ("gaussian_noise", 3)

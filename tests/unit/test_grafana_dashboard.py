@@ -128,9 +128,13 @@ def test_the_extractor_finds_metric_names_only():
 
 
 def test_the_listed_drift_monitor_metrics_are_the_monitors():
+    import visionfleet_contract
+
     source = MONITOR_SOURCE.read_text()
     declared = set()
-    for kind, name in re.findall(r'\b(Gauge|Counter)\(\s*"([a-z_]+)"', source):
+    # A metric's name is a literal, or one of the contract's constants (those the operator queries).
+    for kind, name in re.findall(r'\b(Gauge|Counter)\(\s*("[a-z_]+"|[A-Z_]+)', source):
+        name = name.strip('"') if name.startswith('"') else getattr(visionfleet_contract, name)
         declared.add(name + "_total" if kind == "Counter" else name)
     assert declared == MONITOR
 

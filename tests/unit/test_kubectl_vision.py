@@ -1057,5 +1057,5 @@ def test_the_operator_never_imports_the_plugin():
 
 
 def test_the_plugin_is_the_kubectl_vision_console_script():
-    text = (REPO / "pyproject.toml").read_text()
+    text = (REPO / "operator" / "pyproject.toml").read_text()
     assert 'kubectl-vision = "visionfleet.kubectl_vision:main"' in text

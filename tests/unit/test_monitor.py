@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from visionfleet_monitor import reference
+from visionfleet_contract import reference
 from visionfleet_monitor.detect import Detector
 from visionfleet_monitor.service import BadRequest, Monitor, parse_infer
 from visionfleet_monitor.window import TokenBucket, Window

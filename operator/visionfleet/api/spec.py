@@ -72,8 +72,11 @@ class Precision(str, Enum):
 class TensorSpec(Model):
     """One model input or output, as Triton's config.pbtxt declares it (batch dimension excluded)."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$", min_length=1, max_length=128)]
-    data_type: DataType = Field(description="Element type, in Triton's names (FP32, INT8, ...).")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$", min_length=1, max_length=128)] = Field(
+        description="Tensor name as in the ONNX graph; the compile Job checks it against the model and writes it "
+                    "into Triton's config.pbtxt.")
+    data_type: DataType = Field(description=(
+        "Element type, in Triton's names: FP32, FP16, INT8, UINT8, INT32 or INT64; checked against the ONNX graph."))
     dims: Annotated[
         list[Annotated[int, Field(ge=-1, le=65536)]],
         Field(min_length=1, max_length=8, description="Shape without the batch dimension; -1 is a variable size."),
@@ -93,18 +96,25 @@ TensorList = Annotated[list[TensorSpec], Field(min_length=1, max_length=16)]
 class ModelSpec(Model):
     """The trained model: any change here is a new revision."""
 
-    name: DnsLabel = Field(description="Model name; also the Triton model name.")
+    name: DnsLabel = Field(description=(
+        "Model name (DNS label): the Triton model name and the model's folder in the model repository."))
     version: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")] = Field(
         description="The user's version label. Changing it makes a new revision."
     )
     uri: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)] = Field(
-        description="Where the ONNX file is: pvc://<claim>/<path>, s3://, gs://, https:// or file://."
+        description="Where the ONNX file is: pvc://<claim>/<path> (mounted into the compile Job), s3://, https:// "
+                    "or file://; gs:// passes validation but the compile Job refuses it."
     )
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN, min_length=64, max_length=64)] | None = Field(
-        default=None, description="Hex sha256 of the ONNX file; required for https://, s3:// and gs:// URIs."
+        default=None, description="Hex sha256 of the ONNX file; required for https://, s3:// and gs:// URIs. "
+                                  "When set, the compile Job fails on a file that does not match."
     )
-    inputs: TensorList
-    outputs: TensorList
+    inputs: TensorList = Field(description=(
+        "The model's inputs (1 to 16, unique names), checked against the ONNX graph by the compile Job; the drift "
+        "monitor reads the first one."))
+    outputs: TensorList = Field(description=(
+        "The model's outputs (1 to 16, unique names), checked against the ONNX graph by the compile Job; the drift "
+        "monitor (bbsd-ks) reads the first one."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -124,11 +134,18 @@ class ModelSpec(Model):
 
 
 class Toleration(Model):
-    key: Annotated[str, Field(max_length=LABEL_KEY_MAX)] | None = None
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: Annotated[str, Field(max_length=LABEL_VALUE_MAX)] | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: Annotated[int, Field(ge=0)] | None = None
+    """A Kubernetes pod toleration, copied into the class's compile Job and Triton pods."""
+
+    key: Annotated[str, Field(max_length=LABEL_KEY_MAX)] | None = Field(default=None, description=(
+        "Taint key to tolerate; omitted (operator Exists), every key matches."))
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description=(
+        "Equal: the taint's value must equal value; Exists: any value of key (value must be unset). Default Equal."))
+    value: Annotated[str, Field(max_length=LABEL_VALUE_MAX)] | None = Field(default=None, description=(
+        "Taint value to match with operator Equal."))
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None, description=(
+        "Taint effect to match: NoSchedule, PreferNoSchedule or NoExecute; omitted, every effect."))
+    toleration_seconds: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "With effect NoExecute: seconds the pod stays on a node after the taint appears; omitted, forever."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -139,8 +156,14 @@ class Toleration(Model):
 
 
 class ReplicaRange(Model):
-    min: Annotated[int, Field(ge=0, le=1000)] = 1
-    max: Annotated[int, Field(ge=1, le=1000)] = 4
+    """Triton pods of a node class: its serving size, and how far a canary split may grow."""
+
+    min: Annotated[int, Field(ge=0, le=1000)] = Field(default=1, description=(
+        "Triton pods each serving revision runs on the class (at least 1, even when 0 is given); the stable never "
+        "goes below it while a canary runs, except at a 100% step. Default 1."))
+    max: Annotated[int, Field(ge=1, le=1000)] = Field(default=4, description=(
+        "Replica traffic only: most pods of the class in all (stable + canary) used to approximate a step's weight; "
+        "one more when min leaves no room for a canary pod. Default 4."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -164,21 +187,36 @@ class Resources(Model):
     """Requests and limits of a Triton pod of the class (the compile Job gets the same)."""
 
     requests: Annotated[dict[Annotated[str, Field(max_length=LABEL_KEY_MAX)], Quantity],
-                        Field(json_schema_extra={"maxProperties": 8})] | None = None
+                        Field(json_schema_extra={"maxProperties": 8})] | None = Field(default=None, description=(
+        "Resource requests (e.g. cpu: 2, memory: 4Gi) of the Triton container and of the compile Job's container."))
     limits: Annotated[dict[Annotated[str, Field(max_length=LABEL_KEY_MAX)], Quantity],
-                      Field(json_schema_extra={"maxProperties": 8})] | None = None
+                      Field(json_schema_extra={"maxProperties": 8})] | None = Field(default=None, description=(
+        "Resource limits of the Triton container and of the compile Job's container; runtime tensorrt needs "
+        "nvidia.com/gpu here (e.g. 1)."))
 
 
 class NodeClass(Model):
     """One class of nodes: one compile Job runs on it, and one pair of Triton Deployments serves on it."""
 
-    name: DnsLabel
-    node_selector: NodeSelector = Field(description="Labels that select the class's nodes.")
-    tolerations: Annotated[list[Toleration], Field(max_length=16)] | None = None
-    runtime: Runtime
-    precision: Precision = Precision.FP32
-    resources: Resources | None = None
-    replicas: ReplicaRange = default_object(ReplicaRange)
+    name: DnsLabel = Field(description=(
+        "Class name (DNS label, unique): part of its Job and Deployment names (<vd>-<class>-<rev8>) and what "
+        "rollout.waves name."))
+    node_selector: NodeSelector = Field(description=(
+        "Labels that select the class's nodes (at least one); set as the nodeSelector of its compile Job and "
+        "Triton pods."))
+    tolerations: Annotated[list[Toleration], Field(max_length=16)] | None = Field(default=None, description=(
+        "Tolerations (at most 16) for the class's compile Job and Triton pods, e.g. for a tainted GPU pool."))
+    runtime: Runtime = Field(description=(
+        "Runtime the model is compiled for and served with: tensorrt (GPU; needs resources.limits nvidia.com/gpu), "
+        "onnxruntime or openvino (CPU)."))
+    precision: Precision = Field(default=Precision.FP32, description=(
+        "Precision of the artifact: fp32 (onnxruntime, openvino), fp16 (tensorrt only) or int8 (needs "
+        "compile.calibration); tensorrt builds fp16 or int8 only. Default fp32."))
+    resources: Resources | None = Field(default=None, description=(
+        "Requests and limits of the class's Triton container and compile Job container; unset, none."))
+    replicas: Annotated[ReplicaRange, Field(description=(
+        "Triton pods of the class (not part of the revision: changing it recompiles nothing). "
+        "Default {min: 1, max: 4}."))] = default_object(ReplicaRange)
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -201,12 +239,21 @@ class Discover(Model):
     """Classes found from node labels: one class per distinct value tuple of ``groupBy``."""
 
     group_by: Annotated[list[Annotated[str, Field(min_length=1, max_length=LABEL_KEY_MAX)]],
-                        Field(min_length=1, max_length=4)]
-    node_selector: NodeSelector | None = Field(default=None, description="Only nodes with these labels.")
-    gpu_precision: Precision = Field(default=Precision.FP16, description="Precision for GPU classes (TensorRT).")
-    cpu_runtime: Runtime = Field(default=Runtime.OPENVINO, description="Runtime for CPU classes.")
-    cpu_precision: Precision = Field(default=Precision.INT8, description="Precision for CPU classes.")
-    replicas: ReplicaRange = default_object(ReplicaRange)
+                        Field(min_length=1, max_length=4)] = Field(description=(
+        "Node label keys (1 to 4): one class per distinct tuple of their values, named after the values; a node "
+        "without a key is grouped under the value none (its pods require the label to be absent)."))
+    node_selector: NodeSelector | None = Field(default=None, description=(
+        "Only nodes with these labels are grouped; unset, every node."))
+    gpu_precision: Precision = Field(default=Precision.FP16, description=(
+        "Precision for GPU classes (a node of the group has nvidia.com/gpu capacity; they run tensorrt with "
+        "1 GPU): fp16 or int8. Default fp16."))
+    cpu_runtime: Runtime = Field(default=Runtime.OPENVINO, description=(
+        "Runtime for CPU classes: onnxruntime or openvino. Default openvino."))
+    cpu_precision: Precision = Field(default=Precision.INT8, description=(
+        "Precision for CPU classes: fp32 or int8 (int8 needs compile.calibration). Default int8."))
+    replicas: Annotated[ReplicaRange, Field(description=(
+        "Triton pods of every discovered class (as fleet.classes[].replicas). Default {min: 1, max: 4}."))] = \
+        default_object(ReplicaRange)
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -219,11 +266,15 @@ class Discover(Model):
 
 
 class Fleet(Model):
+    """The node classes the model is compiled for and served on."""
+
     classes: Annotated[list[NodeClass], Field(max_length=MAX_CLASSES, json_schema_extra={
         "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})] | None = Field(
-        default=None, description="Explicit node classes. Names are unique (a list-map keyed by name)."
+        default=None, description="Explicit node classes (at most 32), taken as written; when set, discover is not "
+                                  "used. Names are unique (a list-map keyed by name)."
     )
-    discover: Discover | None = None
+    discover: Discover | None = Field(default=None, description=(
+        "Classes found from node labels, re-resolved as nodes come and go; used when classes is empty."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -234,9 +285,17 @@ class Fleet(Model):
 
 
 class Calibration(Model):
-    uri: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)]
-    sha256: Annotated[str, Field(pattern=SHA256_PATTERN, min_length=64, max_length=64)] | None = None
-    samples: Annotated[int, Field(ge=1, le=100_000)] = 512
+    """Sample inputs: int8 calibration, the accuracy gate's held-out set and the drift reference."""
+
+    uri: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)] = Field(description=(
+        "A .npz with an images array shaped like the first input (optional labels, -1 = unknown): "
+        "pvc://<claim>/<path>, s3://, https:// or file:// (gs:// is refused by the compile Job)."))
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN, min_length=64, max_length=64)] | None = Field(
+        default=None, description="Hex sha256 of the .npz; when set, the compile Job fails on a file that does "
+                                  "not match.")
+    samples: Annotated[int, Field(ge=1, le=100_000)] = Field(default=512, description=(
+        "The first samples images calibrate int8 and build the drift reference; the images after them are the "
+        "accuracy gate's held-out set. Default 512."))
 
 
 class AccuracyMetric(str, Enum):
@@ -245,8 +304,15 @@ class AccuracyMetric(str, Enum):
 
 
 class AccuracyGate(Model):
-    metric: AccuracyMetric = AccuracyMetric.TOP1_AGREEMENT
-    min: Annotated[float, Field(ge=0, le=1)] = 0.99
+    """The compiled artifact against the fp32 ONNX reference, on held-out images."""
+
+    metric: AccuracyMetric = Field(default=AccuracyMetric.TOP1_AGREEMENT, description=(
+        "top1Agreement: share of held-out images where the artifact's top-1 class is the fp32 reference's; "
+        "top1Accuracy: top-1 accuracy on the labelled held-out images (needs compile.calibration with labels). "
+        "Default top1Agreement."))
+    min: Annotated[float, Field(ge=0, le=1)] = Field(default=0.99, description=(
+        "Lowest acceptable value of metric (0 to 1); below it the compile Job fails (exit 3) and the class does "
+        "not get the revision. Default 0.99."))
 
 
 class BatchingMode(str, Enum):
@@ -257,14 +323,23 @@ class BatchingMode(str, Enum):
 class Batching(Model):
     """Triton dynamic batching: chosen from the compile Job's profile (auto) or given (manual)."""
 
-    mode: BatchingMode = BatchingMode.AUTO
+    mode: BatchingMode = Field(default=BatchingMode.AUTO, description=(
+        "auto: the compile Job picks the most throughput within latencyBudgetMs from its profile on the class's "
+        "node; manual: maxBatchSize and the fields below are used as given. Default auto."))
     latency_budget_ms: Annotated[float, Field(gt=0, le=60_000)] | None = Field(
-        default=None, description="auto: the p99 latency the chosen settings must stay under."
+        default=None, description="auto (required): the p99 latency in ms the chosen settings must stay under, "
+                                  "queueing included; ignored with manual."
     )
-    max_batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
-    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=8)] | None = None
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
-    instance_count: Annotated[int, Field(ge=1, le=16)] | None = None
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] | None = Field(default=None, description=(
+        "manual (required): Triton's max_batch_size, the largest batch the dynamic batcher forms; ignored with auto."))
+    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=8)] | None = Field(
+        default=None, description="manual: batch sizes the dynamic batcher prefers to form (each at most "
+                                  "maxBatchSize); ignored with auto.")
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] | None = Field(
+        default=None, description="manual: how long in microseconds Triton holds a request to fill a batch; "
+                                  "ignored with auto.")
+    instance_count: Annotated[int, Field(ge=1, le=16)] | None = Field(default=None, description=(
+        "manual: model instances per Triton pod (instance_group count; 1 when unset); ignored with auto."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -282,11 +357,22 @@ class Batching(Model):
 
 
 class CompileSpec(Model):
-    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = COMPILE_IMAGE
-    calibration: Calibration | None = None
-    accuracy_gate: AccuracyGate = default_object(AccuracyGate)
-    batching: Batching = default_object(lambda: Batching(latency_budget_ms=50))
-    timeout: Duration = "30m"
+    """How each class's compile Job builds and checks the artifact."""
+
+    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=COMPILE_IMAGE, description=(
+        f"Image of the compile Jobs (runs visionfleet-compile). Default {COMPILE_IMAGE}."))
+    calibration: Calibration | None = Field(default=None, description=(
+        "Sample images; required for int8 precision, for accuracyGate.metric top1Accuracy and for analysis.drift. "
+        "Unset, the gate compares on random inputs."))
+    accuracy_gate: Annotated[AccuracyGate, Field(description=(
+        "Accuracy check of each artifact against the fp32 reference; a class whose artifact fails it does not get "
+        "the revision. Default top1Agreement at least 0.99."))] = default_object(AccuracyGate)
+    batching: Annotated[Batching, Field(description=(
+        "Triton dynamic batching of the compiled model, written into its config.pbtxt. "
+        "Default mode auto with latencyBudgetMs 50."))] = default_object(lambda: Batching(latency_budget_ms=50))
+    timeout: Duration = Field(default="30m", description=(
+        "Longest a compile Job may run (its activeDeadlineSeconds), a duration such as 45m or 1h; past it the "
+        "class's compile fails. Default 30m."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -298,15 +384,26 @@ class CompileSpec(Model):
 
 
 class ServingSpec(Model):
-    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = TRITON_IMAGE
+    """The Triton pods that serve each class's artifact."""
+
+    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=TRITON_IMAGE, description=(
+        f"Triton Inference Server image of the serving pods. Default {TRITON_IMAGE}."))
     model_repository: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)] | None = Field(
-        default=None, description="Where compiled artifacts are kept; defaults to an emptyDir per pod."
+        default=None, description="Where compile Jobs write artifacts: pvc://<claim>/<path>, mounted read-only "
+                                  "into the Triton pods. Unset (or another scheme, not served yet), each pod gets "
+                                  "an emptyDir."
     )
 
 
 class Step(Model):
-    set_weight: Annotated[int, Field(ge=0, le=100)] = Field(description="Percent of traffic to the canary.")
-    pause: Duration | None = Field(default=None, description="How long to hold the weight before the next step.")
+    """One canary step: a traffic weight, held for at least its pause and until a measurement passes."""
+
+    set_weight: Annotated[int, Field(ge=0, le=100)] = Field(description=(
+        "Percent of traffic to the canary (0 to 100) on the current wave's classes; strictly ascending over the "
+        "steps."))
+    pause: Duration | None = Field(default=None, description=(
+        "How long to hold the weight before the next step (duration, e.g. 2m), counted from when the canary is "
+        "Ready at it; unset, no pause (a passing measurement is still needed)."))
 
 
 DEFAULT_STEPS = (Step(set_weight=10, pause="1m"), Step(set_weight=50, pause="2m"), Step(set_weight=100))
@@ -322,8 +419,13 @@ class GatewayAPITraffic(Model):
 
 
 class Traffic(Model):
-    method: TrafficMethod = TrafficMethod.REPLICAS
-    gateway_api: GatewayAPITraffic | None = Field(default=None, alias="gatewayAPI")
+    """How requests are split between the stable and the canary revision."""
+
+    method: TrafficMethod = Field(default=TrafficMethod.REPLICAS, description=(
+        "Replicas: the canary's share is its share of the Ready pods behind the <vd> Service; GatewayAPI: the "
+        "operator sets backend weights on gatewayAPI.httpRoute. Default Replicas."))
+    gateway_api: GatewayAPITraffic | None = Field(default=None, alias="gatewayAPI", description=(
+        "The HTTPRoute whose weights the operator sets; set exactly when method is GatewayAPI."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -334,21 +436,27 @@ class Traffic(Model):
 
 
 class RolloutSpec(Model):
+    """How a new revision moves from canary to stable. Policy: editing it is not a new revision."""
+
     steps: Annotated[list[Step], Field(min_length=1, max_length=16)] = Field(
         default_factory=lambda: [s.model_copy() for s in DEFAULT_STEPS],
         json_schema_extra={"default": [s.to_wire() for s in DEFAULT_STEPS]},
+        description="Canary steps in order (1 to 16), run once per wave; the canary is promoted after the last "
+                    "one passes. Default 10% for 1m, 50% for 2m, then 100%.",
     )
-    traffic: Traffic = default_object(Traffic)
+    traffic: Annotated[Traffic, Field(description=(
+        "How traffic is split between stable and canary. Default method Replicas."))] = default_object(Traffic)
     waves: Annotated[list[Annotated[list[DnsLabel], Field(min_length=1, max_length=MAX_CLASSES)]],
                      Field(max_length=MAX_CLASSES)] | None = Field(
-        default=None, description="Node classes in waves: each wave rolls out after the previous one is promoted."
+        default=None, description="Node classes in waves, e.g. [[xeon], [h100, l4]]: each wave walks every step "
+                                  "after the previous one finished; classes no wave names form a last wave."
     )
     scale_down_delay: Duration = Field(default="30s", description=(
         "How long the previous stable revision keeps serving after a promotion, once its successor is Ready "
-        "(Argo Rollouts' scaleDownDelaySeconds): a quick way back while clients and caches move over."))
+        "(Argo Rollouts' scaleDownDelaySeconds): a quick way back while clients and caches move over. Default 30s."))
     progress_deadline: Duration = Field(default="10m", description=(
         "A canary whose pods are not all Ready for this long (at the start of a step, or after turning unready "
-        "mid-step) is rolled back with the reason."))
+        "mid-step) is rolled back with the reason; a class's first revision only waits. Default 10m."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -363,14 +471,26 @@ class RolloutSpec(Model):
 
 
 class PrometheusSource(Model):
-    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=URI_MAX)]
-    timeout: Duration = "10s"
+    """The Prometheus that scrapes Triton and the drift monitors (docs/observability.md)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=URI_MAX)] = Field(description=(
+        "Base URL of the Prometheus HTTP API, e.g. http://prometheus.monitoring:9090."))
+    timeout: Duration = Field(default="10s", description=(
+        "Timeout of each query (duration); a query past it is a provider error. Default 10s."))
 
 
 class SLO(Model):
-    latency_p99_ms: Annotated[float, Field(gt=0, le=600_000)]
-    error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
-    min_requests: Annotated[int, Field(ge=0, le=100_000_000)] = 100
+    """Limits the canary's Triton metrics are held to at every measurement."""
+
+    latency_p99_ms: Annotated[float, Field(gt=0, le=600_000)] = Field(description=(
+        "Highest acceptable p99 latency in ms (Triton's server-side p99, worst canary pod); above it the "
+        "measurement fails."))
+    error_rate: Annotated[float, Field(ge=0, le=1)] = Field(default=0.01, description=(
+        "Highest acceptable share of failed requests, 0 to 1 (0.01 = 1%); above it the measurement fails. "
+        "Default 0.01."))
+    min_requests: Annotated[int, Field(ge=0, le=100_000_000)] = Field(default=100, description=(
+        "Fewest canary requests in the measurement window; with fewer the measurement is inconclusive. "
+        "Default 100."))
 
 
 class InconclusivePolicy(str, Enum):
@@ -395,40 +515,55 @@ class DriftSpec(Model):
     """The drift monitor, a sidecar in every Triton pod (docs/drift.md)."""
 
     detector: DriftDetector = Field(default=DriftDetector.BBSD_KS, description=(
-        "bbsd-ks: KS tests on the model's softmax outputs, Bonferroni-corrected; mmd: MMD on reduced inputs."))
-    p_value: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.01, description="Drift when p < this.")
+        "bbsd-ks: KS tests on the model's softmax outputs, Bonferroni-corrected; mmd: MMD on reduced inputs. "
+        "Default bbsd-ks."))
+    p_value: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.01, description=(
+        "Drift when p < this (p Bonferroni-corrected over the revision's pods): the canary's measurement fails; "
+        "on the stable, condition InputDrift. Default 0.01."))
     window: Annotated[int, Field(ge=20, le=100_000)] = Field(
-        default=500, description="Samples per test; the canary is judged only once its window is full.")
+        default=500, description="Samples per test; the canary is judged only once its window is full. Default 500.")
     max_samples_per_second: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        default=50, description="Samples each monitor takes from the mirrored traffic; the rest are dropped.")
-    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = MONITOR_IMAGE
+        default=50, description="Samples per second each monitor takes from the mirrored traffic; the rest are "
+                                "dropped. Default 50.")
+    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=MONITOR_IMAGE, description=(
+        f"Image of the drift monitor sidecar. Default {MONITOR_IMAGE}."))
 
 
 class AnalysisSpec(Model):
-    interval: Duration = "30s"
-    prometheus: PrometheusSource | None = None
-    slo: SLO | None = None
-    drift: DriftSpec | None = None
+    """How each canary step is judged. Policy, except drift (it changes the pods: part of the revision)."""
+
+    interval: Duration = Field(default="30s", description=(
+        "How often the canary is measured, and the Prometheus query window (at least 10s); a duration such as "
+        "30s or 1m. Default 30s."))
+    prometheus: PrometheusSource | None = Field(default=None, description=(
+        "Where latency, errors and drift p-values are read; required by slo and drift."))
+    slo: SLO | None = Field(default=None, description=(
+        "Latency and error-rate limits of the canary; with neither slo nor drift a step is judged by its pause "
+        "alone."))
+    drift: DriftSpec | None = Field(default=None, description=(
+        "Input drift test by a monitor sidecar in every Triton pod; needs prometheus and compile.calibration. "
+        "Setting or changing it is a new revision."))
     failure_limit: Annotated[int, Field(ge=1, le=100)] = Field(
-        default=1, description="Failed measurements that trigger a rollback."
+        default=1, description="Failed measurements, counted over the rollout, that trigger a rollback. Default 1."
     )
     inconclusive_limit: Annotated[int, Field(ge=1, le=100)] = Field(
         default=3, description=(
             "Inconclusive measurements in a row (too little traffic, no series, drift window filling) after which "
-            "onInconclusive applies. An inconclusive measurement never advances a step."))
+            "onInconclusive applies. An inconclusive measurement never advances a step. Default 3."))
     on_inconclusive: InconclusivePolicy = Field(default=InconclusivePolicy.PAUSE, description=(
         "Pause: the rollout holds (phase Paused) and goes on by itself once a measurement passes; Rollback: "
-        "roll back once inconclusiveLimit is reached."))
+        "roll back once inconclusiveLimit is reached. Default Pause."))
     consecutive_error_limit: Annotated[int, Field(ge=1, le=100)] = Field(
         default=4, description=(
-            "Provider errors in a row (Prometheus unreachable, refused query, timeout) tolerated as retries; at "
-            "the limit the analysis counts as inconclusive (onInconclusive applies). Argo Rollouts' "
-            "consecutiveErrorLimit."))
+            "Provider errors in a row (Prometheus unreachable, refused query, timeout) tolerated as retries; from "
+            "this one on, each error counts as an inconclusive measurement (toward inconclusiveLimit). Default 4 "
+            "(Argo Rollouts' consecutiveErrorLimit)."))
     initial_delay: Duration | None = Field(default=None, description=(
-        "Wait after a step's weight took effect (canary Ready) before its first measurement; default one "
-        "interval, the query window, so a measurement holds only traffic at the step's weight."))
+        "Wait after a step's weight took effect (canary Ready) before its first measurement (duration); default "
+        "one interval, the query window, so a measurement holds only traffic at the step's weight."))
     dry_run: Annotated[list[Check], Field(max_length=3)] | None = Field(default=None, description=(
-        "Checks measured and reported (status.analysis.dryRun) but never acted on: trial a new SLO."))
+        "Checks (latency, errorRate, drift) measured and reported (status.analysis.dryRun) but never acted on: "
+        "trial a new SLO."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -443,12 +578,22 @@ class AnalysisSpec(Model):
 
 
 class VisionDeploymentSpec(Model):
-    model: ModelSpec
-    fleet: Fleet
-    compile: CompileSpec = default_object(CompileSpec)
-    serving: ServingSpec = default_object(ServingSpec)
-    rollout: RolloutSpec = default_object(RolloutSpec)
-    analysis: AnalysisSpec = default_object(AnalysisSpec)
+    model: ModelSpec = Field(description=(
+        "The trained ONNX model: where it is, its version, inputs and outputs. Any change is a new revision."))
+    fleet: Fleet = Field(description=(
+        "The node classes to compile for and serve on: listed, or discovered from node labels. Part of the "
+        "revision, except replicas."))
+    compile: Annotated[CompileSpec, Field(description=(
+        "How the compile Job of each class builds, checks and profiles the artifact. Part of the revision."))] = \
+        default_object(CompileSpec)
+    serving: Annotated[ServingSpec, Field(description=(
+        "The Triton serving pods: image and model repository. Part of the revision."))] = default_object(ServingSpec)
+    rollout: Annotated[RolloutSpec, Field(description=(
+        "Canary steps, traffic method, waves and deadlines. Policy: editing it is not a new revision."))] = \
+        default_object(RolloutSpec)
+    analysis: Annotated[AnalysisSpec, Field(description=(
+        "How each step is judged: interval, Prometheus, SLO, drift test and limits. Policy, except drift."))] = \
+        default_object(AnalysisSpec)
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(

@@ -47,37 +47,68 @@ class Verdict(str, Enum):
 
 
 class ChosenBatching(Model):
-    max_batch_size: Annotated[int, Field(ge=0, le=1024)]
-    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=8)] | None = None
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] | None = None
-    instance_count: Annotated[int, Field(ge=1, le=64)] | None = None
+    """Triton batching of an artifact, as written into its config.pbtxt: chosen by the compile Job (batching
+    mode auto) or taken from the spec (manual)."""
+
+    max_batch_size: Annotated[int, Field(ge=0, le=1024)] = Field(description=(
+        "Triton's max_batch_size: the largest batch the dynamic batcher forms; 0 means no dynamic batching."))
+    preferred_batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(max_length=8)] | None = Field(
+        default=None, description="Batch sizes the dynamic batcher prefers to form.")
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "How long in microseconds Triton holds a request to fill a batch."))
+    instance_count: Annotated[int, Field(ge=1, le=64)] | None = Field(default=None, description=(
+        "Model instances per Triton pod (instance_group count; 1 when unset)."))
 
 
 class CompileResult(Model):
-    state: CompileState
-    revision: REVISION | None = None
-    job: Annotated[str, Field(max_length=253)] | None = None
-    artifact: Annotated[str, Field(max_length=URI_MAX)] | None = None
-    sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$", max_length=64)] | None = None
-    accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    """What one class's compile Job produced for one revision (read from its termination message)."""
+
+    state: CompileState = Field(description="State of the compile: Pending, Running, Succeeded or Failed.")
+    revision: REVISION | None = Field(default=None, description="The revision this result belongs to.")
+    job: Annotated[str, Field(max_length=253)] | None = Field(default=None, description=(
+        "Reserved for the compile Job's name; not set by this operator version (the Job is "
+        "<vd>-<class>-<rev8>-compile)."))
+    artifact: Annotated[str, Field(max_length=URI_MAX)] | None = Field(default=None, description=(
+        "URI of the compiled artifact in the model repository, e.g. "
+        "pvc://models/repository/<model>/<revision>-<class>/model.onnx."))
+    sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$", max_length=64)] | None = Field(
+        default=None, description="Hex sha256 of the artifact file.")
+    accuracy: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description=(
+        "The accuracy gate's metric (compile.accuracyGate.metric, 0 to 1) measured on the held-out images."))
     p99_ms_at_batch: Annotated[dict[Annotated[str, Field(max_length=8)], float],
-                               Field(json_schema_extra={"maxProperties": 32})] | None = None
-    batching: ChosenBatching | None = None
-    message: MESSAGE | None = None
+                               Field(json_schema_extra={"maxProperties": 32})] | None = Field(
+        default=None, description="Profiled p99 latency in ms, keyed by batch size (1 to 32), measured by the "
+                                  "compile Job on a node of the class.")
+    batching: ChosenBatching | None = Field(default=None, description=(
+        "Batching settings written into the artifact's config.pbtxt."))
+    message: MESSAGE | None = Field(default=None, description=(
+        "Why the compile failed, or what it waits for (an unschedulable pod, no matching node)."))
 
 
 class ClassStatus(Model):
-    name: DnsLabel
-    runtime: Runtime | None = None
-    precision: Precision | None = None
-    nodes: Annotated[int, Field(ge=0)] | None = None
+    """One node class: what it serves, its compile results and pods, and the canary's real share."""
+
+    name: DnsLabel = Field(description="Name of the node class (from fleet.classes, or derived by discover).")
+    runtime: Runtime | None = Field(default=None, description=(
+        "Runtime of the class: tensorrt, onnxruntime or openvino."))
+    precision: Precision | None = Field(default=None, description=(
+        "Precision of the class's artifacts: fp32, fp16 or int8."))
+    nodes: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "Nodes that match the class now; at 0 the class keeps serving what it served and Degraded names it."))
     stable_revision: REVISION | None = Field(default=None, description="The revision this class serves as stable.")
-    stable: CompileResult | None = Field(default=None, description="Compile result of the stable revision.")
-    compile: CompileResult | None = Field(default=None, description="Compile result of the newest revision.")
-    stable_replicas: Annotated[int, Field(ge=0)] = 0
-    canary_replicas: Annotated[int, Field(ge=0)] = 0
-    ready: Annotated[int, Field(ge=0)] = 0
-    canary_ready: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Ready canary pods.")
+    stable: CompileResult | None = Field(default=None, description=(
+        "Compile result of the stable revision, kept here while compile holds a newer revision's."))
+    compile: CompileResult | None = Field(default=None, description=(
+        "Compile result of the newest revision (the stable's own once nothing newer is in flight)."))
+    stable_replicas: Annotated[int, Field(ge=0)] = Field(default=0, description=(
+        "Triton pods the operator asks for the stable revision on this class."))
+    canary_replicas: Annotated[int, Field(ge=0)] = Field(default=0, description=(
+        "Triton pods the operator asks for the canary revision on this class (0 without a canary here)."))
+    ready: Annotated[int, Field(ge=0)] = Field(default=0, description=(
+        "Ready Triton pods of the class, every revision, counted as they will be once this pass's scale-downs "
+        "are done."))
+    canary_ready: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "Ready canary pods on this class; unset without a canary."))
     effective_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(default=None, description=(
         "Percent of the class's traffic the canary really gets: its share of the Ready pods (replica traffic) "
         "or its route weight (Gateway API)."))
@@ -86,43 +117,75 @@ class ClassStatus(Model):
 
 
 class AnalysisResult(Model):
-    at: Annotated[str, Field(max_length=64)] | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    verdict: Verdict
-    p99_ms: float | None = None
-    error_rate: float | None = None
-    requests: float | None = None
-    drift_p_value: float | None = None
-    reason: MESSAGE | None = None
-    failures: Annotated[int, Field(ge=0)] = 0
-    inconclusive: Annotated[int, Field(ge=0)] = 0
-    errors: Annotated[int, Field(ge=0)] = Field(default=0, description="Provider errors in a row.")
+    """The canary's last measurement and the counters the limits of spec.analysis apply to."""
+
+    at: Annotated[str, Field(max_length=64)] | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                                           description="When the measurement was taken.")
+    verdict: Verdict = Field(description=(
+        "Passed, Failed, Inconclusive (no usable data, too little traffic, drift window filling) or Error (the "
+        "provider did not answer): the worst of the acted-on checks."))
+    p99_ms: float | None = Field(default=None, description=(
+        "The canary's p99 latency in ms over the window (worst pod)."))
+    error_rate: float | None = Field(default=None, description=(
+        "The canary's share of failed requests over the window, 0 to 1."))
+    requests: float | None = Field(default=None, description="Requests the canary served over the window.")
+    drift_p_value: float | None = Field(default=None, description=(
+        "The canary's drift p-value, Bonferroni-corrected over its pods; low means drift."))
+    reason: MESSAGE | None = Field(default=None, description=(
+        "Why the verdict, e.g. p99 31.2 ms > 20 ms."))
+    failures: Annotated[int, Field(ge=0)] = Field(default=0, description=(
+        "Failed measurements of this canary so far; rollback at spec.analysis.failureLimit."))
+    inconclusive: Annotated[int, Field(ge=0)] = Field(default=0, description=(
+        "Inconclusive measurements in a row; spec.analysis.onInconclusive applies at inconclusiveLimit."))
+    errors: Annotated[int, Field(ge=0)] = Field(default=0, description=(
+        "Provider errors in a row; from spec.analysis.consecutiveErrorLimit on, each one counts as inconclusive."))
     dry_run: MESSAGE | None = Field(default=None, description="What the dry-run checks measured (never acted on).")
 
 
 class Condition(Model):
     """The standard ``metav1.Condition`` shape."""
 
-    type: Annotated[str, Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")]
-    status: Annotated[str, Field(pattern=r"^(True|False|Unknown)$")]
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
-    last_transition_time: Annotated[str, Field(max_length=64)] = Field(json_schema_extra={"format": "date-time"})
-    reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
-    message: Annotated[str, Field(max_length=32768)]
+    type: Annotated[str, Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Compiled, Progressing, Available, Degraded, RolledBack, Paused, TrafficSplit or InputDrift.")]
+    status: Annotated[str, Field(pattern=r"^(True|False|Unknown)$", description="True, False or Unknown.")]
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "The VisionDeployment's metadata.generation when the condition was set."))
+    last_transition_time: Annotated[str, Field(max_length=64)] = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When status last changed (a new reason or message on the same status keeps it).")
+    reason: Annotated[str, Field(
+        min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Machine-readable CamelCase reason, e.g. CompileFailed, PausedByUser, WeightNotApproximated.")]
+    message: Annotated[str, Field(max_length=32768)] = Field(description="Human-readable details.")
 
 
 class HistoryEntry(Model):
-    revision: REVISION
-    outcome: Annotated[str, Field(max_length=64)]
-    reason: MESSAGE | None = None
-    at: Annotated[str, Field(max_length=64)] = Field(json_schema_extra={"format": "date-time"})
+    """One outcome of a revision's attempt."""
+
+    revision: REVISION = Field(description="The revision.")
+    outcome: Annotated[str, Field(max_length=64)] = Field(description=(
+        "How the attempt ended: Promoted, RolledBack, Aborted, CompileFailed, Superseded or Retried."))
+    reason: MESSAGE | None = Field(default=None, description=(
+        "Why, e.g. the failed analysis, the progress deadline or the annotation that acted."))
+    at: Annotated[str, Field(max_length=64)] = Field(json_schema_extra={"format": "date-time"},
+                                                     description="When it happened.")
 
 
 class VisionDeploymentStatus(Model):
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
-    phase: Phase | None = None
-    stable_revision: REVISION | None = None
-    canary_revision: REVISION | None = None
-    step: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "The metadata.generation of the spec the operator last planned from."))
+    phase: Phase | None = Field(default=None, description=(
+        "Derived from the rest of the status: Pending, Compiling, Verifying, RollingOut, Paused, Healthy, "
+        "RollingBack, RolledBack or Failed."))
+    stable_revision: REVISION | None = Field(default=None, description=(
+        "The revision promoted last: 12 hex digits of the hash of model, compile, serving, fleet (without "
+        "replicas) and analysis.drift."))
+    canary_revision: REVISION | None = Field(default=None, description=(
+        "The revision rolling out as the canary; unset when none is in flight."))
+    step: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "Index (from 0) of the canary's current entry in spec.rollout.steps."))
     wave: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Index of the rollout wave in flight.")
     canary_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(
         default=None, description="Percent of traffic the current step asks for (on the current wave's classes).")
@@ -144,8 +207,14 @@ class VisionDeploymentStatus(Model):
     handled_retry: Annotated[str, Field(max_length=256)] | None = Field(
         default=None, description="Value of the last visionfleet.io/retry annotation acted on.")
     classes: Annotated[list[ClassStatus], Field(max_length=64, json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})] | None = None
-    analysis: AnalysisResult | None = None
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})] | None = Field(
+        default=None, description="Per node class: runtime, nodes, compile results, pods and the canary's share.")
+    analysis: AnalysisResult | None = Field(default=None, description=(
+        "The canary's last measurement and counters; cleared when a new canary starts."))
     conditions: Annotated[list[Condition], Field(max_length=16, json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})] | None = None
-    history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_MAX)] | None = None
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})] | None = Field(
+        default=None, description="Standard conditions: Compiled, Progressing, Available, Degraded, RolledBack, "
+                                  "Paused, TrafficSplit (replica traffic during a rollout) and InputDrift.")
+    history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_MAX)] | None = Field(
+        default=None, description=f"The last {HISTORY_MAX} outcomes (Promoted, RolledBack, Aborted, CompileFailed, "
+                                  "Superseded, Retried), oldest first.")

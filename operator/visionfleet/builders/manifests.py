@@ -35,25 +35,18 @@ from visionfleet.planner.classes import ResolvedClass
 from visionfleet.planner.durations import seconds
 from visionfleet.planner.model import Track
 
-from visionfleet_monitor import REFERENCE_FILE
+from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, LABEL_CLASS, LABEL_REVISION, LABEL_VD,
+                                  MONITOR_PORT, PERMANENT_EXIT_CODES, PVC_ROOT, REFERENCE_FILE)
 
 from .triton_config import build_triton_config
 
 NAME_MAX = 63
-LABEL_VD = "visionfleet.io/vision-deployment"
-LABEL_CLASS = "visionfleet.io/class"
-LABEL_REVISION = "visionfleet.io/revision"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 ANNOTATION_APPLIED = "visionfleet.io/applied-hash"
 ANNOTATION_OUTCOME = "visionfleet.io/outcome"  # on a revision's ControllerRevision: its newest outcome
 TRACK_ANNOTATION = "visionfleet.io/track"
 COMPONENT_REVISION = "revision"
 TRITON_HTTP, TRITON_GRPC, TRITON_METRICS = 8000, 8001, 8002
-MONITOR_PORT = 8010
-COMPILE_REQUEST_ENV = "VISIONFLEET_COMPILE_REQUEST"
-# Exit codes of the compile program that no retry can fix (bad model, failed accuracy gate): the
-# Job fails at once instead of burning its backoffLimit.
-PERMANENT_EXIT_CODES = [2, 3]
 
 
 def child_name(*parts: str) -> str:
@@ -174,7 +167,7 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
         claims[repo[0]] = True
     for i, (claim, writable) in enumerate(sorted(claims.items())):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
-        mounts.append({"name": f"pvc-{i}", "mountPath": f"/pvc/{claim}", "readOnly": not writable})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
     lbls = labels(vd, "compile", cls.name, revision)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -203,7 +196,7 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
             "activeDeadlineSeconds": int(seconds(spec.compile.timeout)),
             "ttlSecondsAfterFinished": 24 * 3600,
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                "containerName": "compile", "operator": "In", "values": PERMANENT_EXIT_CODES}}]},
+                "containerName": "compile", "operator": "In", "values": list(PERMANENT_EXIT_CODES)}}]},
             "template": {"metadata": {"labels": lbls}, "spec": pod_spec},
         },
     }
@@ -216,7 +209,7 @@ def build_config_map(vd: str, namespace: str, uid: str, spec: VisionDeploymentSp
         "kind": "ConfigMap",
         "metadata": meta(serving_name(vd, cls.name, revision), namespace, vd, uid,
                          labels(vd, "triton-config", cls.name, revision)),
-        "data": {"config.pbtxt": build_triton_config(spec.model, cls.spec.runtime, result.batching)},
+        "data": {CONFIG_FILE: build_triton_config(spec.model, cls.spec.runtime, result.batching)},
     }
 
 
@@ -232,7 +225,7 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
     ]
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "config", "mountPath": f"/models/{model}/config.pbtxt", "subPath": "config.pbtxt", "readOnly": True},
+        {"name": "config", "mountPath": f"/models/{model}/{CONFIG_FILE}", "subPath": CONFIG_FILE, "readOnly": True},
     ]
     repo = _pvc(spec.serving.model_repository)
     if repo:

@@ -35,6 +35,8 @@ from visionfleet.api.spec import AnalysisSpec
 from visionfleet.planner.analysis import Measurement
 from visionfleet.planner.durations import seconds
 
+from visionfleet_contract import DRIFT_P_VALUE, DRIFT_WINDOW_FILL
+
 
 @dataclass(frozen=True)
 class Queries:
@@ -53,8 +55,8 @@ def queries(namespace: str, vd: str, revision: str, window: str) -> Queries:
         requests=f"({ok} + {bad})",
         errors=f"({bad} / ({ok} + {bad}))",
         p99_ms=f'(max(nv_inference_request_summary_us{{{sel},quantile="0.99"}}) / 1000)',
-        drift_p_value=f"clamp_max(min(visionfleet_drift_p_value{{{sel}}}) * count(visionfleet_drift_p_value{{{sel}}}), 1)",
-        drift_window_fill=f"min(visionfleet_drift_window_fill{{{sel}}})",
+        drift_p_value=f"clamp_max(min({DRIFT_P_VALUE}{{{sel}}}) * count({DRIFT_P_VALUE}{{{sel}}}), 1)",
+        drift_window_fill=f"min({DRIFT_WINDOW_FILL}{{{sel}}})",
     )
 
 

@@ -11,7 +11,7 @@ entry), so every revision of every class carries its own.
                                 encoder" reduction that Rabanser et al. found as good as a trained one
     seed, pool  the reduction's parameters
 
-Only numpy: the compile image and the monitor image both import it.
+Only numpy: the compile program writes it, the monitor reads it; the operator never imports it.
 """
 
 from __future__ import annotations

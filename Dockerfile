@@ -1,0 +1,122 @@
+# One Dockerfile, four images; every image installs from the same wheels stage:
+#
+#   target        image                            what it holds
+#   operator      ghcr.io/visionfleet/operator     the operator (kopf) and kubectl-vision; nothing of the
+#                                                  compile program, the monitor or the e2e harness
+#   compile       ghcr.io/visionfleet/compile      the compile Job for CPU classes (ONNX Runtime, OpenVINO + NNCF)
+#   compile-gpu   ghcr.io/visionfleet/compile-gpu  the compile Job for NVIDIA GPU classes: TensorRT and torch
+#                                                  from PyPI, which bring their CUDA libraries (the driver
+#                                                  comes from the node, through the NVIDIA container runtime)
+#   monitor       ghcr.io/visionfleet/monitor      the drift monitor sidecar (alibi-detect)
+#
+#   docker build --target operator -t ghcr.io/visionfleet/operator:0.1.0 .
+#
+# Each component is its own distribution (contract/, operator/, compiler_jobs/, monitors/) and shares
+# only visionfleet-contract with the others. Base images are build arguments, pinned by version to the
+# public defaults; production builds pin them by digest too (--build-arg PYTHON=…@sha256:…). Without
+# Docker, `visionfleet-fleet images` builds the same targets with buildah on a Debian base made by
+# debootstrap (docs/operating.md). Nothing here carries a registry proxy's certificate: a build that
+# needs one mounts it (and a pip.conf naming it) at build time only.
+#
+# Every image runs as 65532:65532 with a read-only root filesystem: HOME is /tmp (an emptyDir in the
+# pod specs), bytecode is compiled at build time and never written at run time.
+ARG PYTHON=docker.io/library/python:3.11.10-slim-bookworm
+
+# -- the shared build stage: one wheel per component ------------------------------------------------
+FROM ${PYTHON} AS wheels
+WORKDIR /src
+COPY contract/ contract/
+COPY operator/ operator/
+COPY compiler_jobs/ compiler_jobs/
+COPY monitors/ monitors/
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --quiet --disable-pip-version-check "setuptools>=77" wheel \
+ && /opt/build/bin/pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+      --wheel-dir /wheels ./contract ./operator ./compiler_jobs ./monitors
+
+# -- one virtualenv per image: its component's wheel and the contract's, given by file (never a
+#    same-named package from an index), and their dependencies from the index ------------------------
+FROM ${PYTHON} AS venv
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+COPY --from=wheels /wheels /wheels
+RUN python3 -m venv /opt/visionfleet
+
+FROM venv AS operator-venv
+RUN /opt/visionfleet/bin/pip install --quiet /wheels/visionfleet_contract-*.whl /wheels/visionfleet-[0-9]*.whl \
+ && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
+ && /opt/visionfleet/bin/python -c "import visionfleet.handlers"
+
+FROM venv AS compile-venv
+RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
+      "$(ls /wheels/visionfleet_compile-*.whl)[openvino]" \
+ && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
+ && /opt/visionfleet/bin/visionfleet-compile --help >/dev/null
+
+FROM venv AS compile-gpu-venv
+RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
+      "$(ls /wheels/visionfleet_compile-*.whl)[tensorrt]" \
+ && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
+ && /opt/visionfleet/bin/visionfleet-compile --help >/dev/null
+
+# MONITOR_EXTRAS=mmd adds torch (alibi-detect's backend for the mmd detector); the default image runs
+# the default detector, bbsd-ks, without it.
+FROM venv AS monitor-venv
+ARG MONITOR_EXTRAS=""
+RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
+      "$(ls /wheels/visionfleet_monitor-*.whl)${MONITOR_EXTRAS:+[$MONITOR_EXTRAS]}" \
+ && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
+ && /opt/visionfleet/bin/visionfleet-monitor --help >/dev/null
+
+# -- the images: the base plus one virtualenv (pip and setuptools removed); no build tools, no wheels,
+#    no RUN -----------------------------------------------------------------------------------------
+FROM ${PYTHON} AS operator
+LABEL org.opencontainers.image.title="visionfleet-operator" \
+      org.opencontainers.image.source="https://github.com/visionfleet/visionfleet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=operator-venv /opt/visionfleet /opt/visionfleet
+ENV PATH=/opt/visionfleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+# Numeric, so that runAsNonRoot can verify it.
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["visionfleet-operator"]
+CMD ["--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]
+
+FROM ${PYTHON} AS compile
+LABEL org.opencontainers.image.title="visionfleet-compile" \
+      org.opencontainers.image.source="https://github.com/visionfleet/visionfleet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=compile-venv /opt/visionfleet /opt/visionfleet
+ENV PATH=/opt/visionfleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
+USER 65532:65532
+# The operator passes the request in VISIONFLEET_COMPILE_REQUEST and runs `compile`; the result goes
+# to the termination message (/dev/termination-log).
+ENTRYPOINT ["visionfleet-compile"]
+CMD ["compile"]
+
+FROM ${PYTHON} AS compile-gpu
+LABEL org.opencontainers.image.title="visionfleet-compile-gpu" \
+      org.opencontainers.image.source="https://github.com/visionfleet/visionfleet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=compile-gpu-venv /opt/visionfleet /opt/visionfleet
+ENV PATH=/opt/visionfleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 65532:65532
+ENTRYPOINT ["visionfleet-compile"]
+CMD ["compile"]
+
+FROM ${PYTHON} AS monitor
+LABEL org.opencontainers.image.title="visionfleet-monitor" \
+      org.opencontainers.image.source="https://github.com/visionfleet/visionfleet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=monitor-venv /opt/visionfleet /opt/visionfleet
+# numba and matplotlib (alibi-detect's dependencies) want writable cache dirs: /tmp is an emptyDir.
+ENV PATH=/opt/visionfleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
+    NUMBA_CACHE_DIR=/tmp MPLCONFIGDIR=/tmp
+USER 65532:65532
+EXPOSE 8010
+# No ENTRYPOINT: the operator sets the sidecar's command (visionfleet-monitor) and its arguments.
+CMD ["visionfleet-monitor", "--help"]

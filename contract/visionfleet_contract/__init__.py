@@ -1,0 +1,47 @@
+"""What the operator, the compile program and the drift monitor agree on, and nothing else.
+
+Each of the three ships in its own image and imports none of the others; this package is all they
+share, so each constant below has exactly one definition:
+
+    operator ──(Job env COMPILE_REQUEST_ENV: the request, schema.CompileRequest)──► compile program
+    compile program ──(termination message at TERMINATION_LOG: schema.CompileResult)──► operator
+    compile program ──(files in the model repository: ARTIFACT_FILE, CONFIG_FILE, REFERENCE_FILE)──► Triton, monitor
+    monitor ──(DRIFT_METRICS on MONITOR_PORT, scraped by Prometheus)──► operator's analysis
+
+Importable with no third-party package (the operator image has no numpy); ``reference`` alone needs
+numpy, and only the compile program and the monitor import it.
+"""
+
+from __future__ import annotations
+
+# -- the compile Job ---------------------------------------------------------------------------------
+COMPILE_REQUEST_ENV = "VISIONFLEET_COMPILE_REQUEST"  # the request JSON (schema.CompileRequest)
+TERMINATION_LOG = "/dev/termination-log"  # the result JSON (schema.CompileResult), or the error message
+TERMINATION_LOG_ENV = "VISIONFLEET_TERMINATION_LOG"  # overrides TERMINATION_LOG outside a pod
+MESSAGE_MAX = 4096  # the kubelet keeps at most 4 KiB of a termination message
+PVC_ROOT = "/pvc"  # pvc://<claim>/<path> is read at PVC_ROOT/<claim>/<path> inside the Job
+PVC_ROOT_ENV = "VISIONFLEET_PVC_ROOT"
+
+# Exit codes of the compile program. BAD_INPUT and GATE are permanent (no retry can fix a bad model
+# or a failed accuracy gate): the Job's podFailurePolicy fails the Job at once on them.
+EXIT_OK, EXIT_RETRYABLE, EXIT_BAD_INPUT, EXIT_GATE = 0, 1, 2, 3
+PERMANENT_EXIT_CODES = (EXIT_BAD_INPUT, EXIT_GATE)
+
+# -- files of one model repository entry (<repository>/<model>/<revision>-<class>/) -------------------
+CONFIG_FILE = "config.pbtxt"
+REFERENCE_FILE = "drift-reference.npz"  # the drift monitor's reference, written by the compile Job
+ARTIFACT_FILE = {  # per runtime: the file Triton loads (default_model_filename)
+    "tensorrt": "model.plan",
+    "onnxruntime": "model.onnx",
+    "openvino": "model.xml",  # + model.bin beside it
+}
+
+# -- labels every object of a VisionDeployment carries -------------------------------------------------
+LABEL_VD = "visionfleet.io/vision-deployment"
+LABEL_CLASS = "visionfleet.io/class"
+LABEL_REVISION = "visionfleet.io/revision"
+
+# -- the drift monitor -------------------------------------------------------------------------------
+MONITOR_PORT = 8010
+DRIFT_P_VALUE = "visionfleet_drift_p_value"  # gauge: the last test's p-value
+DRIFT_WINDOW_FILL = "visionfleet_drift_window_fill"  # gauge: samples held / window size (0..1)

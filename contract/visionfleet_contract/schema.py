@@ -1,0 +1,58 @@
+"""The compile request (operator → compile program) and result (compile program → operator), as
+JSON on the wire. Field names are the CRD's (camelCase); ``model`` and ``compile`` are the
+revision's ``spec.model`` and ``spec.compile`` exactly as the API server stores them.
+
+The operator validates a result with its own pydantic model (``CompileResult`` in its api); the
+compile program writes plain dicts of these shapes. ``total=False`` marks what may be absent.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class Tensor(TypedDict):
+    name: str
+    dataType: str  # FP32 | FP16 | INT8 | UINT8 | INT32 | INT64
+    dims: list[int]  # without the batch dimension; -1 for a variable size
+
+
+class Batching(TypedDict, total=False):
+    maxBatchSize: int  # 0: no batching
+    preferredBatchSizes: list[int]
+    maxQueueDelayMicroseconds: int
+    instanceCount: int
+
+
+class Output(TypedDict, total=False):
+    repository: str  # pvc://claim/path | s3://bucket/prefix | absent: a local directory
+    dir: str  # <path>/<model>/<revision>-<class> inside the repository
+
+
+class CompileRequest(TypedDict, total=False):
+    revision: str
+    # "class" is a Python keyword: the request carries it as the key "class".
+    runtime: str  # tensorrt | onnxruntime | openvino
+    precision: str  # fp32 | fp16 | int8
+    model: dict  # spec.model (name, version, uri, sha256, inputs: [Tensor], outputs: [Tensor])
+    compile: dict  # spec.compile (calibration, accuracyGate, batching, timeout)
+    output: Output
+
+
+class CompileResult(TypedDict, total=False):
+    artifact: str  # URI of the artifact file
+    sha256: str
+    accuracy: float  # the gate's metric as measured
+    p99MsAtBatch: dict[str, float]
+    batching: Batching
+    runtime: dict  # name, precision, library versions, cpu
+    files: dict[str, str]  # file name -> sha256, every file of the entry but config.pbtxt
+    throughputAtBatch: dict[str, float]
+    driftReference: str | None
+    top1Agreement: float
+    top1Accuracy: float
+    referenceTop1Accuracy: float
+
+
+# What the operator must find in a result; a termination message longer than MESSAGE_MAX keeps only these.
+RESULT_REQUIRED = ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching")

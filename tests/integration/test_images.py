@@ -1,0 +1,182 @@
+"""The Dockerfile's images, built for real (buildah, cached by content hash) and run as their pod
+specs run them: the user, read-only root filesystem, capabilities, command and arguments come from
+the manifests the operator builds (compile Job, drift monitor sidecar) and from the chart (the
+operator: tests/e2e/test_chart_rbac.py), so the images and the pod specs cannot drift apart.
+
+    compile image ─ compiles the real EfficientNet-Lite0 from a mounted claim, result in the
+                    termination message, artifact + config.pbtxt + drift reference on the output claim
+    monitor image ─ serves /healthz, /v1/status and /metrics on that drift reference
+    operator image ─ holds the operator and the contract only; the size budget
+    compile-gpu   ─ built; TensorRT and torch import; what a machine without a GPU cannot check is said
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.status import CompileResult
+from visionfleet.builders import manifests
+from visionfleet.planner.classes import resolve_classes
+from visionfleet_e2e import images
+from visionfleet_e2e.local_process import free_port
+
+from ..helpers import wait_for
+
+pytestmark = pytest.mark.images
+
+# The operator image: a Python base (~120 MB) and kopf, the Kubernetes client and pydantic. A budget,
+# not a guess: raising it is a decision to write down.
+OPERATOR_IMAGE_BUDGET_MB = 260
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory):
+    """target -> Built, built (or found) once per session."""
+    log = tmp_path_factory.mktemp("images") / "build.log"
+    built: dict[str, images.Built] = {}
+
+    def get(target: str) -> images.Built:
+        if target not in built:
+            built[target] = images.build(target, log)
+        return built[target]
+    return get
+
+
+def python_in(ref: str, code: str) -> str:
+    return images.podman("run", "--rm", "--pull=never", "--read-only", "--entrypoint=python", ref, "-c", code).stdout
+
+
+@pytest.mark.parametrize("target", ["operator", "compile", "monitor"])
+def test_images_run_as_non_root_numeric_user_with_a_read_only_root(image, target):
+    ref = image(target).ref
+    assert images.image_user(ref) == "65532:65532"
+    # Python 3.11 from the base, HOME on /tmp, and nothing written outside /tmp at start-up.
+    out = python_in(ref, "import os, sys; print(sys.version_info[:2], os.environ['HOME'], os.getuid())")
+    assert out.split() == ["(3,", "11)", "/tmp", "65532"], out
+
+
+def test_operator_image_holds_the_operator_and_the_contract_only(image):
+    built = image("operator")
+    found = json.loads(python_in(built.ref, (
+        "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
+        "['visionfleet', 'visionfleet_contract', 'kopf', 'kubernetes', 'visionfleet_compile', "
+        "'visionfleet_monitor', 'visionfleet_e2e', 'numpy', 'torch', 'onnx']}))")))
+    assert found == {"visionfleet": True, "visionfleet_contract": True, "kopf": True, "kubernetes": True,
+                     "visionfleet_compile": False, "visionfleet_monitor": False, "visionfleet_e2e": False,
+                     "numpy": False, "torch": False, "onnx": False}
+    assert built.size_bytes < OPERATOR_IMAGE_BUDGET_MB * 1e6, \
+        f"operator image is {built.size_bytes / 1e6:.0f} MB, over its {OPERATOR_IMAGE_BUDGET_MB} MB budget"
+
+
+def _spec(info: dict, drift: bool = True) -> VisionDeploymentSpec:
+    return VisionDeploymentSpec.model_validate({
+        "model": {"name": "effnet", "version": "1", "uri": "pvc://models/effnet/model.onnx",
+                  "sha256": info["modelSha256"], "inputs": [info["input"]], "outputs": [info["output"]]},
+        "fleet": {"classes": [{"name": "xeon", "nodeSelector": {"pool": "xeon"}, "runtime": "onnxruntime",
+                               "precision": "fp32"}]},
+        "compile": {"calibration": {"uri": "pvc://models/effnet/imagenet-sample.npz",
+                                    "sha256": info["dataSha256"], "samples": info["calibrationSamples"]},
+                    "accuracyGate": {"metric": "top1Agreement", "min": 0.99},
+                    "batching": {"mode": "auto", "latencyBudgetMs": 200}},
+        "serving": {"modelRepository": "pvc://repository/models"},
+        **({"analysis": {"drift": {"detector": "bbsd-ks", "window": 50}}} if drift else {}),
+    })
+
+
+@pytest.fixture(scope="module")
+def compiled(image, tmp_path_factory):
+    """The compile image run as the operator's compile Job runs it, on the real EfficientNet-Lite0."""
+    from visionfleet_compile import zoo
+
+    info = zoo.ensure_sample_model()
+    root = tmp_path_factory.mktemp("compile-image")
+    models, repo = root / "models", root / "repository"
+    (models / "effnet").mkdir(parents=True)
+    for src, name in ((info["model"], "model.onnx"), (info["data"], "imagenet-sample.npz")):
+        (models / "effnet" / name).write_bytes(Path(src).read_bytes())
+    repo.mkdir()
+    repo.chmod(0o777)  # the pod's fsGroup owns a real claim; here any user may write
+    term = root / "termination-log"
+    term.write_text("")
+    term.chmod(0o666)
+    spec = _spec(info)
+    cls = resolve_classes(spec, [])[0]
+    job = manifests.build_compile_job("doorbell", "ns", "uid-1", spec, cls, "0123456789abcdef")
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    host = {name: str(models if claim == "models" else repo) for name, claim in claims.items()}
+    built = image("compile")
+    name = f"vf-compile-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    proc = images.podman("run", "--rm", f"--name={name}", *images.run_args(pod, "compile", host),
+                         f"--volume={term}:/dev/termination-log:rw", "--env=VISIONFLEET_PROFILE_SECONDS=0.2",
+                         built.ref, *images.command_of(pod, "compile"), check=False)
+    return {"proc": proc, "term": term, "repo": repo, "spec": spec, "seconds": time.monotonic() - t0}
+
+
+def test_compile_image_compiles_efficientnet_as_the_job_runs_it(compiled):
+    proc = compiled["proc"]
+    assert proc.returncode == 0, f"compile image exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    result = json.loads(compiled["term"].read_text())
+    assert result["artifact"].startswith("pvc://repository/models/effnet/0123456789abcdef-xeon/")
+    assert result["accuracy"] >= 0.99 and result["batching"]["maxBatchSize"] >= 1
+    entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
+    assert {"model.onnx", "config.pbtxt", "drift-reference.npz"} <= {p.name for p in entry.iterdir()}
+    # The config the image wrote is byte for byte what the operator's ConfigMap carries.
+    spec = compiled["spec"]
+    cm = manifests.build_config_map("doorbell", "ns", "uid", spec, resolve_classes(spec, [])[0], "0123456789abcdef",
+                                    CompileResult.model_validate(result))
+    assert (entry / "config.pbtxt").read_text() == cm["data"]["config.pbtxt"]
+
+
+def test_monitor_image_serves_its_endpoints_on_the_compiled_reference(image, compiled):
+    assert compiled["proc"].returncode == 0
+    spec = compiled["spec"]
+    container = manifests.drift_monitor_container(spec, [{"name": "artifact", "mountPath": "/models/effnet/1"}])
+    port = free_port()
+    container["args"] = [a if not a.startswith("--listen=") else f"--listen=127.0.0.1:{port}" for a in container["args"]]
+    pod = {"securityContext": manifests.RESTRICTED_POD, "containers": [container],
+           "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "artifact", "persistentVolumeClaim": {"claimName": "repository"}}]}
+    entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
+    built = image("monitor")
+    name = f"vf-monitor-{uuid.uuid4().hex[:6]}"
+    images.podman("run", "-d", f"--name={name}", *images.run_args(pod, "drift-monitor", {"artifact": str(entry)}),
+                  built.ref, *images.command_of(pod, "drift-monitor"))
+    try:
+        def get(path: str) -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                return None
+        try:
+            wait_for(lambda: get("/healthz") is not None, timeout=90, what="the monitor image's /healthz")
+        except AssertionError:
+            logs = images.podman("logs", name, check=False)
+            raise AssertionError(f"monitor image never served:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}") from None
+        status = json.loads(get("/v1/status"))
+        assert status["referenceSamples"] >= 20
+        metrics = get("/metrics")
+        assert "visionfleet_drift_window_fill" in metrics
+    finally:
+        images.podman("rm", "-f", name, check=False)
+
+
+def test_compile_gpu_image_installs_tensorrt_and_says_what_it_cannot_check_here(image):
+    built = image("compile-gpu")
+    assert images.image_user(built.ref) == "65532:65532"
+    out = json.loads(python_in(built.ref, (
+        "import json, sys, tensorrt, torch, onnxconverter_common\n"
+        "from visionfleet_compile import tensorrt_target\n"
+        "print(json.dumps({'python': list(sys.version_info[:2]), 'tensorrt': tensorrt.__version__, "
+        "'torch': torch.__version__, 'missing': tensorrt_target.available()}))")))
+    assert out["python"] == [3, 11] and out["tensorrt"].startswith("10.")
+    # Without a GPU the target says so (the operator shows it on the class); with one it is empty.
+    assert out["missing"] is None or "CUDA" in out["missing"], out
