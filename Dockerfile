@@ -4,9 +4,10 @@
 #   operator      ghcr.io/visionfleet/operator     the operator (kopf) and kubectl-vision; nothing of the
 #                                                  compile program, the monitor or the e2e harness
 #   compile       ghcr.io/visionfleet/compile      the compile Job for CPU classes (ONNX Runtime, OpenVINO + NNCF)
-#   compile-gpu   ghcr.io/visionfleet/compile-gpu  the compile Job for NVIDIA GPU classes: TensorRT and torch
-#                                                  from PyPI, which bring their CUDA libraries (the driver
-#                                                  comes from the node, through the NVIDIA container runtime)
+#   compile-gpu   ghcr.io/visionfleet/compile-gpu  the compile Job for NVIDIA GPU classes: TensorRT from
+#                                                  NVIDIA's TensorRT image (TENSORRT_BASE, Python 3.12), torch
+#                                                  from PyPI with its CUDA libraries; the driver comes from
+#                                                  the node, through the NVIDIA container runtime
 #   monitor       ghcr.io/visionfleet/monitor      the drift monitor sidecar (alibi-detect)
 #
 #   docker build --target operator -t ghcr.io/visionfleet/operator:0.1.0 .
@@ -19,8 +20,13 @@
 # needs one mounts it (and a pip.conf naming it) at build time only.
 #
 # Every image runs as 65532:65532 with a read-only root filesystem: HOME is /tmp (an emptyDir in the
-# pod specs), bytecode is compiled at build time and never written at run time.
+# pod specs), bytecode is compiled at build time and never written at run time (files that parse only
+# on a newer Python, such as torch's py312_intrinsics, are skipped: nothing imports them on 3.11).
 ARG PYTHON=docker.io/library/python:3.11.10-slim-bookworm
+# TensorRT's Python bindings are not installable from PyPI (its tensorrt-cu12-libs there is a stub that
+# downloads from pypi.nvidia.com), so the GPU image starts from NVIDIA's TensorRT image: 25.10 ships
+# TensorRT 10.13 on CUDA 13 with Python 3.12 (the 24.x images ship Python 3.10, below the project's 3.11).
+ARG TENSORRT_BASE=nvcr.io/nvidia/tensorrt:25.10-py3
 
 # -- the shared build stage: one wheel per component ------------------------------------------------
 FROM ${PYTHON} AS wheels
@@ -43,21 +49,25 @@ RUN python3 -m venv /opt/visionfleet
 
 FROM venv AS operator-venv
 RUN /opt/visionfleet/bin/pip install --quiet /wheels/visionfleet_contract-*.whl /wheels/visionfleet-[0-9]*.whl \
- && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/python -c "import visionfleet.handlers"
 
 FROM venv AS compile-venv
 RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
       "$(ls /wheels/visionfleet_compile-*.whl)[openvino]" \
- && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/visionfleet-compile --help >/dev/null
 
-FROM venv AS compile-gpu-venv
-RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
+# --system-site-packages: the base image's tensorrt package is part of the virtualenv.
+FROM ${TENSORRT_BASE} AS compile-gpu-venv
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+COPY --from=wheels /wheels /wheels
+RUN python3 -m venv --system-site-packages /opt/visionfleet \
+ && /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
       "$(ls /wheels/visionfleet_compile-*.whl)[tensorrt]" \
- && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/visionfleet-compile --help >/dev/null
 
@@ -67,7 +77,7 @@ FROM venv AS monitor-venv
 ARG MONITOR_EXTRAS=""
 RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
       "$(ls /wheels/visionfleet_monitor-*.whl)${MONITOR_EXTRAS:+[$MONITOR_EXTRAS]}" \
- && /opt/visionfleet/bin/python -m compileall -q /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/visionfleet-monitor --help >/dev/null
 
@@ -97,7 +107,7 @@ USER 65532:65532
 ENTRYPOINT ["visionfleet-compile"]
 CMD ["compile"]
 
-FROM ${PYTHON} AS compile-gpu
+FROM ${TENSORRT_BASE} AS compile-gpu
 LABEL org.opencontainers.image.title="visionfleet-compile-gpu" \
       org.opencontainers.image.source="https://github.com/visionfleet/visionfleet" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -158,6 +158,11 @@ def build(target: str, log: Path, build_args: dict[str, str] | None = None) -> B
     t0 = time.monotonic()
     base = ensure_base(log)
     args = {"PYTHON": base, **(build_args or {})}
+    if target == "compile-gpu" and "TENSORRT_BASE" not in args:
+        # NVIDIA's TensorRT image (the Dockerfile's default) is not reachable from a machine that has
+        # only the package registries: the Debian base stands in, so everything but TensorRT itself is
+        # built and checked (the image's `visionfleet-compile targets` then says TensorRT is missing).
+        args["TENSORRT_BASE"] = base
     ref = f"{REGISTRY}/{target}:{content_hash(target, base, args)}"
     if image_exists(ref):
         return Built(target, ref, True, time.monotonic() - t0, image_size(ref))

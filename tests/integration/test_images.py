@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from visionfleet.api.spec import VisionDeploymentSpec
-from visionfleet.api.status import CompileResult
+from visionfleet.observe.kube import parse_result
 from visionfleet.builders import manifests
 from visionfleet.planner.classes import resolve_classes
 from visionfleet_e2e import images
@@ -31,9 +31,10 @@ from ..helpers import wait_for
 
 pytestmark = pytest.mark.images
 
-# The operator image: a Python base (~120 MB) and kopf, the Kubernetes client and pydantic. A budget,
-# not a guess: raising it is a decision to write down.
-OPERATOR_IMAGE_BUDGET_MB = 260
+# The operator image: the Debian base with Python 3.11 (160 MB) and a virtualenv of kopf, the
+# Kubernetes client (130 MB of it, sources and bytecode), pydantic and the contract: 335 MB measured.
+# A budget, not a guess: raising it is a decision to write down in docs/operating.md.
+OPERATOR_IMAGE_BUDGET_MB = 350
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +126,9 @@ def test_compile_image_compiles_efficientnet_as_the_job_runs_it(compiled):
     proc = compiled["proc"]
     assert proc.returncode == 0, f"compile image exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     result = json.loads(compiled["term"].read_text())
+    # ... and the operator reads it as it reads a Job's termination message.
+    parsed, error = parse_result(compiled["term"].read_text())
+    assert error is None and parsed.sha256 == result["sha256"] and parsed.batching is not None
     assert result["artifact"].startswith("pvc://repository/models/effnet/0123456789abcdef-xeon/")
     assert result["accuracy"] >= 0.99 and result["batching"]["maxBatchSize"] >= 1
     entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
@@ -132,7 +136,7 @@ def test_compile_image_compiles_efficientnet_as_the_job_runs_it(compiled):
     # The config the image wrote is byte for byte what the operator's ConfigMap carries.
     spec = compiled["spec"]
     cm = manifests.build_config_map("doorbell", "ns", "uid", spec, resolve_classes(spec, [])[0], "0123456789abcdef",
-                                    CompileResult.model_validate(result))
+                                    parsed)
     assert (entry / "config.pbtxt").read_text() == cm["data"]["config.pbtxt"]
 
 

@@ -27,6 +27,7 @@ from visionfleet.act.apply import (
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import ChosenBatching, CompileResult, VisionDeploymentStatus
 from visionfleet.builders.manifests import (
+    compile_image,
     ANNOTATION_APPLIED,
     build_compile_job,
     build_config_map,
@@ -411,7 +412,7 @@ def test_render_uses_the_revisions_frozen_spec(fake):
     assert any(c["name"] == "drift-monitor" for c in dep["spec"]["template"]["spec"]["containers"]), \
         "the frozen spec has drift on; the edited one does not"
     assert dep["metadata"]["annotations"]["visionfleet.io/track"] == "canary"
-    assert objs["Job"]["spec"]["template"]["spec"]["containers"][0]["image"] == frozen.compile.image
+    assert objs["Job"]["spec"]["template"]["spec"]["containers"][0]["image"] == compile_image(frozen, cls(frozen))
     assert objs["ConfigMap"]["data"] == build_config_map(VD, NS, UID, frozen, cls(frozen), REV, RESULT)["data"]
 
 

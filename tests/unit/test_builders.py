@@ -277,3 +277,25 @@ def test_drift_service_and_mirror_filter():
     assert mirror_filters(on, "doorbell", True) == on  # idempotent: no write on the next pass
     assert mirror_filters(on, "doorbell", False) == [theirs]  # drift switched off: only ours removed
 
+
+
+def test_each_class_gets_the_compile_image_its_hardware_needs():
+    """A mixed fleet: the GPU image for tensorrt classes, the CPU image for the others, and a class's
+    own compileImage over either."""
+    s = spec()
+    gpu = {n for n, c in classes(s).items() if c.spec.runtime == "tensorrt"}
+    cpu = set(classes(s)) - gpu
+    assert gpu and cpu
+    image = {n: build_compile_job("vd", "ns", "u", s, c, REV)["spec"]["template"]["spec"]["containers"][0]["image"]
+             for n, c in classes(s).items()}
+    assert {image[n] for n in gpu} == {"ghcr.io/visionfleet/compile-gpu:0.1.0"}
+    assert {image[n] for n in cpu} == {"ghcr.io/visionfleet/compile:0.1.0"}
+    raw = dict(SPEC, compile={**SPEC.get("compile", {}), "image": "reg.example/cpu:1", "gpuImage": "reg.example/gpu:1"})
+    raw["fleet"] = {**SPEC["fleet"], "classes": [dict(c, compileImage="reg.example/jetson:1") if c["name"] == sorted(gpu)[0]
+                                                 else c for c in SPEC["fleet"]["classes"]]}
+    s2 = VisionDeploymentSpec.model_validate(raw)
+    image2 = {n: build_compile_job("vd", "ns", "u", s2, c, REV)["spec"]["template"]["spec"]["containers"][0]["image"]
+              for n, c in classes(s2).items()}
+    assert image2[sorted(gpu)[0]] == "reg.example/jetson:1"
+    assert {image2[n] for n in gpu - {sorted(gpu)[0]}} <= {"reg.example/gpu:1"}
+    assert {image2[n] for n in cpu} == {"reg.example/cpu:1"}

@@ -36,7 +36,8 @@ from .common import (
 URI_PATTERN = r"^(pvc|s3|gs|https|file)://.+$"
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the release tested locally
-COMPILE_IMAGE = "ghcr.io/visionfleet/compile:0.1.0"
+COMPILE_IMAGE = "ghcr.io/visionfleet/compile:0.1.0"  # CPU classes: ONNX Runtime, OpenVINO
+COMPILE_GPU_IMAGE = "ghcr.io/visionfleet/compile-gpu:0.1.0"  # tensorrt classes: TensorRT, CUDA
 MONITOR_IMAGE = "ghcr.io/visionfleet/monitor:0.1.0"
 
 NodeSelector = Annotated[
@@ -214,6 +215,9 @@ class NodeClass(Model):
         "compile.calibration); tensorrt builds fp16 or int8 only. Default fp32."))
     resources: Resources | None = Field(default=None, description=(
         "Requests and limits of the class's Triton container and compile Job container; unset, none."))
+    compile_image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] | None = Field(default=None, description=(
+        "Image of this class's compile Job, for a class whose hardware needs its own build (e.g. a Jetson "
+        "pool). Unset: compile.gpuImage for runtime tensorrt, compile.image for onnxruntime and openvino."))
     replicas: Annotated[ReplicaRange, Field(description=(
         "Triton pods of the class (not part of the revision: changing it recompiles nothing). "
         "Default {min: 1, max: 4}."))] = default_object(ReplicaRange)
@@ -360,7 +364,12 @@ class CompileSpec(Model):
     """How each class's compile Job builds and checks the artifact."""
 
     image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=COMPILE_IMAGE, description=(
-        f"Image of the compile Jobs (runs visionfleet-compile). Default {COMPILE_IMAGE}."))
+        f"Image of the compile Jobs of CPU classes (runtime onnxruntime or openvino; runs visionfleet-compile). "
+        f"Default {COMPILE_IMAGE}."))
+    gpu_image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(
+        default=COMPILE_GPU_IMAGE, description=(
+            f"Image of the compile Jobs of GPU classes (runtime tensorrt: TensorRT and CUDA). A class's "
+            f"compileImage overrides either. Default {COMPILE_GPU_IMAGE}."))
     calibration: Calibration | None = Field(default=None, description=(
         "Sample images; required for int8 precision, for accuracyGate.metric top1Accuracy and for analysis.drift. "
         "Unset, the gate compares on random inputs."))

@@ -29,7 +29,7 @@ import json
 from typing import Any
 
 from visionfleet.api import crd
-from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.spec import Runtime, VisionDeploymentSpec
 from visionfleet.api.status import CompileResult
 from visionfleet.planner.classes import ResolvedClass
 from visionfleet.planner.durations import seconds
@@ -145,6 +145,13 @@ def artifact_dir(spec: VisionDeploymentSpec, class_name: str, revision: str) -> 
     return "/".join(p for p in (base, spec.model.name, f"{revision}-{class_name}") if p)
 
 
+def compile_image(spec: VisionDeploymentSpec, cls: ResolvedClass) -> str:
+    """The class's own compile image, else the default for its runtime (GPU or CPU)."""
+    if cls.spec.compile_image:
+        return cls.spec.compile_image
+    return spec.compile.gpu_image if cls.spec.runtime == Runtime.TENSORRT.value else spec.compile.image
+
+
 def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
                       revision: str) -> dict[str, Any]:
     request = {
@@ -176,7 +183,7 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
         **_placement(cls),
         "containers": [{
             "name": "compile",
-            "image": spec.compile.image,
+            "image": compile_image(spec, cls),
             "args": ["compile"],
             "env": [{"name": COMPILE_REQUEST_ENV, "value": json.dumps(request, sort_keys=True)}],
             "resources": _resources(cls),
