@@ -142,10 +142,21 @@ def cmd_images(args: argparse.Namespace) -> int:
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"{'TARGET':12} {'IMAGE':52} {'SIZE':>9} {'TIME':>7}  ")
+    built = []
     for target in args.targets or list(images.TARGETS):
         b = images.build(target, log)
+        built.append(b)
         print(f"{b.target:12} {b.ref:52} {b.size_bytes / 1e6:7.0f}MB {b.seconds:6.1f}s  "
               f"{'(cached)' if b.cached else '(built)'}", flush=True)
+    if args.sbom:
+        out = Path(args.sbom)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"\nSBOMs (CycloneDX JSON, syft) in {out}:\n")
+        print("| image | size | Python packages | key packages |\n|---|---|---|---|")
+        for b in built:
+            pkgs = images.python_packages(images.sbom(b.ref, out / f"{b.target}.cdx.json"))
+            key = ", ".join(f"{k} {pkgs[k]}" for k in images.KEY_PACKAGES if k in pkgs)
+            print(f"| {b.target} | {b.size_bytes / 1e6:.0f} MB | {len(pkgs)} | {key} |", flush=True)
     return 0
 
 
@@ -186,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                        "print their sizes")
     p.add_argument("targets", nargs="*", help="operator, compile, compile-gpu, monitor (default: all)")
     p.add_argument("--log", default=str(REPO / ".fleet" / "images.log"), help="build log (default: %(default)s)")
+    p.add_argument("--sbom", metavar="DIR", help="also write each image's SBOM (CycloneDX JSON, by syft) to DIR "
+                   "and print a table of its Python packages")
     p.set_defaults(func=cmd_images)
     p = sub.add_parser("demo", help="up + helm install + the operator + a real Triton per revision: v1 Healthy, "
                        "then a slow v2 caught by the canary analysis and rolled back")

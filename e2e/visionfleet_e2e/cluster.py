@@ -46,7 +46,7 @@ STAGES_FILE = Path(__file__).resolve().parent / "stages" / "fleet-stages.yaml"
 KUBE_VERSION = "v1.36.3"
 DEFAULT_STATE = REPO / ".fleet"
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
-            "etcd", "etcdctl", "kwok", "kwokctl", "helm")
+            "etcd", "etcdctl", "kwok", "kwokctl", "helm", "syft")
 
 
 class ClusterError(RuntimeError):

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cluster import REPO, say
+from .cluster import REPO, ensure_binaries, say
 
 REGISTRY = "localhost/visionfleet"
 SUITE = "bookworm"
@@ -177,11 +177,50 @@ def build(target: str, log: Path, build_args: dict[str, str] | None = None) -> B
                *(a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")),
                "-t", ref, "-t", f"{REGISTRY}/{target}:dev", str(REPO)]
         _run(cmd, log)
+    _drop_older(target, ref)
     return Built(target, ref, False, time.monotonic() - t0, image_size(ref))
+
+
+def _drop_older(target: str, keep: str) -> None:
+    """Older builds of ``target`` (other content hashes) are never used again; the GPU image alone is
+    several GB. Their untagged layers go with the next ``podman image prune``."""
+    out = podman("images", "--format", "{{.Repository}}:{{.Tag}}", f"{REGISTRY}/{target}", check=False).stdout
+    old = [r for r in out.split() if r not in (keep, f"{REGISTRY}/{target}:dev") and not r.endswith(":<none>")]
+    if old:
+        podman("rmi", *old, check=False)
 
 
 def build_all(targets: list[str], log: Path) -> list[Built]:
     return [build(t, log) for t in targets]
+
+
+def sbom(ref: str, dest: Path) -> dict:
+    """The image's software bill of materials, CycloneDX JSON, by syft (pinned in e2e/cluster/gomod/syft),
+    from the image's root filesystem (``podman image mount``): every Debian and Python package with its
+    version. Written to ``dest``; returned parsed."""
+    syft = ensure_binaries() / "syft"
+    root = podman("image", "mount", ref).stdout.strip()
+    try:
+        proc = subprocess.run([str(syft), "scan", f"dir:{root}", "--quiet", "--source-name", ref,
+                               "-o", f"cyclonedx-json={dest}"], capture_output=True, text=True,
+                              env={**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"})
+        if proc.returncode:
+            raise ImageError(f"syft failed on {ref} (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    finally:
+        podman("image", "unmount", ref, check=False)
+    return json.loads(dest.read_text())
+
+
+# What the report names per image (when the image has it).
+KEY_PACKAGES = ("visionfleet", "visionfleet-compile", "visionfleet-monitor", "visionfleet-contract", "kopf",
+                "kubernetes", "pydantic", "onnxruntime", "openvino", "nncf", "torch", "tensorrt", "alibi-detect",
+                "numpy", "scipy")
+
+
+def python_packages(bom: dict) -> dict[str, str]:
+    """name -> version of the Python packages a CycloneDX SBOM lists (purl pkg:pypi/...)."""
+    return {c["name"].lower().replace("_", "-"): c.get("version", "") for c in bom.get("components", [])
+            if c.get("purl", "").startswith("pkg:pypi/")}
 
 
 # -- running an image as a pod spec says ------------------------------------------------------------

@@ -34,6 +34,10 @@ class TestResult:
     seconds: float
 
 
+class DetectorUnavailable(ValueError):
+    """The detector cannot run in this image (a missing backend); no restart can fix it."""
+
+
 class Detector:
     """Built once per reference (alibi-detect precomputes on it), then called per window."""
 
@@ -46,7 +50,13 @@ class Detector:
 
             self._cd = KSDrift(reference.probs, p_val=p_value, correction="bonferroni")
         else:
-            import torch
+            try:
+                import torch
+            except ImportError:
+                raise DetectorUnavailable(
+                    "detector mmd needs torch (alibi-detect's pytorch backend) and this monitor has none: use "
+                    "the monitor image built with --build-arg MONITOR_EXTRAS=mmd (analysis.drift.image), or "
+                    "analysis.drift.detector bbsd-ks") from None
             from alibi_detect.cd import MMDDrift
 
             torch.manual_seed(seed)

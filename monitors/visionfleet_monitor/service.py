@@ -45,7 +45,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from visionfleet_contract import DRIFT_P_VALUE, DRIFT_WINDOW_FILL
 from visionfleet_contract.reference import ReferenceError, load
 
-from .detect import DETECTORS, Detector
+from .detect import DETECTORS, Detector, DetectorUnavailable
 from .window import TokenBucket, Window
 
 log = logging.getLogger("visionfleet.monitor")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(args))
-    except ReferenceError as e:
+    except (ReferenceError, DetectorUnavailable) as e:
         print(f"visionfleet-monitor: {e}", file=sys.stderr)
         return 2
     return 0
