@@ -8,7 +8,9 @@
 #                                                  NVIDIA's TensorRT image (TENSORRT_BASE, Python 3.12), torch
 #                                                  from PyPI with its CUDA libraries; the driver comes from
 #                                                  the node, through the NVIDIA container runtime
-#   monitor       ghcr.io/visionfleet/monitor      the drift monitor sidecar (alibi-detect)
+#   monitor       ghcr.io/visionfleet/monitor      the drift monitor sidecar (alibi-detect), detector bbsd-ks
+#   monitor-mmd   ghcr.io/visionfleet/monitor-mmd  the same with torch (CPU wheels from TORCH_INDEX_URL),
+#                                                  alibi-detect's backend for detector mmd
 #
 #   docker build --target operator -t ghcr.io/visionfleet/operator:0.1.0 .
 #
@@ -60,23 +62,33 @@ RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/visionfleet-compile --help >/dev/null
 
-# --system-site-packages: the base image's tensorrt package is part of the virtualenv.
+# --system-site-packages: the base image's tensorrt package is part of the virtualenv. An Ubuntu base
+# without python3-venv (no ensurepip) gets the virtualenv's pip from the base's own pip.
 FROM ${TENSORRT_BASE} AS compile-gpu-venv
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 COPY --from=wheels /wheels /wheels
-RUN python3 -m venv --system-site-packages /opt/visionfleet \
+RUN { python3 -m venv --system-site-packages /opt/visionfleet \
+      || { python3 -m venv --without-pip --system-site-packages /opt/visionfleet \
+           && python3 -m pip --python /opt/visionfleet/bin/python install --quiet pip; }; } \
  && /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
       "$(ls /wheels/visionfleet_compile-*.whl)[tensorrt]" \
  && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/visionfleet-compile --help >/dev/null
 
-# MONITOR_EXTRAS=mmd adds torch (alibi-detect's backend for the mmd detector); the default image runs
-# the default detector, bbsd-ks, without it.
+# The default detector, bbsd-ks, needs no torch: the sidecar in every Triton pod stays small.
 FROM venv AS monitor-venv
-ARG MONITOR_EXTRAS=""
 RUN /opt/visionfleet/bin/pip install --quiet "$(ls /wheels/visionfleet_contract-*.whl)[reference]" \
-      "$(ls /wheels/visionfleet_monitor-*.whl)${MONITOR_EXTRAS:+[$MONITOR_EXTRAS]}" \
+      "$(ls /wheels/visionfleet_monitor-*.whl)" \
+ && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
+ && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
+ && /opt/visionfleet/bin/visionfleet-monitor --help >/dev/null
+
+# Detector mmd: torch's CPU wheels (the index PyPI's CUDA build would otherwise come from is 4 GB larger).
+FROM venv AS monitor-mmd-venv
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN /opt/visionfleet/bin/pip install --quiet ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+      "$(ls /wheels/visionfleet_contract-*.whl)[reference]" "$(ls /wheels/visionfleet_monitor-*.whl)[mmd]" \
  && /opt/visionfleet/bin/python -m compileall -q -x 'py31[2-9]' /opt/visionfleet/lib \
  && /opt/visionfleet/bin/pip uninstall --quiet --yes pip setuptools \
  && /opt/visionfleet/bin/visionfleet-monitor --help >/dev/null
@@ -129,4 +141,15 @@ ENV PATH=/opt/visionfleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 65532:65532
 EXPOSE 8010
 # No ENTRYPOINT: the operator sets the sidecar's command (visionfleet-monitor) and its arguments.
+CMD ["visionfleet-monitor", "--help"]
+
+FROM ${PYTHON} AS monitor-mmd
+LABEL org.opencontainers.image.title="visionfleet-monitor-mmd" \
+      org.opencontainers.image.source="https://github.com/visionfleet/visionfleet" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=monitor-mmd-venv /opt/visionfleet /opt/visionfleet
+ENV PATH=/opt/visionfleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp \
+    NUMBA_CACHE_DIR=/tmp MPLCONFIGDIR=/tmp
+USER 65532:65532
+EXPOSE 8010
 CMD ["visionfleet-monitor", "--help"]

@@ -44,6 +44,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "compile": ("contract", "compiler_jobs"),
     "compile-gpu": ("contract", "compiler_jobs"),
     "monitor": ("contract", "monitors"),
+    "monitor-mmd": ("contract", "monitors"),
 }
 CACHE = Path(os.environ.get("VISIONFLEET_CACHE", Path.home() / ".cache" / "visionfleet")) / "images"
 
@@ -163,6 +164,9 @@ def build(target: str, log: Path, build_args: dict[str, str] | None = None) -> B
         # only the package registries: the Debian base stands in, so everything but TensorRT itself is
         # built and checked (the image's `visionfleet-compile targets` then says TensorRT is missing).
         args["TENSORRT_BASE"] = base
+    if target == "monitor-mmd" and "TORCH_INDEX_URL" not in args:
+        # download.pytorch.org is not one of the registries either: PyPI's (CUDA) torch stands in.
+        args["TORCH_INDEX_URL"] = ""
     ref = f"{REGISTRY}/{target}:{content_hash(target, base, args)}"
     if image_exists(ref):
         return Built(target, ref, True, time.monotonic() - t0, image_size(ref))

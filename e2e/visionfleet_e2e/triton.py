@@ -39,7 +39,7 @@ class TritonError(RuntimeError):
 def pytriton_dir() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise TritonError("nvidia-pytriton is not installed (pip install visionfleet-fleet, the repository root): it ships tritonserver")
+        raise TritonError("nvidia-pytriton is not installed (make venv installs it): it ships tritonserver")
     root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
         raise TritonError(f"no tritonserver binary under {root}")

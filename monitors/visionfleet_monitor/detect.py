@@ -55,7 +55,7 @@ class Detector:
             except ImportError:
                 raise DetectorUnavailable(
                     "detector mmd needs torch (alibi-detect's pytorch backend) and this monitor has none: use "
-                    "the monitor image built with --build-arg MONITOR_EXTRAS=mmd (analysis.drift.image), or "
+                    "the monitor-mmd image (the default for mmd when analysis.drift.image is unset), or "
                     "analysis.drift.detector bbsd-ks") from None
             from alibi_detect.cd import MMDDrift
 

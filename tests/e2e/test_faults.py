@@ -23,6 +23,7 @@ import collections
 import copy
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -92,29 +93,77 @@ def watch_weights(g: Given, until, timeout=120, interval=0.3):
 
 # --- Prometheus -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", PROMETHEUS_MODES)
-def test_a_bad_prometheus_never_passes_and_rolls_back_at_the_limit(cluster, operators, namespace, mode):
-    prom = FaultyPrometheus(mode, delay=30).start()
+@pytest.fixture()
+def namespaces(cluster, namespace):
+    """``n`` fresh namespaces: the test's own and n - 1 more (each with the "models" claim), for cases
+    that run side by side under one operator; deleted afterwards."""
+    made: list[str] = []
+
+    def make(n: int) -> list[str]:
+        new = []
+        for _ in range(n - 1):
+            name = f"t-{uuid.uuid4().hex[:8]}"
+            cluster.kubectl("create", "namespace", name)
+            cluster.ensure_claim(name, "models")
+            new.append(name)
+        for name in new:  # as the namespace fixture: pods are refused until the default ServiceAccount exists
+            wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+                     timeout=60, what=f"default ServiceAccount of {name}")
+        made.extend(new)
+        return [namespace, *new]
+
+    yield make
+    for name in made:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_a_bad_prometheus_never_passes_and_rolls_back_at_the_limit(cluster, operators, namespaces):
+    """Every way of answering badly, side by side: one namespace and one FaultyPrometheus per mode,
+    one operator for all (the cases are independent; run in turn they took six times as long)."""
+    proms = {mode: FaultyPrometheus(mode, delay=30).start() for mode in PROMETHEUS_MODES}
     try:
         operators()
-        analysis = {"interval": "2s", "prometheus": {"url": prom.url, "timeout": "2s"},
+        steps = [{"setWeight": 50, "pause": "1s"}, {"setWeight": 100}]
+
+        def analysis(mode):
+            return {"interval": "2s", "prometheus": {"url": proms[mode].url, "timeout": "2s"},
                     "slo": {"latencyP99Ms": 100, "errorRate": 0.05, "minRequests": 10},
                     "failureLimit": 1, "inconclusiveLimit": 2, "consecutiveErrorLimit": 2,
                     "onInconclusive": "Rollback"}
-        steps = [{"setWeight": 50, "pause": "1s"}, {"setWeight": 100}]
-        g = Given(cluster, namespace).apply(vd_with(rollout__steps=steps, analysis=analysis))
-        v1 = g.wait_phase("Healthy")["stableRevision"]  # a first revision has nothing to compare against
-        g.apply(vd_with(model__version="2", rollout__steps=steps, analysis=analysis))
-        st, seen = watch_weights(g, lambda s: s.get("phase") == "RolledBack")
-        assert st["stableRevision"] == v1 and not st.get("canaryRevision")
-        assert st["history"][-1]["outcome"] == "RolledBack"
-        assert "inconclusive 2 times in a row" in st["history"][-1]["reason"], st["history"][-1]
-        assert all(v != "Passed" for _, _, v in seen), "a bad Prometheus produced a pass"
-        assert all((w or 0) <= 50 for _, w, _ in seen), "the weight advanced without a passing measurement"
-        assert prom.queries > 0
-        no_duplicates(g)
+        given = {mode: Given(cluster, ns) for mode, ns in zip(PROMETHEUS_MODES, namespaces(len(PROMETHEUS_MODES)))}
+        for mode, g in given.items():
+            g.apply(vd_with(rollout__steps=steps, analysis=analysis(mode)))
+        v1 = {mode: g.wait_phase("Healthy")["stableRevision"] for mode, g in given.items()}  # nothing to compare against
+        for mode, g in given.items():
+            g.apply(vd_with(model__version="2", rollout__steps=steps, analysis=analysis(mode)))
+        seen: dict[str, list] = {mode: [] for mode in given}
+        ended: dict[str, dict] = {}
+
+        def all_rolled_back():
+            for mode, g in given.items():
+                if mode in ended:
+                    continue
+                st = g.status()
+                seen[mode].append((st.get("phase"), st.get("canaryWeight"), (st.get("analysis") or {}).get("verdict")))
+                if st.get("phase") == "RolledBack":
+                    ended[mode] = st
+            return len(ended) == len(given)
+        try:
+            wait_for(all_rolled_back, timeout=180, interval=0.3, what="every mode RolledBack")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; not RolledBack: {sorted(set(given) - set(ended))}") from None
+        for mode, g in given.items():
+            st = ended[mode]
+            assert st["stableRevision"] == v1[mode] and not st.get("canaryRevision"), mode
+            assert st["history"][-1]["outcome"] == "RolledBack", mode
+            assert "inconclusive 2 times in a row" in st["history"][-1]["reason"], (mode, st["history"][-1])
+            assert all(v != "Passed" for _, _, v in seen[mode]), f"{mode}: a bad Prometheus produced a pass"
+            assert all((w or 0) <= 50 for _, w, _ in seen[mode]), f"{mode}: the weight advanced without a pass"
+            assert proms[mode].queries > 0, mode
+            no_duplicates(g)
     finally:
-        prom.stop()
+        for prom in proms.values():
+            prom.stop()
 
 
 def test_a_prometheus_outage_pauses_the_rollout_which_goes_on_when_data_returns(cluster, operators, namespace):
@@ -272,30 +321,47 @@ def test_abort_with_the_canary_at_full_weight_sends_traffic_back(cluster, operat
 
 # --- compile Jobs -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fault, says", [
-    ("OOMKilled", "OOMKilled"),
-    ("ErrImagePull", "DeadlineExceeded"),
-    ("unschedulable", "DeadlineExceeded"),
-    ("deadline", "DeadlineExceeded"),
-])
-def test_compile_job_failures_end_failed_with_the_reason(cluster, operators, namespace, fault, says):
+COMPILE_FAULTS = {  # fault -> what the class's compile message must say
+    "OOMKilled": "OOMKilled",
+    "ErrImagePull": "DeadlineExceeded",
+    "unschedulable": "DeadlineExceeded",
+    "deadline": "DeadlineExceeded",
+}
+
+
+def test_compile_job_failures_end_failed_with_the_reason(cluster, operators, namespaces):
+    """Each way a compile Job fails, side by side in its own namespace under one operator."""
     operators()
-    obj = vd_with()
-    obj["spec"]["fleet"]["classes"] = [obj["spec"]["fleet"]["classes"][1]]  # xeon only
-    obj["spec"]["compile"] = {"timeout": "12s"}
-    if fault == "unschedulable":  # the class exists, but no node of it can take the Job
-        obj["spec"]["fleet"]["classes"][0]["resources"] = {"requests": {"cpu": "500"}}
-    else:
-        obj = with_outcome(obj, {"deadline": "NotReady"}.get(fault, fault), cls=0)
-    g = Given(cluster, namespace).apply(obj)
-    if fault in ("ErrImagePull", "unschedulable"):  # while it waits, the class says why
-        expect = "ErrImagePull" if fault == "ErrImagePull" else "Insufficient cpu"
-        wait_for(lambda: expect in str((g.status().get("classes") or [{}])[0].get("compile", {}).get("message")),
-                 timeout=30, what=f"{expect} in the class's compile message")
-    st = g.wait_phase("Failed", timeout=90)
-    assert st["history"][-1]["outcome"] == "CompileFailed"
-    assert says in st["classes"][0]["compile"]["message"], st["classes"][0]["compile"]
-    assert not g.objects("deployments"), "nothing is served from a failed compile"
+    given = {}
+    for fault, ns in zip(COMPILE_FAULTS, namespaces(len(COMPILE_FAULTS))):
+        obj = vd_with()
+        obj["spec"]["fleet"]["classes"] = [obj["spec"]["fleet"]["classes"][1]]  # xeon only
+        obj["spec"]["compile"] = {"timeout": "12s"}
+        if fault == "unschedulable":  # the class exists, but no node of it can take the Job
+            obj["spec"]["fleet"]["classes"][0]["resources"] = {"requests": {"cpu": "500"}}
+        else:
+            obj = with_outcome(obj, {"deadline": "NotReady"}.get(fault, fault), cls=0)
+        given[fault] = Given(cluster, ns).apply(obj)
+    # while they wait (until their 12 s deadline), the classes say why: both watched at once, each
+    # recorded when first seen, so neither's window is shortened by waiting for the other
+    expect = {"ErrImagePull": "ErrImagePull", "unschedulable": "Insufficient cpu"}
+    said: set[str] = set()
+
+    def both_said():
+        for fault, text in expect.items():
+            if fault not in said and text in str((given[fault].status().get("classes") or [{}])[0]
+                                                 .get("compile", {}).get("message")):
+                said.add(fault)
+        return said == set(expect)
+    try:
+        wait_for(both_said, timeout=30, what="each waiting class's compile message to say why")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; never said: {sorted(set(expect) - said)}") from None
+    for fault, g in given.items():
+        st = g.wait_phase("Failed", timeout=90)
+        assert st["history"][-1]["outcome"] == "CompileFailed", fault
+        assert COMPILE_FAULTS[fault] in st["classes"][0]["compile"]["message"], (fault, st["classes"][0]["compile"])
+        assert not g.objects("deployments"), f"{fault}: nothing is served from a failed compile"
 
 
 # --- the API server misbehaving ---------------------------------------------------------------------

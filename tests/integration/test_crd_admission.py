@@ -183,3 +183,17 @@ def test_status_subresource_and_printer_columns(crd, namespace):
     bad = crd.kubectl("patch", "vd", "probe", "-n", namespace, "--subresource=status", "--type=merge",
                       "-p", json.dumps({"status": {"phase": "Bogus"}}), check=False)
     assert bad.returncode != 0 and "status.phase" in bad.stderr and "Unsupported value" in bad.stderr
+
+
+@pytest.mark.parametrize("path, says", [
+    ("visiondeployments.spec.rollout", "Default 10m"),
+    ("visiondeployments.spec.analysis.interval", "Default 30s"),
+    ("visiondeployments.spec.fleet.classes.compileImage", "compile.gpuImage"),
+    ("visiondeployments.status.effectiveWeight", "Ready"),
+])
+def test_kubectl_explain_documents_every_field(crd, path, says):
+    """The API server publishes the models' descriptions: a field's page and its children's carry
+    them, never `<empty>` (every field of the tree is checked in tests/unit/test_crd.py)."""
+    out = crd.kubectl("explain", path).stdout
+    assert "<empty>" not in out, out
+    assert says in out, out

@@ -54,7 +54,7 @@ def python_in(ref: str, code: str) -> str:
     return images.podman("run", "--rm", "--pull=never", "--read-only", "--entrypoint=python", ref, "-c", code).stdout
 
 
-@pytest.mark.parametrize("target", ["operator", "compile", "monitor"])
+@pytest.mark.parametrize("target", ["operator", "compile", "monitor", "monitor-mmd"])
 def test_images_run_as_non_root_numeric_user_with_a_read_only_root(image, target):
     ref = image(target).ref
     assert images.image_user(ref) == "65532:65532"
@@ -140,16 +140,25 @@ def test_compile_image_compiles_efficientnet_as_the_job_runs_it(compiled):
     assert (entry / "config.pbtxt").read_text() == cm["data"]["config.pbtxt"]
 
 
-def test_monitor_image_serves_its_endpoints_on_the_compiled_reference(image, compiled):
-    assert compiled["proc"].returncode == 0
-    spec = compiled["spec"]
+def _monitor_pod(spec, port: int, detector: str) -> dict:
+    """The sidecar exactly as the operator builds it, listening on a free port of this machine."""
     container = manifests.drift_monitor_container(spec, [{"name": "artifact", "mountPath": "/models/effnet/1"}])
-    port = free_port()
-    container["args"] = [a if not a.startswith("--listen=") else f"--listen=127.0.0.1:{port}" for a in container["args"]]
-    pod = {"securityContext": manifests.RESTRICTED_POD, "containers": [container],
-           "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "artifact", "persistentVolumeClaim": {"claimName": "repository"}}]}
+    container["args"] = [f"--listen=127.0.0.1:{port}" if a.startswith("--listen=") else
+                         f"--detector={detector}" if a.startswith("--detector=") else a for a in container["args"]]
+    return {"securityContext": manifests.RESTRICTED_POD, "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {}},
+                        {"name": "artifact", "persistentVolumeClaim": {"claimName": "repository"}}]}
+
+
+@pytest.mark.parametrize("target, detector", [("monitor", "bbsd-ks"), ("monitor-mmd", "mmd")])
+def test_monitor_image_serves_its_endpoints_on_the_compiled_reference(image, compiled, target, detector):
+    assert compiled["proc"].returncode == 0
     entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
-    built = image("monitor")
+    # the image the operator picks for this detector when analysis.drift.image is unset
+    assert manifests.monitor_image(_spec_with_detector(compiled["spec"], detector)).split("/")[-1].startswith(target + ":")
+    port = free_port()
+    pod = _monitor_pod(compiled["spec"], port, detector)
+    built = image(target)
     name = f"vf-monitor-{uuid.uuid4().hex[:6]}"
     images.podman("run", "-d", f"--name={name}", *images.run_args(pod, "drift-monitor", {"artifact": str(entry)}),
                   built.ref, *images.command_of(pod, "drift-monitor"))
@@ -161,21 +170,29 @@ def test_monitor_image_serves_its_endpoints_on_the_compiled_reference(image, com
             except OSError:
                 return None
         try:
-            wait_for(lambda: get("/healthz") is not None, timeout=90, what="the monitor image's /healthz")
+            wait_for(lambda: get("/healthz") is not None, timeout=90, what=f"the {target} image's /healthz")
         except AssertionError:
             logs = images.podman("logs", name, check=False)
-            raise AssertionError(f"monitor image never served:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}") from None
+            raise AssertionError(f"{target} image never served:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}") from None
         status = json.loads(get("/v1/status"))
         assert status["referenceSamples"] >= 20
-        metrics = get("/metrics")
-        assert "visionfleet_drift_window_fill" in metrics
+        assert "visionfleet_drift_window_fill" in get("/metrics")
     finally:
         images.podman("rm", "-f", name, check=False)
-    # The default image runs the default detector; mmd needs torch, and the sidecar says so at once.
-    container["args"] = [a if not a.startswith("--detector=") else "--detector=mmd" for a in container["args"]]
+
+
+def _spec_with_detector(spec, detector: str):
+    s = spec.model_copy(deep=True)
+    s.analysis.drift.detector = detector
+    return s
+
+
+def test_the_bbsd_monitor_image_refuses_mmd_at_once_saying_which_image_has_it(image, compiled):
+    entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
+    pod = _monitor_pod(compiled["spec"], free_port(), "mmd")
     proc = images.podman("run", "--rm", *images.run_args(pod, "drift-monitor", {"artifact": str(entry)}),
-                         built.ref, *images.command_of(pod, "drift-monitor"), check=False, timeout=120)
-    assert proc.returncode == 2 and "MONITOR_EXTRAS=mmd" in proc.stderr, proc.stderr[-2000:]
+                         image("monitor").ref, *images.command_of(pod, "drift-monitor"), check=False, timeout=120)
+    assert proc.returncode == 2 and "monitor-mmd image" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_compile_gpu_image_builds_and_says_what_it_cannot_check_here(image):

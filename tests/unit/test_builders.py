@@ -16,6 +16,7 @@ from visionfleet.builders.manifests import (
     build_triton_deployment,
     child_name,
     compile_job_name,
+    drift_monitor_container,
     manifest_hash,
     snapshot_name,
     with_applied_hash,
@@ -248,7 +249,7 @@ def test_drift_monitor_sidecar_reads_its_revisions_reference_and_its_own_triton(
     dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["l4"], REV, 2, RESULT, "canary")
     pod = dep["spec"]["template"]["spec"]
     triton, mon = pod["containers"]
-    assert mon["name"] == "drift-monitor" and mon["image"] == "ghcr.io/visionfleet/monitor:0.1.0"
+    assert mon["name"] == "drift-monitor" and mon["image"] == "ghcr.io/visionfleet/monitor-mmd:0.1.0"
     args = mon["args"]
     assert mon["command"] == ["visionfleet-monitor"] and "--detector=mmd" in args and "--window=300" in args
     assert "--p-value=0.05" in args and "--triton=http://127.0.0.1:8000" in args and "--model=effnet" in args
@@ -299,3 +300,22 @@ def test_each_class_gets_the_compile_image_its_hardware_needs():
     assert image2[sorted(gpu)[0]] == "reg.example/jetson:1"
     assert {image2[n] for n in gpu - {sorted(gpu)[0]}} <= {"reg.example/gpu:1"}
     assert {image2[n] for n in cpu} == {"reg.example/cpu:1"}
+
+
+def test_an_own_compile_image_serves_gpu_classes_too_until_gpu_image_is_set():
+    """Specs (and frozen revisions) from before compile.gpuImage set compile.image to one image built
+    for every class: tensorrt classes keep it."""
+    s = spec()
+    s.compile.image = "reg.example/all-in-one:1"
+    assert {build_compile_job("vd", "ns", "u", s, c, REV)["spec"]["template"]["spec"]["containers"][0]["image"]
+            for c in classes(s).values()} == {"reg.example/all-in-one:1"}
+
+
+@pytest.mark.parametrize("detector, image", [("bbsd-ks", "ghcr.io/visionfleet/monitor:0.1.0"),
+                                             ("mmd", "ghcr.io/visionfleet/monitor-mmd:0.1.0")])
+def test_the_drift_monitor_image_fits_the_detector(detector, image):
+    s = drift_spec(detector=detector)
+    assert drift_monitor_container(s, [{"name": "artifact", "mountPath": f"/models/{s.model.name}/1"}])["image"] == image
+    s2 = drift_spec(detector=detector, image="reg.example/monitor:2")
+    assert drift_monitor_container(s2, [{"name": "artifact", "mountPath": f"/models/{s2.model.name}/1"}])["image"] \
+        == "reg.example/monitor:2"

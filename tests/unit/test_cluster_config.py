@@ -26,7 +26,7 @@ def test_config_points_every_component_at_local_binaries(tmp_path):
         if key.endswith("Binary"):
             assert value.startswith("/opt/vf/bin/"), key
     binaries = {Path(v).name for k, v in opts.items() if k.endswith("Binary")}
-    assert binaries == set(BINARIES) - {"kwokctl", "helm"}
+    assert binaries == set(BINARIES) - {"kwokctl", "helm", "syft"}
     patches = {p["name"]: p["extraArgs"] for p in conf["componentsPatches"]}
     assert {"key": "advertise-address", "value": "127.0.0.1"} in patches["kube-apiserver"]
 

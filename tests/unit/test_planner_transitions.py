@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from visionfleet.api.spec import TRITON_IMAGE
+from visionfleet.api.spec import TRITON_IMAGE, VisionDeploymentSpec
 from visionfleet.planner.classes import ObservedNode
 from visionfleet.planner.model import (
     ANNOTATION_ABORT,
@@ -475,3 +475,22 @@ def test_gateway_route_keeps_the_stable_when_only_the_canary_is_ready():
     from visionfleet.planner.model import SetRouteWeights
     routes = [a for a in p.actions if isinstance(a, SetRouteWeights)]
     assert routes and v1 in dict(routes[0].weights), "the stable's Service stays on the route"
+
+
+@pytest.mark.parametrize("example, legacy, current", [
+    ("discovered-fleet", "bc9cf88e8c6b", "e5efc8d30656"),
+    ("doorbell-classifier", "cb74527d2674", "6e85f4d7f94c"),
+    ("edge-gateway-api", "da0d7ecf9de7", "9477bd597de8"),
+    ("minimal-cpu", "7fa745676eb1", "ad83baa1f377"),
+])
+def test_revision_hashes_of_the_examples_never_change(example, legacy, current):
+    """Pinned, not recomputed: a new spec field with a default must change neither the hash nor the
+    older (defaults included) one, or an operator upgrade would start a rollout by itself."""
+    import yaml as _yaml
+    from pathlib import Path as _Path
+
+    from visionfleet.planner.revision import _hash, revision_of, revision_parts
+
+    raw = _yaml.safe_load((_Path(__file__).resolve().parents[2] / "docs" / "examples" / f"{example}.yaml").read_text())
+    s = VisionDeploymentSpec.model_validate(raw["spec"])
+    assert (_hash(revision_parts(s, defaults=True)), revision_of(s)) == (legacy, current)

@@ -38,7 +38,8 @@ SHA256_PATTERN = r"^[a-f0-9]{64}$"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the release tested locally
 COMPILE_IMAGE = "ghcr.io/visionfleet/compile:0.1.0"  # CPU classes: ONNX Runtime, OpenVINO
 COMPILE_GPU_IMAGE = "ghcr.io/visionfleet/compile-gpu:0.1.0"  # tensorrt classes: TensorRT, CUDA
-MONITOR_IMAGE = "ghcr.io/visionfleet/monitor:0.1.0"
+MONITOR_IMAGE = "ghcr.io/visionfleet/monitor:0.1.0"  # detector bbsd-ks (no torch)
+MONITOR_MMD_IMAGE = "ghcr.io/visionfleet/monitor-mmd:0.1.0"  # detector mmd (with torch, alibi-detect's backend)
 
 NodeSelector = Annotated[
     dict[
@@ -366,10 +367,10 @@ class CompileSpec(Model):
     image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=COMPILE_IMAGE, description=(
         f"Image of the compile Jobs of CPU classes (runtime onnxruntime or openvino; runs visionfleet-compile). "
         f"Default {COMPILE_IMAGE}."))
-    gpu_image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(
-        default=COMPILE_GPU_IMAGE, description=(
-            f"Image of the compile Jobs of GPU classes (runtime tensorrt: TensorRT and CUDA). A class's "
-            f"compileImage overrides either. Default {COMPILE_GPU_IMAGE}."))
+    gpu_image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] | None = Field(default=None, description=(
+        f"Image of the compile Jobs of GPU classes (runtime tensorrt: TensorRT and CUDA). Unset: compile.image "
+        f"when that is set to an image of your own (one image for every class), else {COMPILE_GPU_IMAGE}. A "
+        f"class's compileImage overrides either."))
     calibration: Calibration | None = Field(default=None, description=(
         "Sample images; required for int8 precision, for accuracyGate.metric top1Accuracy and for analysis.drift. "
         "Unset, the gate compares on random inputs."))
@@ -534,8 +535,9 @@ class DriftSpec(Model):
     max_samples_per_second: Annotated[int, Field(ge=1, le=10_000)] = Field(
         default=50, description="Samples per second each monitor takes from the mirrored traffic; the rest are "
                                 "dropped. Default 50.")
-    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=MONITOR_IMAGE, description=(
-        f"Image of the drift monitor sidecar. Default {MONITOR_IMAGE}."))
+    image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] | None = Field(default=None, description=(
+        f"Image of the drift monitor sidecar. Unset: {MONITOR_IMAGE} for detector bbsd-ks, {MONITOR_MMD_IMAGE} "
+        f"(with torch, alibi-detect's backend for mmd) for detector mmd."))
 
 
 class AnalysisSpec(Model):

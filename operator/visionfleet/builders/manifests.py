@@ -29,7 +29,8 @@ import json
 from typing import Any
 
 from visionfleet.api import crd
-from visionfleet.api.spec import Runtime, VisionDeploymentSpec
+from visionfleet.api.spec import (COMPILE_GPU_IMAGE, COMPILE_IMAGE, MONITOR_IMAGE, MONITOR_MMD_IMAGE, DriftDetector,
+                                  Runtime, VisionDeploymentSpec)
 from visionfleet.api.status import CompileResult
 from visionfleet.planner.classes import ResolvedClass
 from visionfleet.planner.durations import seconds
@@ -146,10 +147,24 @@ def artifact_dir(spec: VisionDeploymentSpec, class_name: str, revision: str) -> 
 
 
 def compile_image(spec: VisionDeploymentSpec, cls: ResolvedClass) -> str:
-    """The class's own compile image, else the default for its runtime (GPU or CPU)."""
+    """The class's own compile image, else the one for its runtime: compile.gpuImage for tensorrt; an
+    own compile.image for every class when gpuImage is unset (one image built for both, as specs and
+    frozen revisions from before gpuImage existed have it); else the GPU default."""
     if cls.spec.compile_image:
         return cls.spec.compile_image
-    return spec.compile.gpu_image if cls.spec.runtime == Runtime.TENSORRT.value else spec.compile.image
+    if cls.spec.runtime != Runtime.TENSORRT.value:
+        return spec.compile.image
+    if spec.compile.gpu_image:
+        return spec.compile.gpu_image
+    return spec.compile.image if spec.compile.image != COMPILE_IMAGE else COMPILE_GPU_IMAGE
+
+
+def monitor_image(spec: VisionDeploymentSpec) -> str:
+    """analysis.drift.image, else the image for the detector (only the mmd one carries torch)."""
+    drift = spec.analysis.drift
+    if drift.image:
+        return drift.image
+    return MONITOR_MMD_IMAGE if drift.detector == DriftDetector.MMD.value else MONITOR_IMAGE
 
 
 def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
@@ -295,7 +310,7 @@ def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict
     artifact = next(m for m in triton_mounts if m["mountPath"] == f"/models/{model.name}/1")
     return {
         "name": "drift-monitor",
-        "image": drift.image,
+        "image": monitor_image(spec),
         # The command is explicit so the sidecar does not depend on the image's entrypoint.
         "command": ["visionfleet-monitor"],
         "args": [f"--reference=/reference/{REFERENCE_FILE}", f"--detector={drift.detector}",
