@@ -35,7 +35,7 @@ prometheus:
 image-tools:
 	e2e/images/ensure-image-tools.sh
 
-# The Dockerfile's four images (operator, compile, compile-gpu, monitor), built with buildah on a
+# The Dockerfile's images (operator, compile, compile-gpu, monitor, monitor-mmd), built with buildah on a
 # debootstrap base, cached by content hash; prints each image's size and build time.
 images: $(STAMP) image-tools
 	$(VENV)/bin/visionfleet-fleet images

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_kubectl)
     p = sub.add_parser("images", help="build the Dockerfile's images with buildah (cached by content hash) and "
                        "print their sizes")
-    p.add_argument("targets", nargs="*", help="operator, compile, compile-gpu, monitor (default: all)")
+    p.add_argument("targets", nargs="*", help="operator, compile, compile-gpu, monitor, monitor-mmd (default: all)")
     p.add_argument("--log", default=str(REPO / ".fleet" / "images.log"), help="build log (default: %(default)s)")
     p.add_argument("--sbom", metavar="DIR", help="also write each image's SBOM (CycloneDX JSON, by syft) to DIR "
                    "and print a table of its Python packages")

@@ -49,6 +49,41 @@ TARGETS: dict[str, tuple[str, ...]] = {
 CACHE = Path(os.environ.get("VISIONFLEET_CACHE", Path.home() / ".cache" / "visionfleet")) / "images"
 
 
+# How podman runs containers on this kind of machine: cgroups v1+v2 "hybrid" (crun refuses it; runc
+# does not) and a hard open-files limit below podman's default ulimits (the runtime's setrlimit fails),
+# so the limits are set explicitly, as a kubelet's container runtime would.
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+"""
+
+
+# The image store lives with the other caches ($VISIONFLEET_CACHE, which CI keeps), not in
+# /var/lib/containers: a machine that keeps the binaries keeps the images.
+STORAGE_CONF = """\
+[storage]
+driver = "overlay"
+graphroot = "{root}/storage"
+runroot = "{root}/run"
+"""
+
+
+def podman_env() -> dict[str, str]:
+    """The environment of every buildah and podman call: the settings above and the store."""
+    files = {"containers.conf": CONTAINERS_CONF, "storage.conf": STORAGE_CONF.format(root=CACHE / "containers")}
+    for name, text in files.items():
+        path = CACHE / name
+        if not path.is_file() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    return {**os.environ, "CONTAINERS_CONF": str(CACHE / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(CACHE / "storage.conf")}
+
+
+
 class ImageError(RuntimeError):
     pass
 
@@ -71,6 +106,7 @@ def _tool(name: str) -> str:
 
 
 def _run(cmd: list[str], log: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("env", podman_env())
     if log is None:
         return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
     with open(log, "a") as out:
@@ -84,7 +120,7 @@ def _run(cmd: list[str], log: Path | None = None, **kw) -> subprocess.CompletedP
 
 
 def image_exists(ref: str) -> bool:
-    return subprocess.run([_tool("podman"), "image", "exists", ref]).returncode == 0
+    return subprocess.run([_tool("podman"), "image", "exists", ref], env=podman_env()).returncode == 0
 
 
 def image_size(ref: str) -> int:
@@ -280,26 +316,6 @@ def run_args(pod_spec: dict, container: str, host_paths: dict[str, str] | None =
 def command_of(pod_spec: dict, container: str) -> list[str]:
     c = next(x for x in pod_spec["containers"] if x["name"] == container)
     return list(c.get("args", []))
-
-
-# How podman runs containers on this kind of machine: cgroups v1+v2 "hybrid" (crun refuses it; runc
-# does not) and a hard open-files limit below podman's default ulimits (the runtime's setrlimit fails),
-# so the limits are set explicitly, as a kubelet's container runtime would.
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-"""
-
-
-def podman_env() -> dict[str, str]:
-    conf = CACHE / "containers.conf"
-    if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(CONTAINERS_CONF)
-    return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
 def podman(*args: str, check: bool = True, timeout: float | None = 600) -> subprocess.CompletedProcess:
