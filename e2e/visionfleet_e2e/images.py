@@ -120,11 +120,11 @@ def _run(cmd: list[str], log: Path | None = None, **kw) -> subprocess.CompletedP
 
 
 def image_exists(ref: str) -> bool:
-    return subprocess.run([_tool("podman"), "image", "exists", ref], env=podman_env()).returncode == 0
+    return podman("image", "exists", ref, check=False).returncode == 0
 
 
 def image_size(ref: str) -> int:
-    out = _run([_tool("podman"), "image", "inspect", "--format", "{{.Size}}", ref]).stdout
+    out = podman("image", "inspect", "--format", "{{.Size}}", ref).stdout
     return int(out.strip())
 
 
@@ -163,7 +163,7 @@ def ensure_base(log: Path) -> str:
 
 def content_hash(target: str, base_ref: str, build_args: dict[str, str]) -> str:
     h = hashlib.sha256()
-    base_id = _run([_tool("podman"), "image", "inspect", "--format", "{{.Id}}", base_ref]).stdout.strip()
+    base_id = podman("image", "inspect", "--format", "{{.Id}}", base_ref).stdout.strip()
     h.update(json.dumps([target, base_id, sorted(build_args.items())]).encode())
     h.update(DOCKERFILE.read_bytes())
     for folder in TARGETS[target]:
@@ -230,10 +230,6 @@ def _drop_older(target: str, keep: str) -> None:
         podman("rmi", *old, check=False)
 
 
-def build_all(targets: list[str], log: Path) -> list[Built]:
-    return [build(t, log) for t in targets]
-
-
 def sbom(ref: str, dest: Path) -> dict:
     """The image's software bill of materials, CycloneDX JSON, by syft (pinned in e2e/cluster/gomod/syft),
     from the image's root filesystem (``podman image mount``): every Debian and Python package with its
@@ -268,7 +264,7 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def image_user(ref: str) -> str:
-    return _run([_tool("podman"), "image", "inspect", "--format", "{{.Config.User}}", ref]).stdout.strip()
+    return podman("image", "inspect", "--format", "{{.Config.User}}", ref).stdout.strip()
 
 
 def run_args(pod_spec: dict, container: str, host_paths: dict[str, str] | None = None,
