@@ -40,7 +40,11 @@ image-tools:
 images: $(STAMP) image-tools
 	$(VENV)/bin/visionfleet-fleet images
 
+# The suite also needs upstream Prometheus with Kubernetes discovery (Debian's has none): built here,
+# before the tests, rather than inside the one test that scrapes through discovery.
 test: $(STAMP) binaries prometheus image-tools
+	@echo "==> Building (or reusing) upstream Prometheus with Kubernetes service discovery"
+	VISIONFLEET_BUILD_PROMETHEUS=1 e2e/cluster/build-binaries.sh
 	$(VENV)/bin/pytest
 
 unit: $(STAMP)

@@ -5,6 +5,7 @@
 #   kwok, kwokctl                                                       (gomod/kwok)
 #   helm                                                                (gomod/helm)
 #   syft (SBOMs of the images, docs/operating.md)                       (gomod/syft)
+#   prometheus-kubernetes-sd, on request only (see its group below)     (gomod/prometheus)
 #
 # Each group is cached under $VISIONFLEET_CACHE/bin/<group>-<hash>/, the hash covering the group's
 # go.mod + go.sum, the Go version, and the flags and packages of its build, so a pin change rebuilds
@@ -26,6 +27,7 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 SYFT_VERSION=v1.57.1
+PROMETHEUS_VERSION=v0.316.0   # Prometheus 3.16.0: its Go module is tagged v0.<major><minor>.<patch>
 
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
@@ -88,6 +90,8 @@ build_group() {  # group ldflags pkg...  (binaries named after the last path ele
   fi
   # go names a binary after its package's last path element: etcd's server package is ".../server/v3".
   [ "$g" = etcd ] && [ -f "$tmp/server" ] && mv "$tmp/server" "$tmp/etcd"
+  # Upstream Prometheus must never shadow Debian's (which the suite and the demo run) on PATH.
+  [ "$g" = prometheus ] && [ -f "$tmp/prometheus" ] && mv "$tmp/prometheus" "$tmp/prometheus-kubernetes-sd"
   local b
   for b in "$tmp"/*; do
     if ! "$b" $(version_args "$(basename "$b")") >/dev/null 2>&1; then
@@ -134,6 +138,17 @@ build_group syft "-s -w -X main.version=${SYFT_VERSION#v}" github.com/anchore/sy
 build_group kubernetes "$(stamp_kube "$KUBE_VERSION")" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+# Upstream Prometheus with Kubernetes service discovery and nothing else (its build tags): Debian's
+# package has Kubernetes discovery removed ("due to the insane amount of dependencies", its
+# NEWS.Debian), so the test of the documented kubernetes_sd_configs scrape job needs this one. Built
+# only when asked (VISIONFLEET_BUILD_PROMETHEUS=1, by tests/e2e/test_scrape_discovery.py): about
+# 5 minutes cold on two cores, which nothing else should pay.
+if [ "${VISIONFLEET_BUILD_PROMETHEUS:-0}" = 1 ]; then
+  require_pin prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
+  prom_version=${PROMETHEUS_VERSION#v0.}; prom_version="${prom_version:0:1}.${prom_version:1}"
+  build_group prometheus "-s -w -X github.com/prometheus/common/version.Version=$prom_version" \
+    -tags=remove_all_sd,enable_kubernetes_sd github.com/prometheus/prometheus/cmd/prometheus
+fi
 
 # One directory of links, so callers can put it first on PATH (Debian's kubectl must not win).
 links="$cache/bin/current"

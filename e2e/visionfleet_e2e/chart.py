@@ -50,13 +50,14 @@ def module_dir(gomod: str, module: str) -> Path:
 
 
 def install_monitoring_crds(cluster: LocalCluster) -> None:
-    """prometheus-operator's ServiceMonitor and PrometheusRule CRDs (pinned release), so the API server
-    validates the chart's monitoring objects against their real schemas."""
+    """prometheus-operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs (pinned release), so the
+    API server validates the chart's monitoring objects against their real schemas."""
     root = module_dir("prometheus-operator", "github.com/prometheus-operator/prometheus-operator")
-    for kind in ("servicemonitors", "prometheusrules"):
+    for kind in ("servicemonitors", "podmonitors", "prometheusrules"):
         cluster.kubectl("apply", "--server-side", "--field-manager=visionfleet-fleet", "-f",
                         str(root / "example" / "prometheus-operator-crd" / f"monitoring.coreos.com_{kind}.yaml"))
-    cluster.wait_established("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
+    cluster.wait_established("servicemonitors.monitoring.coreos.com", "podmonitors.monitoring.coreos.com",
+                             "prometheusrules.monitoring.coreos.com")
 
 
 def service_account_kubeconfig(cluster: LocalCluster, namespace: str, name: str, dest: Path,

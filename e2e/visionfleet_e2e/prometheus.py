@@ -2,11 +2,15 @@
 
 Started on 127.0.0.1 with its own config and a throw-away TSDB; ``stop()`` ends it. The binary is
 found on PATH or at /usr/bin/prometheus; ``e2e/prometheus/ensure-prometheus.sh`` installs it.
+
+Debian's package has Kubernetes service discovery removed; a test of a ``kubernetes_sd_configs`` job
+runs upstream Prometheus instead (``prometheus_with_kubernetes_sd()``, built from its pinned module).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import urllib.parse
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from .cluster import BUILD_SCRIPT
 from .local_process import free_port, http_ok, stop_process, wait_ready
 
 
@@ -30,6 +35,21 @@ def find_prometheus() -> str:
     return path
 
 
+def prometheus_with_kubernetes_sd() -> str:
+    """Upstream Prometheus built with Kubernetes discovery (e2e/cluster/gomod/prometheus), by
+    build-binaries.sh on request: about 5 minutes the first time, cached afterwards. Its path in the
+    build cache, not the links directory (a later build without the request drops the link)."""
+    env = {**os.environ, "VISIONFLEET_BUILD_PROMETHEUS": "1"}
+    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        raise PrometheusError(f"building upstream Prometheus failed (exit {proc.returncode}); see the log above")
+    for line in proc.stdout.splitlines():
+        name, _, path = line.partition(" ")
+        if name == "prometheus-kubernetes-sd":
+            return path
+    raise PrometheusError(f"build-binaries.sh built no prometheus-kubernetes-sd:\n{proc.stdout}")
+
+
 def _static(target: str | tuple[str, dict[str, str]]) -> dict:
     if isinstance(target, str):
         return {"targets": [target]}
@@ -39,7 +59,8 @@ def _static(target: str | tuple[str, dict[str, str]]) -> dict:
 
 class PrometheusServer:
     def __init__(self, workdir: Path, scrape_targets: dict[str, str | tuple[str, dict[str, str]]],
-                 scrape_interval: str = "1s", file_sd: dict[str, Path] | None = None):
+                 scrape_interval: str = "1s", file_sd: dict[str, Path] | None = None,
+                 scrape_configs: list[dict] | None = None, binary: str | None = None):
         self.workdir = workdir
         # job name -> host:port, or (host:port, labels): the labels a real cluster's relabelling puts on
         # a Triton pod's series (namespace, vision_deployment, revision, class), given here statically.
@@ -48,6 +69,9 @@ class PrometheusServer:
         # job name -> a file_sd JSON file ([{targets, labels}]), re-read by Prometheus when it changes:
         # targets that come and go (a Triton per revision in the demo).
         self.file_sd = file_sd or {}
+        # whole scrape_configs entries, as written (a kubernetes_sd_configs job under test)
+        self.scrape_configs = scrape_configs or []
+        self.binary = binary
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -68,12 +92,12 @@ class PrometheusServer:
                 {"job_name": job, "honor_labels": True,
                  "file_sd_configs": [{"files": [str(path)], "refresh_interval": "5s"}]}
                 for job, path in self.file_sd.items()
-            ],
+            ] + self.scrape_configs,
         }
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(conf))
         self.log = open(self.workdir / "prometheus.log", "w")
         self.proc = subprocess.Popen(
-            [find_prometheus(), f"--config.file={self.workdir / 'prometheus.yml'}",
+            [self.binary or find_prometheus(), f"--config.file={self.workdir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
              "--storage.tsdb.retention.time=2h", "--web.enable-lifecycle"],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -83,6 +107,11 @@ class PrometheusServer:
 
     def ready(self) -> bool:
         return http_ok(f"{self.url}/-/ready")
+
+    def api_targets(self) -> dict:
+        """/api/v1/targets: activeTargets (labels after relabelling, discoveredLabels) and droppedTargets."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5) as r:
+            return json.loads(r.read())["data"]
 
     def query(self, q: str) -> list[dict]:
         with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": q}), timeout=5) as r:

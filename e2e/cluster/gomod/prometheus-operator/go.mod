@@ -1,4 +1,4 @@
-// Wrapper module pinning the prometheus-operator release whose CRDs (ServiceMonitor, PrometheusRule)
+// Wrapper module pinning the prometheus-operator release whose CRDs (ServiceMonitor, PodMonitor, PrometheusRule)
 // the chart tests install, so the API server validates the chart's monitoring objects for real.
 module visionfleet.local/e2e/prometheusoperator
 
