@@ -74,6 +74,7 @@ def vd(i: int) -> dict:
                       "inputs": [{"name": "images", "dataType": "FP32", "dims": [3, 224, 224]}],
                       "outputs": [{"name": "logits", "dataType": "FP32", "dims": [1000]}]},
             "fleet": {"classes": classes},
+            "serving": {"modelRepository": "pvc://models/repository"},
             "compile": {"calibration": {"uri": "pvc://models/calib.npz", "samples": 64}},
             "rollout": {"steps": [{"setWeight": 50, "pause": "1s"}, {"setWeight": 100}]},
         },

@@ -7,7 +7,11 @@
     s3://bucket/key        downloaded with boto3: credentials and region from the usual AWS chain
                            (env, IRSA web identity, instance profile); AWS_ENDPOINT_URL_S3 or
                            AWS_ENDPOINT_URL for S3-compatible stores (MinIO, Ceph)
-    gs://                  not supported by this compile image: a clear error, not a guess
+    gs://                  refused by the CRD (and here): a clear error, not a guess
+
+Model repositories on s3:// go both ways: ``upload_entry`` (the compile Job writes the entry) and
+``fetch_entry`` (a Triton pod's init container, ``visionfleet-compile fetch-entry``, fetches it and
+checks every file against the compile result's sha256 before Triton starts).
 
 A sha256, when given, must match; a mismatch names the field and both digests. Every error is a
 ``FetchError`` carrying the spec field it concerns, which the compile program reports in its
@@ -22,6 +26,7 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from visionfleet_contract import PVC_ROOT, PVC_ROOT_ENV
 
@@ -58,33 +63,123 @@ def download(url: str, dest: Path, field: str, timeout: float = 300) -> Path:
     return dest
 
 
-def download_s3(uri: str, rest: str, workdir: Path, field: str, timeout: float) -> Path:
-    bucket, _, key = rest.partition("/")
-    if not bucket or not key:
+def split_s3(uri: str, field: str, *, key_required: bool = True) -> tuple[str, str]:
+    """s3://<bucket>/<key> -> (bucket, key)."""
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or (key_required and not key.strip("/")):
         raise FetchError(field, f"{uri!r}: expected s3://<bucket>/<key>")
+    return bucket, key.strip("/")
+
+
+def s3_client(field: str, timeout: float = 300) -> Any:
+    """boto3's S3 client: endpoint (AWS_ENDPOINT_URL_S3), region and credentials from the usual AWS
+    chain, which is what storage.s3 and the pod's identity set up."""
     try:
         import boto3
         import botocore.config
-        import botocore.exceptions
     except ImportError:
-        raise FetchError(field, "s3:// needs boto3, which this compile image lacks; use pvc:// or https://") from None
-    dest = workdir / Path(key).name
-    dest.parent.mkdir(parents=True, exist_ok=True)
+        raise FetchError(field, "s3:// needs boto3, which this image lacks; use pvc:// or https://") from None
     cfg = botocore.config.Config(connect_timeout=min(timeout, 30), read_timeout=timeout,
-                                 retries={"max_attempts": 3, "mode": "standard"})
-    try:
-        boto3.client("s3", config=cfg).download_file(bucket, key, str(dest))
-    except botocore.exceptions.NoCredentialsError:
-        raise FetchError(field, f"{uri!r}: no AWS credentials (give the compile Job's ServiceAccount an IAM role, "
-                                "or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
-    except botocore.exceptions.ClientError as e:
+                                 retries={"max_attempts": 5, "mode": "standard"})
+    return boto3.client("s3", config=cfg)
+
+
+def _s3_error(uri: str, field: str, e: Exception) -> FetchError:
+    import botocore.exceptions
+
+    if isinstance(e, botocore.exceptions.NoCredentialsError):
+        return FetchError(field, f"{uri!r}: no AWS credentials (set storage.s3.credentialsSecret, or give the pod's "
+                                 "ServiceAccount an identity: IRSA, EKS Pod Identity, GKE workload identity)")
+    if isinstance(e, botocore.exceptions.ClientError):
         code = e.response.get("Error", {}).get("Code", "?")
         what = {"404": "no such object", "NoSuchKey": "no such object", "NoSuchBucket": "no such bucket",
-                "403": "access denied", "AccessDenied": "access denied"}.get(code, f"error {code}")
-        raise FetchError(field, f"{uri!r}: {what}") from None
-    except (botocore.exceptions.BotoCoreError, OSError) as e:
-        raise FetchError(field, f"{uri!r}: download failed: {e}") from None
+                "403": "access denied", "AccessDenied": "access denied",
+                "InvalidAccessKeyId": "the access key is not known to the store",
+                "SignatureDoesNotMatch": "the secret key does not match the access key"}.get(code, f"error {code}")
+        return FetchError(field, f"{uri!r}: {what}")
+    return FetchError(field, f"{uri!r}: transfer failed: {e}")
+
+
+def download_s3(uri: str, rest: str, workdir: Path, field: str, timeout: float) -> Path:
+    bucket, key = split_s3(uri, field)
+    client = s3_client(field, timeout)
+    import botocore.exceptions
+
+    dest = workdir / Path(key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client.download_file(bucket, key, str(dest))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+        raise _s3_error(uri, field, e) from None
     return dest
+
+
+REPOSITORY_FIELD = "serving.modelRepository"
+
+
+def upload_entry(local: Path, prefix_uri: str, timeout: float = 300) -> dict[str, str]:
+    """Upload every file of a repository entry to ``prefix_uri`` (s3://bucket/prefix/<model>/<rev>-<class>)
+    → {name: sha256}. Each object carries its sha256 as metadata; the Triton pods' init container
+    checks the bytes against the compile result's hashes (not against the metadata), so an object
+    replaced later is refused, not served."""
+    import botocore.exceptions
+
+    bucket, prefix = split_s3(prefix_uri, REPOSITORY_FIELD)
+    client = s3_client(REPOSITORY_FIELD, timeout)
+    sums: dict[str, str] = {}
+    for f in sorted(local.iterdir()):
+        if not f.is_file():
+            continue
+        digest = sha256_of(f)
+        key = f"{prefix}/{f.name}"
+        try:
+            client.upload_file(str(f), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
+            size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+            raise _s3_error(f"s3://{bucket}/{key}", REPOSITORY_FIELD, e) from None
+        if size != f.stat().st_size:
+            raise FetchError(REPOSITORY_FIELD, f"s3://{bucket}/{key}: the store holds {size} bytes after the upload, "
+                                               f"the file has {f.stat().st_size}")
+        sums[f.name] = digest
+    return sums
+
+
+def fetch_entry(source: str, dest: Path, files: dict[str, str], timeout: float = 300) -> list[Path]:
+    """Fetch a repository entry's files from ``source`` (s3://bucket/prefix/<model>/<rev>-<class>) into
+    ``dest`` and check each against its sha256 (the compile result's). A file arrives under a temporary
+    name and is renamed only once it matches, so ``dest`` never holds a partial or unverified file.
+    Files already in ``dest`` with the right hash are kept (an init container that runs again)."""
+    import botocore.exceptions
+
+    if not files:
+        raise FetchError(REPOSITORY_FIELD, "the compile result lists no files to fetch (compiled by an older compile "
+                                           "image? recompile with visionfleet.io/retry)")
+    bucket, prefix = split_s3(source, REPOSITORY_FIELD)
+    client = s3_client(REPOSITORY_FIELD, timeout)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, want in sorted(files.items()):
+        if "/" in name or name in (".", ".."):
+            raise FetchError(REPOSITORY_FIELD, f"{name!r} is not a file name")
+        final = dest / name
+        if final.is_file() and sha256_of(final) == want:
+            out.append(final)
+            continue
+        partial = dest / f".{name}.partial"
+        uri = f"s3://{bucket}/{prefix}/{name}"
+        try:
+            client.download_file(bucket, f"{prefix}/{name}", str(partial))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as e:
+            partial.unlink(missing_ok=True)
+            raise _s3_error(uri, REPOSITORY_FIELD, e) from None
+        got = sha256_of(partial)
+        if got != want:
+            partial.unlink(missing_ok=True)
+            raise FetchError(REPOSITORY_FIELD, f"{uri} has sha256 {got}, the compile Job wrote {want}: the object "
+                                               "changed after the revision was compiled; refusing to serve it")
+        partial.rename(final)
+        out.append(final)
+    return out
 
 
 def resolve(uri: str, field: str, workdir: Path, timeout: float = 300) -> Path:

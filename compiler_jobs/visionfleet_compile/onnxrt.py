@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,22 @@ def check_io(model: onnx.ModelProto, spec_model: dict) -> None:
                                                                   f"without the batch, the spec says {t['dims']}")
 
 
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+def session(path: Path, parameters: Mapping[str, str] | None = None) -> ort.InferenceSession:
+    """A CPU session set up as Triton's onnxruntime backend sets up one instance's session from the
+    config.pbtxt ``parameters`` (its README, "Model Config Options": intra_op_thread_count,
+    inter_op_thread_count, execution_mode; 0 or absent = ORT's default), so a profile measures what
+    will be served."""
+    from visionfleet_contract.cpu_threads import ORT_INTER_OP, ORT_INTRA_OP
+
+    parameters = parameters or {}
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
+    if int(parameters.get("execution_mode", "0")) == 1:
+        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if int(parameters.get(ORT_INTRA_OP, "0")) > 0:
+        opts.intra_op_num_threads = int(parameters[ORT_INTRA_OP])
+    if int(parameters.get(ORT_INTER_OP, "0")) > 0:
+        opts.inter_op_num_threads = int(parameters[ORT_INTER_OP])
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -137,8 +149,8 @@ def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str,
 class Runner:
     """The interface every target's runner has: ``run(batch) -> first output`` (numpy)."""
 
-    def __init__(self, path: Path, threads: int = 0):
-        self.session = session(path, threads)
+    def __init__(self, path: Path, parameters: Mapping[str, str] | None = None):
+        self.session = session(path, parameters)
         self.name = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:

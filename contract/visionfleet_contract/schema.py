@@ -37,6 +37,9 @@ class CompileRequest(TypedDict, total=False):
     model: dict  # spec.model (name, version, uri, sha256, inputs: [Tensor], outputs: [Tensor])
     compile: dict  # spec.compile (calibration, accuracyGate, batching, timeout)
     output: Output
+    # fleet.classes[].resources.limits.cpu as written (a Kubernetes quantity: 2, "1500m"); absent
+    # without a CPU limit. The program derives the thread parameters from it (cpu_threads).
+    cpuLimit: str | int
 
 
 class CompileResult(TypedDict, total=False):
@@ -52,7 +55,15 @@ class CompileResult(TypedDict, total=False):
     top1Agreement: float
     top1Accuracy: float
     referenceTop1Accuracy: float
+    # Triton backend parameters written into config.pbtxt (name -> string value), e.g. the CPU
+    # threads from cpu_threads.thread_parameters; absent when there are none (and in results from
+    # compile programs older than this field, whose config.pbtxt has no parameters either).
+    parameters: dict[str, str]
 
 
 # What the operator must find in a result; a termination message longer than MESSAGE_MAX keeps only these.
-RESULT_REQUIRED = ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching")
+# (files: an s3:// repository entry is fetched and checked file by file against it.)
+RESULT_REQUIRED = ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching", "files")
+# What a truncated message keeps: the required fields and every other one the operator renders
+# config.pbtxt from, or its ConfigMap would differ from the file the compile Job wrote.
+RESULT_KEPT = (*RESULT_REQUIRED, "parameters")

@@ -10,6 +10,7 @@ tested locally is byte for byte what is deployed. Plain dicts in the wire shapes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 from . import ARTIFACT_FILE
@@ -25,9 +26,27 @@ def _tensors(ts: Sequence[Tensor], kind: str) -> str:
     return f"{kind} [\n{body}\n]"
 
 
-def render(model: Mapping, runtime: str, batching: Batching | None) -> str:
+# Names and values that need no escaping in protobuf text format: a parameter that would need it is
+# refused rather than written in a form the two renderings (Job, operator) might escape differently.
+_PLAIN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _parameters(parameters: Mapping[str, str]) -> str:
+    for k, v in parameters.items():
+        if not (_PLAIN.fullmatch(k) and _PLAIN.fullmatch(v)):
+            raise ValueError(f"config.pbtxt parameter {k!r}: {v!r} is not plain ([A-Za-z0-9_.-]+)")
+    # Sorted: the operator's copy comes back from the API server, which keeps no key order.
+    body = ",\n".join(f'  {{\n    key: "{k}"\n    value {{\n      string_value: "{parameters[k]}"\n    }}\n  }}'
+                      for k in sorted(parameters))
+    return f"parameters [\n{body}\n]"
+
+
+def render(model: Mapping, runtime: str, batching: Batching | None,
+           parameters: Mapping[str, str] | None = None) -> str:
     """config.pbtxt text (protobuf text format) for ``model`` (spec.model on the wire) compiled for
-    ``runtime`` with the chosen ``batching`` (None: no batching)."""
+    ``runtime`` with the chosen ``batching`` (None: no batching) and the backend ``parameters``
+    (``ModelConfig.parameters``, e.g. the CPU threads of ``cpu_threads``; None or empty: none, and
+    the text is exactly what it was before parameters existed)."""
     if runtime not in ARTIFACT_FILE:
         raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(ARTIFACT_FILE)})")
     batching = batching or {}
@@ -48,4 +67,6 @@ def render(model: Mapping, runtime: str, batching: Batching | None) -> str:
     kind = "KIND_GPU" if runtime == "tensorrt" else "KIND_CPU"
     count = batching.get("instanceCount") or 1
     lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]")
+    if parameters:
+        lines.append(_parameters(parameters))
     return "\n".join(lines) + "\n"

@@ -52,6 +52,7 @@ VD = {
                                "runtime": "openvino", "precision": "int8", "replicas": {"min": 2, "max": 4}}]},
         "compile": {"calibration": {"uri": "pvc://models/calib/imagenet-300.npz", "samples": 300},
                     "accuracyGate": {"metric": "top1Accuracy", "min": 0.85}},
+        "serving": {"modelRepository": "pvc://models/repository"},
         "rollout": {"steps": [{"setWeight": 25, "pause": "20s"}, {"setWeight": 50, "pause": "20s"},
                               {"setWeight": 100}]},
         "analysis": {"interval": "10s", "prometheus": {"url": "http://127.0.0.1:9090", "timeout": "5s"},

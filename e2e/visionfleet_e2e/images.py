@@ -267,14 +267,21 @@ def image_user(ref: str) -> str:
     return podman("image", "inspect", "--format", "{{.Config.User}}", ref).stdout.strip()
 
 
+def _container(pod_spec: dict, name: str) -> dict:
+    return next(x for x in pod_spec["containers"] + pod_spec.get("initContainers", []) if x["name"] == name)
+
+
 def run_args(pod_spec: dict, container: str, host_paths: dict[str, str] | None = None,
-             service_account_dir: Path | None = None, field_refs: dict[str, str] | None = None) -> list[str]:
+             service_account_dir: Path | None = None, field_refs: dict[str, str] | None = None,
+             env_from: dict[str, dict[str, str]] | None = None) -> list[str]:
     """``podman run`` options that run ``container`` of ``pod_spec`` as the kubelet would: its user and
     group, read-only root filesystem, dropped capabilities, no privilege escalation, its env, command
     and args; emptyDir volumes become tmpfs, other volumes the host directories ``host_paths`` names
-    (by volume name); the ServiceAccount token at its place when the pod mounts one. The image
+    (by volume name; an emptyDir named there too is that directory, so an init container and the
+    containers after it share it); the ServiceAccount token at its place when the pod mounts one; the
+    keys of each Secret/ConfigMap its envFrom names, from ``env_from`` (by object name). The image
     reference and the command go after these options: ``[*run_args(...), ref, *command_of(...)]``."""
-    c = next(x for x in pod_spec["containers"] if x["name"] == container)
+    c = _container(pod_spec, container)
     pod_sc, sc = pod_spec.get("securityContext") or {}, c.get("securityContext") or {}
     opts: list[str] = ["--network=host", "--pull=never"]
     user, group = sc.get("runAsUser", pod_sc.get("runAsUser")), sc.get("runAsGroup", pod_sc.get("runAsGroup"))
@@ -291,7 +298,7 @@ def run_args(pod_spec: dict, container: str, host_paths: dict[str, str] | None =
     volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
     for m in c.get("volumeMounts", []):
         v = volumes[m["name"]]
-        if "emptyDir" in v:
+        if "emptyDir" in v and m["name"] not in (host_paths or {}):
             opts.append(f"--tmpfs={m['mountPath']}:rw,mode=1777")
         else:
             host = (host_paths or {})[m["name"]]
@@ -299,6 +306,9 @@ def run_args(pod_spec: dict, container: str, host_paths: dict[str, str] | None =
             opts.append(f"--volume={Path(host, sub) if sub else host}:{m['mountPath']}:{'ro' if m.get('readOnly') else 'rw'}")
     if pod_spec.get("automountServiceAccountToken", True) and service_account_dir is not None:
         opts.append(f"--volume={service_account_dir}:{SA_DIR}:ro")
+    for src in c.get("envFrom", []):
+        ref = src.get("secretRef") or src.get("configMapRef")
+        opts += [f"--env={k}={v}" for k, v in (env_from or {})[ref["name"]].items()]
     for e in c.get("env", []):
         if "value" in e:
             opts.append(f"--env={e['name']}={e['value']}")
@@ -310,7 +320,7 @@ def run_args(pod_spec: dict, container: str, host_paths: dict[str, str] | None =
 
 
 def command_of(pod_spec: dict, container: str) -> list[str]:
-    c = next(x for x in pod_spec["containers"] if x["name"] == container)
+    c = _container(pod_spec, container)
     return list(c.get("args", []))
 
 

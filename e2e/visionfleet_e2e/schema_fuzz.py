@@ -139,8 +139,13 @@ def repair(spec: dict) -> dict:
     operator/visionfleet/api/spec.py; the unrepaired draws keep exercising the rules themselves."""
     spec = copy.deepcopy(spec)
     model = spec.setdefault("model", {})
-    if str(model.get("uri", "")).startswith(("https://", "s3://", "gs://")):
+    if str(model.get("uri", "")).startswith("gs://"):
+        model["uri"] = "s3://" + model["uri"][len("gs://"):]
+    if str(model.get("uri", "")).startswith(("https://", "s3://")):
         model["sha256"] = "0" * 64
+    serving = spec.setdefault("serving", {})
+    if not str(serving.get("modelRepository", "")).startswith(("pvc://", "s3://")):
+        serving["modelRepository"] = "pvc://models/repository"
     for io in ("inputs", "outputs"):
         seen: set[str] = set()
         for i, t in enumerate(model.get(io) or []):
@@ -185,6 +190,21 @@ def repair(spec: dict) -> dict:
         fleet["classes"] = [{"name": "xeon", "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},
                              "runtime": "openvino"}]
     comp = spec.setdefault("compile", {})
+    cal = comp.get("calibration")
+    if cal and str(cal.get("uri", "")).startswith("gs://"):
+        cal["uri"] = "s3://" + cal["uri"][len("gs://"):]
+    for e in comp.get("env") or []:
+        if str(e.get("name", "")).startswith("VISIONFLEET_"):
+            e["name"] = "X" + e["name"]
+        if "valueFrom" in e:
+            e.pop("value", None)
+            src = e["valueFrom"]
+            if ("secretKeyRef" in src) == ("configMapKeyRef" in src):
+                e["valueFrom"] = {"secretKeyRef": src.get("secretKeyRef") or {"name": "s", "key": "k"}}
+    for ef in comp.get("envFrom") or []:
+        if ("secretRef" in ef) == ("configMapRef" in ef):
+            ef.clear()
+            ef["secretRef"] = {"name": "s"}
     needs_calibration = any(c.get("precision") == "int8" for c in fleet.get("classes") or []) \
         or (fleet.get("discover") or {}).get("cpuPrecision") == "int8" \
         or (comp.get("accuracyGate") or {}).get("metric") == "top1Accuracy" \

@@ -46,6 +46,7 @@ from visionfleet.planner.conditions import CondType, Reason, set_condition
 from visionfleet.planner.classes import ObservedNode
 from visionfleet.planner.model import Observed, VisionDeploymentView, iso
 from visionfleet.planner.rollout import plan
+from visionfleet.planner.storage import named_claims
 
 log = logging.getLogger("visionfleet")
 _local = threading.local()
@@ -231,18 +232,25 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
         first = e.errors()[0]
         where = "spec." + ".".join(str(p) for p in first["loc"])
         return refuse(body, status, f"{where}: {first['msg']} (nothing is rolled out until the spec is fixed)")
+    if spec.serving.model_repository is None:
+        # Stored before the CRD required it: Triton pods would have no artifact to load.
+        return refuse(body, status, "spec.serving.modelRepository is required: where compile Jobs write each "
+                                    "artifact and Triton pods load it (pvc://<claim>/<path> on ReadWriteMany "
+                                    "storage, or s3://<bucket>/<prefix>); nothing is rolled out until it is set")
     vd = VisionDeploymentView(name=name, namespace=namespace, generation=md.get("generation", 0), spec=spec,
                               status=status, annotations=dict(md.get("annotations") or {}),
                               uid=md["uid"])
     api = api_client()
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
-    seen = gather(core, batch, apps, name, namespace, nodes=live(api, nodes) if nodes is not None else None)
+    seen = gather(core, batch, apps, name, namespace, nodes=live(api, nodes) if nodes is not None else None,
+                  claims=[claim for _, claim in named_claims(spec)])
     canary = vd.status.canary_revision
     measurement = measure(spec.analysis, namespace, name, canary) if canary else None
     stable = vd.status.stable_revision
     stable_drift = measure_drift(spec.analysis, namespace, name, stable) if stable else None
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
-                        measurement=measurement, stable_drift=stable_drift, snapshots=tuple(seen.snapshots))
+                        measurement=measurement, stable_drift=stable_drift, snapshots=tuple(seen.snapshots),
+                        claims=tuple(seen.claims))
     p = plan(vd, observed, datetime.now(timezone.utc))
     try:
         apply_plan(api, vd, p, seen.live, WRITES, seen.revision_services, resource_version=md.get("resourceVersion"))

@@ -268,6 +268,12 @@ def render_status(obj: dict, now: datetime) -> str:
             if comp.get("message"):
                 notes.append(f"  {c.get('name')}: compile {comp.get('state', '?')} ({short(comp.get('revision'))}): "
                              f"{comp['message']}")
+            # The class's own message (a serving pod that waits, a weight its replicas cannot give, no
+            # nodes), less the compile message it repeats.
+            rest = "; ".join(p for p in (c.get("message") or "").split("; ")
+                             if p and p not in (comp.get("message") or ""))
+            if rest:
+                notes.append(f"  {c.get('name')}: {rest}")
             if c.get("stableRevision") and st.get("stableRevision") and c["stableRevision"] != st["stableRevision"]:
                 notes.append(f"  {c.get('name')}: serves {short(c['stableRevision'])} as stable "
                              f"(held back from {short(st['stableRevision'])})")

@@ -116,6 +116,10 @@ def chart_operator(request, cluster, namespace, tmp_path, without_session_operat
     helm(cluster, "uninstall", RELEASE, "-n", SYSTEM_NS, check=False)
 
 
+def conds_of(st: dict) -> dict:
+    return {c["type"]: c for c in st.get("conditions") or []}
+
+
 def denials(log: str) -> list[str]:
     return [line for line in log.splitlines()
             if "403" in line or "forbidden" in line.lower() or "Unauthorized" in line]
@@ -156,6 +160,11 @@ def test_the_chart_grants_everything_a_rollout_needs_and_pods_pass_restricted(cl
     assert not denials(log), "\n".join(denials(log)[:10])
     events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
     assert secret not in log and secret not in events and secret not in str(st)
+    # the claims the spec names (pvc://models) were read with the chart's grant: get, not list
+    who_sa = f"--as=system:serviceaccount:{SYSTEM_NS}:{RELEASE}-visionfleet"
+    assert [cluster.kubectl("auth", "can-i", verb, "persistentvolumeclaims", "-n", namespace, who_sa,
+                            check=False).stdout.strip() for verb in ("get", "list")] == ["yes", "no"]
+    assert conds_of(st)["Degraded"]["status"] == "False", "the bound RWX claim raises nothing"
     # and the chart's identity could not have read it
     assert cluster.kubectl("auth", "can-i", "get", "secrets", "-n", namespace,
                            f"--as=system:serviceaccount:{SYSTEM_NS}:{RELEASE}-visionfleet", check=False).stdout.strip() == "no"

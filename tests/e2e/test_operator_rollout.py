@@ -37,6 +37,7 @@ VD = {
             {"name": "xeon", "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},
              "runtime": "onnxruntime"},
         ]},
+        "serving": {"modelRepository": "pvc://models/repository"},
         "rollout": {"steps": [{"setWeight": 50, "pause": "2s"}, {"setWeight": 100}]},
     },
 }
@@ -100,8 +101,10 @@ def test_v1_compiles_on_every_class_and_becomes_healthy(cluster, operator, names
     assert l4_pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
     assert l4_pod["automountServiceAccountToken"] is False
     assert l4_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    # the model's claim (pvc://models/...) is mounted read-only where the compile program reads it
-    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in l4_pod["volumes"]
+    # the model's claim (pvc://models/...) is mounted where the compile program reads it: writable,
+    # since the model repository (pvc://models/repository) lives on the same claim
+    # (readOnly false is the default: the API server leaves it out)
+    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "models"}} in l4_pod["volumes"]
     # every compile pod ran on a node of its own class
     for pod in g.c.kubectl_json("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=compile")["items"]:
         node = g.c.kubectl_json("get", "node", pod["spec"]["nodeName"])

@@ -32,6 +32,7 @@ ALLOWED = {
     ("", "configmaps"): {"list", "create", "patch", "delete"},
     ("", "services"): {"list", "create", "patch", "delete"},
     ("", "pods"): {"list"},
+    ("", "persistentvolumeclaims"): {"get"},  # one GET per claim the spec names (observe/kube.py)
     ("", "events"): {"create"},
     ("", "nodes"): {"list", "watch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "update"},

@@ -48,14 +48,20 @@ def test_sample_model_is_the_real_efficientnet_lite0(sample):
     assert hashlib.sha256(open(sample["model"], "rb").read()).hexdigest() == sample["modelSha256"]
 
 
-@pytest.mark.parametrize(("runtime", "gate"), [
+@pytest.mark.parametrize(("runtime", "gate", "cpu_limit"), [
     # Full int8 on an AVX2-only CPU flips some low-margin predictions (agreement ≈ 0.91–0.93, see
     # bench/compile.py) but keeps the accuracy: the gate that matters to users is on labelled images.
-    ("openvino", {"metric": "top1Accuracy", "min": 0.85}),
-    ("onnxruntime", {"metric": "top1Agreement", "min": 0.85}),
+    # One class with a CPU limit (threads profiled, written and reported), one without (none of it).
+    ("openvino", {"metric": "top1Accuracy", "min": 0.85}, "1"),
+    ("onnxruntime", {"metric": "top1Agreement", "min": 0.85}, None),
 ])
-def test_int8_artifact_passes_its_gate_with_config_and_result(sample, tmp_path, runtime, gate):
-    code, message, logs = compile_(tmp_path, request(sample, runtime, "int8", gate))
+def test_int8_artifact_passes_its_gate_with_config_and_result(sample, tmp_path, runtime, gate, cpu_limit):
+    from visionfleet_contract.cpu_threads import thread_parameters
+
+    req = request(sample, runtime, "int8", gate)
+    if cpu_limit:
+        req["cpuLimit"] = cpu_limit
+    code, message, logs = compile_(tmp_path, req)
     assert code == 0, message
     result, why = parse_result(message)
     assert why is None and result.accuracy >= gate["min"]
@@ -72,6 +78,9 @@ def test_int8_artifact_passes_its_gate_with_config_and_result(sample, tmp_path, 
     phases = [entry["phase"] for entry in logs]
     assert phases[:4] == ["fetch", "inspect", "build", "built"] and "accuracy" in phases and phases[-1] == "done"
     assert sum(p == "profiled" for p in phases) == 6
+    threads = thread_parameters(runtime, cpu_limit, 1)
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == threads == raw.get("parameters", {})
+    assert next(e for e in logs if e["phase"] == "profile")["parameters"] == threads
 
 
 def test_gate_rejects_an_artifact_made_worse_on_purpose(sample, tmp_path):

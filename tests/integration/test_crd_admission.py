@@ -34,6 +34,7 @@ BASE = {
             {"name": "xeon", "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},
              "runtime": "onnxruntime"},
         ]},
+        "serving": {"modelRepository": "pvc://models/repository"},
     },
 }
 
@@ -115,6 +116,27 @@ BAD_SPECS = [
      ["spec.compile.calibration", "analysis.drift needs compile.calibration.uri"]),
     ("p-value-out-of-range", lambda o: s(o).update(analysis={"drift": {"pValue": 1.5}}),
      ["spec.analysis.drift.pValue"]),
+    ("no-model-repository", lambda o: s(o).pop("serving"),
+     ["spec.serving.modelRepository", "modelRepository is required"]),
+    ("https-model-repository", lambda o: s(o)["serving"].update(modelRepository="https://models.example/triton"),
+     ["spec.serving.modelRepository", "pvc://<claim>/<path>", "s3://<bucket>/<prefix>"]),
+    ("file-model-repository", lambda o: s(o)["serving"].update(modelRepository="file:///models"),
+     ["spec.serving.modelRepository", "Triton pods load artifacts only from those"]),
+    ("gs-model-uri", lambda o: s(o)["model"].update(uri="gs://bucket/m.onnx", sha256="a" * 64),
+     ["spec.model.uri", "gs:// is not supported", "s3://"]),
+    ("gs-calibration", lambda o: s(o).update(compile={"calibration": {"uri": "gs://b/c.npz"}}),
+     ["spec.compile.calibration.uri", "gs:// is not supported"]),
+    ("reserved-env", lambda o: s(o).update(compile={"env": [{"name": "VISIONFLEET_COMPILE_REQUEST", "value": "{}"}]}),
+     ["spec.compile.env[0].name", "set by the operator"]),
+    ("env-value-and-value-from", lambda o: s(o).update(compile={"env": [
+        {"name": "TOKEN", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+     ["spec.compile.env[0].valueFrom", "not both"]),
+    ("env-from-both-kinds", lambda o: s(o).update(compile={"envFrom": [
+        {"secretRef": {"name": "s"}, "configMapRef": {"name": "c"}}]}),
+     ["spec.compile.envFrom[0]", "exactly one of secretRef or configMapRef"]),
+    ("s3-endpoint-not-url", lambda o: s(o).update(storage={"s3": {"endpoint": "minio:9000"}}),
+     ["spec.storage.s3.endpoint", "should match"]),
+    ("drain-negative", lambda o: s(o)["serving"].update(drainSeconds=-1), ["spec.serving.drainSeconds"]),
     ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
     ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), [".spec.model.shaa256", "field not declared in schema"]),
 ]
@@ -122,6 +144,26 @@ BAD_SPECS = [
 
 def test_the_base_spec_is_accepted(crd, namespace):
     assert "serverside-applied" in apply(crd, namespace, BASE).stdout
+
+
+def test_every_new_identity_storage_and_serving_field_is_accepted(crd, namespace):
+    def full(o):
+        s(o).update(
+            storage={"s3": {"endpoint": "http://minio.storage:9000", "region": "eu-west-1",
+                            "credentialsSecret": "s3-credentials"}},
+            compile={"serviceAccountName": "model-writer",
+                     "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+                     "envFrom": [{"configMapRef": {"name": "proxy"}}]})
+        s(o)["serving"].update(modelRepository="s3://models/triton", serviceAccountName="model-reader",
+                               drainSeconds=20)
+        s(o)["fleet"]["classes"][0].update(runtimeClassName="nvidia", priorityClassName="serving",
+                                           compileResources={"requests": {"cpu": 4, "memory": "16Gi"}})
+    obj = mutate(full)
+    obj["metadata"]["name"] = "full-identity"
+    assert "serverside-applied" in apply(crd, namespace, obj).stdout
+    got = json.loads(crd.kubectl("get", "vd", "full-identity", "-n", namespace, "-o", "json").stdout)["spec"]
+    assert got["storage"] == s(obj)["storage"] and got["compile"]["envFrom"] == [{"configMapRef": {"name": "proxy"}}]
 
 
 @pytest.mark.parametrize(("mutation", "expected"), [(m, e) for _, m, e in BAD_SPECS], ids=[i for i, _, _ in BAD_SPECS])

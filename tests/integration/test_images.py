@@ -76,7 +76,7 @@ def test_operator_image_holds_the_operator_and_the_contract_only(image):
         f"operator image is {built.size_bytes / 1e6:.0f} MB, over its {OPERATOR_IMAGE_BUDGET_MB} MB budget"
 
 
-def _spec(info: dict, drift: bool = True) -> VisionDeploymentSpec:
+def _spec(info: dict, drift: bool = True, s3_endpoint: str | None = None) -> VisionDeploymentSpec:
     return VisionDeploymentSpec.model_validate({
         "model": {"name": "effnet", "version": "1", "uri": "pvc://models/effnet/model.onnx",
                   "sha256": info["modelSha256"], "inputs": [info["input"]], "outputs": [info["output"]]},
@@ -86,14 +86,39 @@ def _spec(info: dict, drift: bool = True) -> VisionDeploymentSpec:
                                     "sha256": info["dataSha256"], "samples": info["calibrationSamples"]},
                     "accuracyGate": {"metric": "top1Agreement", "min": 0.99},
                     "batching": {"mode": "auto", "latencyBudgetMs": 200}},
-        "serving": {"modelRepository": "pvc://repository/models"},
+        "serving": {"modelRepository": f"s3://{BUCKET}/models" if s3_endpoint else "pvc://repository/models"},
+        **({"storage": {"s3": {"endpoint": s3_endpoint, "region": "us-east-1", "credentialsSecret": "s3"}}}
+           if s3_endpoint else {}),
         **({"analysis": {"drift": {"detector": "bbsd-ks", "window": 50}}} if drift else {}),
     })
 
 
+BUCKET, S3_KEYS = "vision-models", {"AWS_ACCESS_KEY_ID": "AKIAVISIONFLEET", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+
+
 @pytest.fixture(scope="module")
-def compiled(image, tmp_path_factory):
-    """The compile image run as the operator's compile Job runs it, on the real EfficientNet-Lite0."""
+def s3():
+    """A real S3 API (moto's server) on this machine's loopback: the images run with the host's network."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=BUCKET)
+    yield endpoint, client
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def compiled(image, s3, tmp_path_factory):
+    """The compile image run as the operator's compile Job runs it, on the real EfficientNet-Lite0,
+    writing to an s3:// repository; then the same image as a Triton pod's init container fetches the
+    entry (checking every file) into the directory Triton and the drift monitor read."""
     from visionfleet_compile import zoo
 
     info = zoo.ensure_sample_model()
@@ -102,42 +127,64 @@ def compiled(image, tmp_path_factory):
     (models / "effnet").mkdir(parents=True)
     for src, name in ((info["model"], "model.onnx"), (info["data"], "imagenet-sample.npz")):
         (models / "effnet" / name).write_bytes(Path(src).read_bytes())
-    repo.mkdir()
-    repo.chmod(0o777)  # the pod's fsGroup owns a real claim; here any user may write
     term = root / "termination-log"
     term.write_text("")
     term.chmod(0o666)
-    spec = _spec(info)
+    spec = _spec(info, s3_endpoint=s3[0])
     cls = resolve_classes(spec, [])[0]
     job = manifests.build_compile_job("doorbell", "ns", "uid-1", spec, cls, "0123456789abcdef")
     pod = job["spec"]["template"]["spec"]
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
-    host = {name: str(models if claim == "models" else repo) for name, claim in claims.items()}
+    assert set(claims.values()) == {"models"}, "an s3:// repository mounts no claim"
+    host = {name: str(models) for name in claims}
     built = image("compile")
     name = f"vf-compile-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
-    proc = images.podman("run", "--rm", f"--name={name}", *images.run_args(pod, "compile", host),
+    proc = images.podman("run", "--rm", f"--name={name}", *images.run_args(pod, "compile", host, env_from={"s3": S3_KEYS}),
                          f"--volume={term}:/dev/termination-log:rw", "--env=VISIONFLEET_PROFILE_SECONDS=0.2",
                          built.ref, *images.command_of(pod, "compile"), check=False)
-    return {"proc": proc, "term": term, "repo": repo, "spec": spec, "seconds": time.monotonic() - t0}
+    out = {"proc": proc, "term": term, "repo": repo, "spec": spec, "seconds": time.monotonic() - t0, "fetch": None}
+    parsed, _ = parse_result(term.read_text())
+    if proc.returncode == 0 and parsed is not None:
+        entry = repo / "models" / "effnet" / "0123456789abcdef-xeon"
+        entry.mkdir(parents=True)
+        entry.chmod(0o777)  # the emptyDir: writable by the pod's user
+        dep = manifests.build_triton_deployment("doorbell", "ns", "uid-1", spec, cls, "0123456789abcdef", 1, parsed,
+                                                "stable")
+        tpod = dep["spec"]["template"]["spec"]
+        fetch_ref = next(c["image"] for c in tpod["initContainers"])
+        assert fetch_ref.split("/")[-1].startswith("compile:")
+        out["fetch"] = images.podman("run", "--rm", *images.run_args(tpod, "fetch-model", {"artifact": str(entry)},
+                                                                      env_from={"s3": S3_KEYS}),
+                                     built.ref, *images.command_of(tpod, "fetch-model"), check=False)
+    return out
 
 
-def test_compile_image_compiles_efficientnet_as_the_job_runs_it(compiled):
+def test_compile_image_compiles_efficientnet_as_the_job_runs_it(compiled, s3):
     proc = compiled["proc"]
     assert proc.returncode == 0, f"compile image exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     result = json.loads(compiled["term"].read_text())
     # ... and the operator reads it as it reads a Job's termination message.
     parsed, error = parse_result(compiled["term"].read_text())
     assert error is None and parsed.sha256 == result["sha256"] and parsed.batching is not None
-    assert result["artifact"].startswith("pvc://repository/models/effnet/0123456789abcdef-xeon/")
+    assert result["artifact"] == f"s3://{BUCKET}/models/effnet/0123456789abcdef-xeon/model.onnx"
     assert result["accuracy"] >= 0.99 and result["batching"]["maxBatchSize"] >= 1
-    entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
-    assert {"model.onnx", "config.pbtxt", "drift-reference.npz"} <= {p.name for p in entry.iterdir()}
-    # The config the image wrote is byte for byte what the operator's ConfigMap carries.
+    # The config the image uploaded is byte for byte what the operator's ConfigMap carries.
     spec = compiled["spec"]
     cm = manifests.build_config_map("doorbell", "ns", "uid", spec, resolve_classes(spec, [])[0], "0123456789abcdef",
                                     parsed)
-    assert (entry / "config.pbtxt").read_text() == cm["data"]["config.pbtxt"]
+    uploaded = s3[1].get_object(Bucket=BUCKET, Key="models/effnet/0123456789abcdef-xeon/config.pbtxt")
+    assert uploaded["Body"].read().decode() == cm["data"]["config.pbtxt"]
+
+
+def test_the_fetch_init_container_puts_the_checked_entry_where_triton_reads_it(compiled):
+    fetch = compiled["fetch"]
+    assert fetch is not None and fetch.returncode == 0, f"fetch exited:\n{fetch.stdout[-2000:]}\n{fetch.stderr[-2000:]}"
+    parsed, _ = parse_result(compiled["term"].read_text())
+    entry = compiled["repo"] / "models" / "effnet" / "0123456789abcdef-xeon"
+    assert {p.name for p in entry.iterdir()} == set(parsed.files) == {"model.onnx", "drift-reference.npz"}
+    import hashlib
+    assert all(hashlib.sha256((entry / n).read_bytes()).hexdigest() == h for n, h in parsed.files.items())
 
 
 def _monitor_pod(spec, port: int, detector: str) -> dict:

@@ -32,11 +32,14 @@ from visionfleet.planner.model import (
     MarkOutcome,
     Observed,
     ObservedDeployment,
+    ObservedClaim,
     ObservedJob,
     Plan,
+    PodWaiting,
     RevisionSnapshot,
     SetRouteWeights,
     VisionDeploymentView,
+    WaitReason,
 )
 from visionfleet.planner.rollout import plan
 
@@ -61,6 +64,8 @@ fleet:
       nodeSelector: {node.kubernetes.io/instance-type: c7i.4xlarge}
       runtime: onnxruntime
       replicas: {min: 2, max: 4}
+serving:
+  modelRepository: pvc://models/repository
 rollout:
   steps: [{setWeight: 20, pause: 1m}, {setWeight: 50, pause: 1m}, {setWeight: 100}]
 analysis:
@@ -119,6 +124,9 @@ class World:
     compile_ticks: int = 1  # passes a compile Job runs before it finishes
     slow_classes: dict[str, int] = field(default_factory=dict)  # class -> its own compile_ticks
     nodes: tuple = ()
+    # class -> the scheduler's message: its compile pods stay Pending, unschedulable since their creation
+    unschedulable: dict[str, str] = field(default_factory=dict)
+    claims: tuple[ObservedClaim, ...] = ()
     route: tuple[tuple[str, int], ...] = ()
     last: Plan | None = None
     writes: int = 0
@@ -166,6 +174,8 @@ class World:
         """Advance the clock, let the cluster progress, then run one planner pass and apply it."""
         self.now += timedelta(seconds=seconds)
         for key, job in list(self.jobs.items()):
+            if job.state == "Pending" and key[0] not in self.unschedulable:
+                self.jobs[key] = job = replace(job, state="Running", message=None, waiting=None)  # scheduled
             if job.state == "Running":
                 self._job_age[key] = self._job_age.get(key, 0) + 1
                 if self._job_age[key] < self.slow_classes.get(key[0], self.compile_ticks):
@@ -179,11 +189,16 @@ class World:
         observed = Observed(nodes=self.nodes or NODES, jobs=tuple(self.jobs.values()),
                             deployments=tuple(self.deployments.values()),
                             measurement=self.measurement, stable_drift=self.stable_drift,
-                            snapshots=tuple(self.snapshots.values()))
+                            snapshots=tuple(self.snapshots.values()), claims=self.claims)
         self.ready_before = self.ready_by_class()
         p = plan(vd, observed, self.now)
         for a in p.actions:
-            if isinstance(a, EnsureCompileJob):
+            if isinstance(a, EnsureCompileJob) and a.cls.name in self.unschedulable:
+                why = self.unschedulable[a.cls.name]
+                self.jobs.setdefault((a.cls.name, a.revision), ObservedJob(
+                    a.cls.name, a.revision, "Pending", message=why,
+                    waiting=PodWaiting(f"{a.cls.name}-{a.revision[:8]}-compile-x", WaitReason.UNSCHEDULABLE, why, self.now)))
+            elif isinstance(a, EnsureCompileJob):
                 self.jobs.setdefault((a.cls.name, a.revision), ObservedJob(a.cls.name, a.revision, "Running"))
             elif isinstance(a, DeleteCompileJob):
                 self.jobs.pop((a.class_name, a.revision), None)

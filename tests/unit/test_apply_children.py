@@ -138,7 +138,8 @@ def served(manifest: dict[str, Any]) -> dict[str, Any]:
                          "conditions": [{"type": "Available", "status": "True"}]}
     elif kind == "Service":
         s = obj["spec"]
-        s.update(clusterIP="10.96.14.7", clusterIPs=["10.96.14.7"], type="ClusterIP", sessionAffinity="None",
+        ip = s.get("clusterIP", "10.96.14.7")  # a headless Service keeps "None"
+        s.update(clusterIP=ip, clusterIPs=[ip], type="ClusterIP", sessionAffinity="None",
                  ipFamilies=["IPv4"], ipFamilyPolicy="SingleStack", internalTrafficPolicy="Cluster")
         for p in s["ports"]:
             p.setdefault("protocol", "TCP")
@@ -321,7 +322,7 @@ def rendered(vd: VisionDeploymentView, plan: Plan) -> list[dict[str, Any]]:
 def test_steady_state_makes_no_write(fake):
     vd, p = view(), serving_plan(spec())
     live = live_of(rendered(vd, p))
-    assert {k for k, _ in live} == {"Service", "ConfigMap", "Deployment"} and len(live) == 4  # with the drift Service
+    assert {k for k, _ in live} == {"Service", "ConfigMap", "Deployment"} and len(live) == 5  # with the drift and metrics Services
     w = apply_plan(None, vd, p, live)
     assert w.total == 0 and fake.calls == []
 
@@ -329,7 +330,7 @@ def test_steady_state_makes_no_write(fake):
 def test_absent_children_are_created_without_a_drift_event(fake):
     vd, p = view(), serving_plan(spec())
     w = apply_plan(None, vd, p, {})
-    assert w.applies == 4 and w.events == 0
+    assert w.applies == 5 and w.events == 0
     assert all(c.method == "PATCH" and ("fieldManager", "visionfleet") in c.query and ("force", "true") in c.query
                for c in fake.calls)
 
@@ -391,7 +392,7 @@ def test_what_the_api_server_keeps_after_our_apply_is_not_fought_every_pass(fake
     fake.keep = pin
     vd, p = view(), serving_plan(spec())
     first = apply_plan(None, vd, p, {})
-    assert first.applies == 4
+    assert first.applies == 5
     live = {(c.body["kind"], c.body["metadata"]["name"]): pin(served(c.body)) for c in fake.calls}
     fake.calls.clear()
     assert apply_plan(None, vd, p, live).total == 0
@@ -444,4 +445,4 @@ def test_writes_are_counted_into_the_given_counter(fake):
     counter = WriteCounter()
     vd, p = view(), serving_plan(spec())
     apply_plan(None, vd, p, {}, counter)
-    assert counter.applies == 4
+    assert counter.applies == 5

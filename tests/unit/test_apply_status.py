@@ -118,3 +118,26 @@ def test_refuse_writes_onto_the_object_read_and_requeues_shortly_on_conflict(mon
     monkeypatch.setattr(handlers, "METRICS", SimpleNamespace(invalid_spec=lambda: None, record=lambda *a: None))
     assert inspect.unwrap(handlers.run_pass)(_body({"model": {"name": 5}})) == handlers.CONFLICT_REQUEUE
     assert calls == ["777"]
+
+
+def test_a_stored_spec_without_a_model_repository_is_refused_before_anything_is_built(monkeypatch):
+    """Stored before the CRD required serving.modelRepository: Triton pods would have nothing to load,
+    so the pass writes Degraded (InvalidSpec) naming the field and gathers or applies nothing."""
+    import copy
+
+    from visionfleet import handlers
+    from .planner_sim import SPEC
+
+    written = []
+    monkeypatch.setattr(handlers, "_conflicts", {})
+    monkeypatch.setattr(handlers, "api_client", lambda: None)
+    monkeypatch.setattr(handlers, "write_status", lambda api, name, ns, old, new, resource_version=None:
+                        written.append(new) or True)
+    monkeypatch.setattr(handlers, "gather", lambda *a, **k: pytest.fail("nothing is gathered for a refused spec"))
+    monkeypatch.setattr(handlers, "METRICS", SimpleNamespace(invalid_spec=lambda: None, record=lambda *a: None))
+    raw = copy.deepcopy(SPEC)
+    raw.pop("serving")
+    assert inspect.unwrap(handlers.run_pass)(_body(raw)) == 60.0
+    (cond,) = [c for c in written[0].conditions if c.type == "Degraded"]
+    assert cond.status == "True" and cond.reason == "InvalidSpec"
+    assert cond.message.startswith("spec.serving.modelRepository is required") and "s3://" in cond.message

@@ -64,7 +64,10 @@ def test_compile_job_runs_on_its_class_without_api_access():
     pod = js["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
-    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    # the class's GPU, and what a compile needs besides: never BestEffort
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1", "memory": "8Gi"},
+                                                 "requests": {"cpu": "1", "memory": "2Gi"}}
+    assert "serviceAccountName" not in pod and "envFrom" not in pod["containers"][0]
     assert pod["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
     restricted(pod)
     labels = js["template"]["metadata"]["labels"]
@@ -185,6 +188,119 @@ instance_group [
 def test_config_map_carries_the_config():
     cm = build_config_map("doorbell", "vision", "u", spec(), classes()["xeon"], REV, RESULT)
     assert cm["data"]["config.pbtxt"].startswith('name: "effnet"\nbackend: "onnxruntime"')
+
+
+def cpu_limited(limits=None, requests=None, runtime="onnxruntime"):
+    """The spec with its xeon class given these resources (and runtime)."""
+    import copy
+
+    raw = copy.deepcopy(SPEC)
+    xeon = next(c for c in raw["fleet"]["classes"] if c["name"] == "xeon")
+    xeon["runtime"] = runtime
+    xeon["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v is not None}
+    return VisionDeploymentSpec.model_validate(raw)
+
+
+def compile_request_of(job):
+    import json
+
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return json.loads(env["VISIONFLEET_COMPILE_REQUEST"])
+
+
+@pytest.mark.parametrize(("limits", "requests", "cpu_limit"), [
+    pytest.param(None, None, None, id="no-resources"),
+    pytest.param(None, {"cpu": "2"}, None, id="a-request-is-no-limit"),
+    pytest.param({"memory": "4Gi"}, None, None, id="memory-only"),
+    pytest.param({"cpu": "1500m"}, None, "1500m", id="millicores"),
+    pytest.param({"cpu": 2}, {"cpu": 1}, "2", id="integer"),
+])
+def test_the_compile_request_carries_the_classs_cpu_limit(limits, requests, cpu_limit):
+    """The compile program derives the thread parameters from it; no limit, no field (the request of before)."""
+    s = cpu_limited(limits, requests)
+    request = compile_request_of(build_compile_job("doorbell", "vision", "u", s, classes(s)["xeon"], REV))
+    assert request.get("cpuLimit") == cpu_limit and ("cpuLimit" in request) == (cpu_limit is not None)
+
+
+# config.pbtxt of the xeon class for RESULT as the operator rendered it before results carried
+# parameters: a revision compiled then must keep exactly these bytes under a newer operator.
+OLD_XEON_CONFIG = """name: "effnet"
+backend: "onnxruntime"
+default_model_filename: "model.onnx"
+max_batch_size: 8
+input [
+  {
+    name: "images"
+    data_type: TYPE_FP32
+    dims: [ 3, 224, 224 ]
+  }
+]
+output [
+  {
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ 1000 ]
+  }
+]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 400
+}
+instance_group [
+  {
+    count: 2
+    kind: KIND_CPU
+  }
+]
+"""
+
+
+@pytest.mark.parametrize("limits", [None, {"cpu": "2"}, {"cpu": "500m"}])
+def test_an_old_result_renders_exactly_as_before_whatever_the_cpu_limit(limits):
+    """A result without parameters (a compile program older than them) renders the text of before,
+    even for a class with a CPU limit: the operator derives nothing itself."""
+    from visionfleet.observe.kube import parse_result
+
+    old, why = parse_result('{"artifact": "pvc://models/repo/x", "sha256": "' + "a" * 64 + '", "accuracy": 0.99, '
+                            '"p99MsAtBatch": {"1": 2.0}, "batching": {"maxBatchSize": 8, "preferredBatchSizes": '
+                            '[4, 8], "maxQueueDelayMicroseconds": 400, "instanceCount": 2}}')
+    assert why is None and old.parameters is None
+    s = cpu_limited(limits)
+    assert build_config_map("doorbell", "vision", "u", s, classes(s)["xeon"], REV, old)["data"]["config.pbtxt"] \
+        == OLD_XEON_CONFIG
+
+
+@pytest.mark.parametrize(("runtime", "parameters"), [
+    ("onnxruntime", {"intra_op_thread_count": "1", "inter_op_thread_count": "1"}),
+    ("openvino", {"NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": "2"}),
+])
+def test_the_config_map_renders_the_results_parameters(runtime, parameters):
+    """As the compile Job wrote them (sorted), appended to the text of before; Triton's ModelConfig reads them."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from visionfleet.observe.kube import parse_result
+
+    raw = {**RESULT.to_wire(), "parameters": parameters, "sha256": "a" * 64}
+    import json
+
+    result, why = parse_result(json.dumps(raw))
+    assert why is None and result.parameters == parameters
+    s = cpu_limited({"cpu": "2"}, runtime=runtime)
+    text = build_config_map("doorbell", "vision", "u", s, classes(s)["xeon"], REV, result)["data"]["config.pbtxt"]
+    assert text.startswith(build_triton_config(s.model, runtime, result.batching))
+    cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert {k: v.string_value for k, v in cfg.parameters.items()} == parameters
+
+
+@pytest.mark.parametrize("parameters", [{"a b": "1"}, {"k": 'x"'}, {"k": "1" * 65}])
+def test_a_result_with_parameters_config_pbtxt_cannot_carry_is_unreadable(parameters):
+    import json
+
+    from visionfleet.observe.kube import parse_result
+
+    result, why = parse_result(json.dumps({**RESULT.to_wire(), "parameters": parameters}))
+    assert result is None and "parameters" in why
 
 
 @pytest.mark.parametrize("parts", [("a" * 40, "b" * 40, REV[:8], "compile"), ("vd", "c" * 63, REV[:8])])
@@ -319,3 +435,151 @@ def test_the_drift_monitor_image_fits_the_detector(detector, image):
     s2 = drift_spec(detector=detector, image="reg.example/monitor:2")
     assert drift_monitor_container(s2, [{"name": "artifact", "mountPath": f"/models/{s2.model.name}/1"}])["image"] \
         == "reg.example/monitor:2"
+
+
+# -- compile Job identity and resources; s3:// repositories; serving pods ------------------------
+
+def _raw(**changes):
+    import copy
+
+    raw = copy.deepcopy(SPEC)
+    for path, value in changes.items():
+        node = raw
+        *parents, leaf = path.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return raw
+
+
+S3_SPEC = dict(serving__modelRepository="s3://models/triton",
+               storage__s3={"endpoint": "http://minio.storage:9000", "region": "eu-west-1",
+                            "credentialsSecret": "s3-credentials"})
+S3_RESULT = RESULT.model_copy(update={"files": {"model.xml": "a" * 64, "model.bin": "b" * 64,
+                                                "drift-reference.npz": "c" * 64}})
+
+
+@pytest.mark.parametrize("class_resources, compile_resources, expected", [
+    pytest.param(None, None, {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+                 id="none-set:burstable-defaults"),
+    pytest.param({"limits": {"cpu": "4", "memory": "16Gi"}}, None,
+                 {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}},
+                 id="class-limits:same-cpus-as-serving,requests-capped-at-the-limits"),
+    pytest.param({"requests": {"cpu": "2"}}, None,
+                 {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+                 id="class-requests:kept,missing-filled"),
+    pytest.param({"requests": {"memory": "16Gi"}}, None,
+                 {"requests": {"memory": "16Gi", "cpu": "1"}, "limits": {}},
+                 id="class-memory-request:no-default-limit-below-it"),
+    pytest.param({"limits": {"cpu": "1"}}, {"requests": {"cpu": "8", "memory": "24Gi"}, "limits": {"memory": "32Gi"}},
+                 {"requests": {"cpu": "8", "memory": "24Gi"}, "limits": {"memory": "32Gi"}},
+                 id="compileResources:taken-as-written"),
+])
+def test_compile_job_resources(class_resources, compile_resources, expected):
+    raw = _raw()
+    xeon = raw["fleet"]["classes"][1] = dict(raw["fleet"]["classes"][1])
+    if class_resources:
+        xeon["resources"] = class_resources
+    if compile_resources:
+        xeon["compileResources"] = compile_resources
+    s = VisionDeploymentSpec.model_validate(raw)
+    job = build_compile_job("doorbell", "vision", "u", s, classes(s)["xeon"], REV)
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == expected
+
+
+def test_compile_job_identity_env_and_s3_settings():
+    s = VisionDeploymentSpec.model_validate(_raw(
+        **S3_SPEC, compile__serviceAccountName="model-writer",
+        compile__env=[{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                      {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hf"}}}],
+        compile__envFrom=[{"configMapRef": {"name": "proxy-settings"}}]))
+    pod = build_compile_job("doorbell", "vision", "u", s, classes(s)["xeon"], REV)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "model-writer" and pod["automountServiceAccountToken"] is False
+    c = pod["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://minio.storage:9000"
+    assert env["AWS_REGION"]["value"] == env["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "tokens", "key": "hf"}}
+    assert c["env"][-1]["name"] == "VISIONFLEET_COMPILE_REQUEST", "the request goes last: nothing overrides it"
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}, {"configMapRef": {"name": "proxy-settings"}}]
+    import json as _json
+    request = _json.loads(c["env"][-1]["value"])
+    assert request["output"] == {"repository": "s3://models/triton", "dir": f"effnet/{REV}-xeon"}
+    # an s3:// repository mounts no claim
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v and v["persistentVolumeClaim"]["claimName"]
+                != "models"]
+
+
+def test_s3_repository_is_fetched_and_checked_by_an_init_container():
+    s = VisionDeploymentSpec.model_validate(_raw(**S3_SPEC, serving__serviceAccountName="model-reader"))
+    dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["xeon"], REV, 2, S3_RESULT, "canary")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "model-reader" and pod["automountServiceAccountToken"] is False
+    (init,) = pod["initContainers"]
+    assert init["image"] == "ghcr.io/visionfleet/compile:0.1.0" and init["command"] == ["visionfleet-compile"]
+    assert init["args"] == ["fetch-entry", f"--source=s3://models/triton/effnet/{REV}-xeon", "--dest=/models/effnet/1",
+                            f"--file=drift-reference.npz={'c' * 64}", f"--file=model.bin={'b' * 64}",
+                            f"--file=model.xml={'a' * 64}"]
+    assert init["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert {e["name"] for e in init["env"]} == {"AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"}
+    assert init["resources"]["requests"] and init["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["artifact"] == {"name": "artifact", "emptyDir": {}}
+    triton = pod["containers"][0]
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert mounts["/models/effnet/1"] == {"name": "artifact", "mountPath": "/models/effnet/1", "readOnly": True}
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {"/tmp", "/models/effnet/1"}
+    restricted({**pod, "containers": pod["containers"] + pod["initContainers"]})
+
+
+def test_tensorrt_classes_fetch_with_the_cpu_compile_image_not_the_gpu_one():
+    s = VisionDeploymentSpec.model_validate(_raw(**S3_SPEC))
+    dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["l4"], REV, 2, S3_RESULT, "canary")
+    assert dep["spec"]["template"]["spec"]["initContainers"][0]["image"] == "ghcr.io/visionfleet/compile:0.1.0"
+
+
+def test_pvc_repository_has_no_init_container():
+    dep = build_triton_deployment("doorbell", "vision", "u", spec(modelRepository="pvc://models/repository"),
+                                  classes()["xeon"], REV, 2, RESULT, "stable")
+    assert "initContainers" not in dep["spec"]["template"]["spec"]
+
+
+def test_serving_pods_drain_before_they_stop_and_take_the_class_runtime_and_priority():
+    raw = _raw(serving__drainSeconds=20)
+    raw["fleet"]["classes"][0] = dict(raw["fleet"]["classes"][0], runtimeClassName="nvidia",
+                                      priorityClassName="serving-critical")
+    s = VisionDeploymentSpec.model_validate(raw)
+    for name, runtime_class, priority in (("l4", "nvidia", "serving-critical"), ("xeon", None, None)):
+        dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)[name], REV, 2, RESULT, "stable")
+        pod = dep["spec"]["template"]["spec"]
+        assert pod.get("runtimeClassName") == runtime_class and pod.get("priorityClassName") == priority
+        assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 20}}}
+        assert pod["terminationGracePeriodSeconds"] == 50, "the drain, then Triton's own 30 s exit timeout"
+    job = build_compile_job("doorbell", "vision", "u", s, classes(s)["l4"], REV)
+    assert job["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert "priorityClassName" not in job["spec"]["template"]["spec"], "compiles do not outrank serving"
+    default = build_triton_deployment("doorbell", "vision", "u", spec(), classes()["xeon"], REV, 2, RESULT, "stable")
+    assert default["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 15
+
+
+def test_discovered_gpu_classes_get_the_runtime_class():
+    raw = _raw()
+    raw["fleet"] = {"discover": {"groupBy": ["nvidia.com/gpu.product"], "gpuRuntimeClassName": "nvidia",
+                                 "priorityClassName": "serving"}}
+    s = VisionDeploymentSpec.model_validate(raw)
+    nodes = [ObservedNode("g", {"nvidia.com/gpu.product": "NVIDIA-L4"}, gpus=1), ObservedNode("c", {}, gpus=0)]
+    got = {c.name: (c.spec.runtime_class_name, c.spec.priority_class_name) for c in resolve_classes(s, nodes)}
+    assert sorted(got.values(), key=str) == sorted([("nvidia", "serving"), (None, "serving")], key=str)
+
+
+def test_clients_see_no_metrics_port_and_a_headless_service_exposes_each_pod_for_scraping():
+    from visionfleet.builders.manifests import build_metrics_service
+
+    assert {p["name"] for p in build_service("doorbell", "vision", "u")["spec"]["ports"]} == {"http", "grpc"}
+    m = build_metrics_service("doorbell", "vision", "u", drift=True)
+    assert m["metadata"]["name"] == "doorbell-metrics" and m["spec"]["clusterIP"] == "None"
+    assert {p["name"]: p["port"] for p in m["spec"]["ports"]} == {"metrics": 8002, "drift": 8010}
+    assert m["spec"]["selector"] == {"visionfleet.io/vision-deployment": "doorbell",
+                                     "app.kubernetes.io/component": "triton"}
+    assert [p["name"] for p in build_metrics_service("doorbell", "vision", "u", drift=False)["spec"]["ports"]] == \
+        ["metrics"]

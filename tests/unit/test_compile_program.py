@@ -162,3 +162,89 @@ def test_a_runtime_crash_still_reaches_the_operator(files, capsys, monkeypatch):
     monkeypatch.setattr(program, "build_artifact", boom)
     code, message = run(files, request(files), capsys)
     assert code == 1 and message == "RuntimeError: the runtime fell over"
+
+
+def profiled_threads(runner) -> dict[str, int]:
+    """What the runtime the profile ran on reports back: its own settings, not what was asked."""
+    if hasattr(runner, "session"):
+        opts = runner.session.get_session_options()
+        return {"intra_op_thread_count": opts.intra_op_num_threads, "inter_op_thread_count": opts.inter_op_num_threads}
+    return {k: int(runner.compiled.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "NUM_STREAMS")}
+
+
+# (runtime, CPU limit, manual instance count or None for auto) -> what the profile runs on, per instance
+THREADS = [
+    ("onnxruntime", "500m", None, {"intra_op_thread_count": 1, "inter_op_thread_count": 1}),
+    ("onnxruntime", "2", None, {"intra_op_thread_count": 2, "inter_op_thread_count": 1}),
+    ("onnxruntime", "2", 2, {"intra_op_thread_count": 1, "inter_op_thread_count": 1}),
+    ("openvino", "1500m", None, {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1}),
+    ("openvino", "2", None, {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1}),
+    # two streams of one thread: the one synchronous request of the profile runs on one of them
+    ("openvino", "2", 2, {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 2}),
+]
+
+
+@pytest.mark.parametrize(("runtime", "limit", "instances", "profiled"), THREADS,
+                         ids=[f"{t[0]}-{t[1]}-x{t[2] or 'auto'}" for t in THREADS])
+def test_the_cpu_limit_sets_the_threads_profiled_written_and_reported(files, capsys, monkeypatch, runtime, limit,
+                                                                      instances, profiled):
+    """The program derives the parameters from the request's cpuLimit, profiles under them, writes them
+    into config.pbtxt and reports them; the operator's ConfigMap for that result is the same bytes."""
+    from visionfleet.api.spec import VisionDeploymentSpec
+    from visionfleet.builders.manifests import build_config_map
+    from visionfleet.planner.classes import resolve_classes
+    from visionfleet_compile import onnxrt
+    from visionfleet_contract import cpu_threads
+
+    seen = []
+    real_profile = onnxrt.profile
+    monkeypatch.setattr(onnxrt, "profile", lambda runner, *a, **k: seen.append(profiled_threads(runner))
+                        or real_profile(runner, *a, **k))
+    batching = ({"mode": "manual", "maxBatchSize": 4, "instanceCount": instances} if instances
+                else {"mode": "auto", "latencyBudgetMs": 50})
+    req = {**request(files, runtime=runtime, batching=batching), "cpuLimit": limit}
+    code, message = run(files, req, capsys)
+    assert code == 0, message
+    want = cpu_threads.thread_parameters(runtime, limit, instances or 1)
+    assert seen == [profiled]
+    raw = json.loads(message)
+    assert raw["parameters"] == want
+    result, why = parse_result(message)
+    assert why is None and result.parameters == want
+    out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
+    written = (out / "config.pbtxt").read_text()
+    spec = VisionDeploymentSpec.model_validate({
+        "model": req["model"], "compile": {"calibration": {"uri": "pvc://models/calib.npz"}},
+        "fleet": {"classes": [{"name": "xeon", "nodeSelector": {"kubernetes.io/arch": "amd64"}, "runtime": runtime,
+                               "resources": {"limits": {"cpu": limit}}}]},
+        "serving": {"modelRepository": "pvc://models/repository"}})
+    cls = next(c for c in resolve_classes(spec, []) if c.name == "xeon")
+    assert build_config_map("vd", "ns", "u", spec, cls, "0123456789ab", result)["data"]["config.pbtxt"] == written
+    assert "parameters [" in written
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_without_a_cpu_limit_nothing_changes(files, capsys, runtime):
+    code, message = run(files, request(files, runtime=runtime), capsys)
+    assert code == 0, message
+    assert "parameters" not in json.loads(message)
+    out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
+    assert "parameters" not in (out / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("limit", ["two", "-1", "0"])
+def test_a_cpu_limit_that_is_no_quantity_exits_2_naming_the_field(files, capsys, limit):
+    code, message = run(files, {**request(files), "cpuLimit": limit}, capsys)
+    assert code == 2 and message.startswith("fleet.classes[].resources.limits.cpu:") and limit in message
+
+
+def test_a_truncated_message_keeps_what_config_pbtxt_is_rendered_from(files):
+    """Past the kubelet's 4 KiB the extras go, but never the parameters: without them the operator's
+    ConfigMap would differ from the config.pbtxt the Job wrote."""
+    result = {"artifact": "pvc://a/b", "sha256": "a" * 64, "accuracy": 0.9, "p99MsAtBatch": {"1": 1.0},
+              "batching": {"maxBatchSize": 1}, "parameters": {"NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2"},
+              "runtime": {"name": "openvino", "cpu": "x" * 5000}}
+    program.write_termination_message(result)
+    kept = json.loads((files["tmp"] / "termination-log").read_text())
+    assert "runtime" not in kept and kept["parameters"] == result["parameters"]
+    assert kept["batching"] == {"maxBatchSize": 1}

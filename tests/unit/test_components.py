@@ -56,6 +56,36 @@ def test_the_contracts_result_schema_names_every_field_the_operator_reads():
     assert set(schema.RESULT_REQUIRED) <= wire
 
 
+def test_what_config_pbtxt_is_rendered_from_survives_a_truncated_result():
+    """The operator renders the ConfigMap from the result's batching and parameters: a message cut to
+    what the kubelet keeps must still carry both, or the ConfigMap differs from the Job's file."""
+    assert {"batching", "parameters"} <= set(schema.RESULT_KEPT)
+    assert set(schema.RESULT_KEPT) <= set(schema.CompileResult.__annotations__)
+
+
+def test_the_compile_request_the_operator_writes_is_the_contracts():
+    """Every key of the operator's compile request (a class with a CPU limit, so cpuLimit is there) is
+    in the contract's schema; "class" is a keyword, so the schema names it in a comment."""
+    import json
+
+    from visionfleet.api.spec import VisionDeploymentSpec
+    from visionfleet.builders.manifests import build_compile_job
+    from visionfleet.planner.classes import resolve_classes
+
+    spec = VisionDeploymentSpec.model_validate({
+        "model": {"name": "m", "version": "1", "uri": "pvc://models/m.onnx",
+                  "inputs": [{"name": "x", "dataType": "FP32", "dims": [3]}],
+                  "outputs": [{"name": "y", "dataType": "FP32", "dims": [2]}]},
+        "fleet": {"classes": [{"name": "cpu", "nodeSelector": {"kubernetes.io/arch": "amd64"},
+                               "runtime": "openvino", "resources": {"limits": {"cpu": "1500m"}}}]}})
+    cls = resolve_classes(spec, [])[0]
+    job = build_compile_job("vd", "ns", "u", spec, cls, "0123456789ab")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    request = json.loads(env["VISIONFLEET_COMPILE_REQUEST"])
+    assert request["cpuLimit"] == "1500m"
+    assert set(request) - {"class"} <= set(schema.CompileRequest.__annotations__)
+
+
 def make_n(target: str) -> str:
     # -B: as on a fresh machine, where no stamp exists and every prerequisite runs.
     return subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, check=True).stdout

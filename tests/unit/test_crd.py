@@ -88,7 +88,7 @@ def test_crd_surface():
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Stable", "Canary", "Weight", "Set-weight", "P99-ms", "Drift-p", "Age"]
+    assert columns == ["Phase", "Stable", "Canary", "Weight", "Set-weight", "P99-ms", "Drift-p", "Age", "Message"]
     rules = [r["rule"] for _, n in walk(schema()) if isinstance(n, dict) for r in n.get("x-kubernetes-validations", [])]
     assert any("setWeight <" in r for r in rules), "steps must be checked for ascending weights"
     assert any("self.min <= self.max" in r for r in rules)
@@ -230,3 +230,13 @@ def test_every_scalar_spec_default_is_in_its_description():
         if f"Default {default}" not in node.get("description", ""):
             missing.append(f"{path} (default {default})")
     assert not missing, "descriptions that do not say 'Default <value>': " + ", ".join(missing)
+
+
+def test_every_cel_rule_uses_a_reason_the_api_server_accepts():
+    """The API server refuses a CRD whose x-kubernetes-validations name another reason (caught once
+    only by installing the CRD on a real API server)."""
+    allowed = {"FieldValueDuplicate", "FieldValueForbidden", "FieldValueInvalid", "FieldValueRequired"}
+    rules = [(path, r) for path, node in walk(schema()) if isinstance(node, dict)
+             for r in node.get("x-kubernetes-validations", [])]
+    assert len(rules) > 20
+    assert [(path, r["reason"]) for path, r in rules if r.get("reason", "FieldValueInvalid") not in allowed] == []

@@ -265,6 +265,19 @@ def test_status_of_a_fresh_object_and_a_held_back_class():
     assert f"  a100: serves {STABLE} as stable (held back from {CANARY})" in render_status(vd(st), NOW)
 
 
+def test_status_shows_why_a_class_waits_once():
+    st = healthy_status()
+    c = st.classes[0]
+    wait = "waiting: compile pod p is unschedulable: 0/3 nodes are available; the scheduler: x"
+    c.compile = c.compile.model_copy(update={"state": "Pending", "message": wait})
+    c.message = f"{wait}; waiting: serving (revision {STABLE}) pod t: ImagePullBackOff: nope; check spec.serving.image"
+    lines = render_status(vd(st), NOW).splitlines()
+    assert [line for line in lines if "waiting: compile pod p" in line] == [
+        f"  {c.name}: compile Pending ({c.compile.revision[:12]}): {wait}"], "the compile's wait once"
+    assert f"  {c.name}: waiting: serving (revision {STABLE}) pod t: ImagePullBackOff: nope; " \
+           "check spec.serving.image" in lines
+
+
 def simulated(until: str, steps_into: int = 0) -> tuple[dict, datetime]:
     """A VisionDeployment as the planner itself leaves it (tests/unit/planner_sim), as the API returns it."""
     w = World(sim_spec())

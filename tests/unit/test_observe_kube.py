@@ -8,6 +8,8 @@ import json
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from visionfleet.builders.manifests import (
     build_config_map,
     build_controller_revision,
@@ -103,3 +105,109 @@ def test_children_are_observed_as_the_api_server_returns_them():
     assert obs.jobs[0].state == "Succeeded"
     assert core.list_namespaced_service.selectors == [f"visionfleet.io/vision-deployment={VD}"], \
         "every Service of the VisionDeployment, the drift monitors' too"
+
+
+# -- why pods wait, and the claims the spec names ---------------------------------------------------
+
+from datetime import datetime, timezone  # noqa: E402
+
+from visionfleet.observe.kube import deployment_waiting, gather_claims, pod_waiting  # noqa: E402
+from visionfleet.planner.model import ObservedClaim, PodWaiting, WaitReason  # noqa: E402
+
+CREATED = datetime(2026, 12, 2, 14, 0, 0, tzinfo=timezone.utc)
+REFUSED = datetime(2026, 12, 2, 14, 0, 1, tzinfo=timezone.utc)
+PVC_MISSING = '0/10 nodes are available: persistentvolumeclaim "models" not found. not found'
+
+
+def pod(name, component="compile", labels=None, conditions=(), waiting=None, created=CREATED, deleting=None):
+    """A pod as the client's models hold it (the attributes gather reads)."""
+    statuses = [SimpleNamespace(name="c", state=SimpleNamespace(
+        waiting=SimpleNamespace(reason=waiting[0], message=waiting[1]) if waiting else None, terminated=None))]
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, labels={"app.kubernetes.io/component": component, **(labels or {})},
+                                 creation_timestamp=created, deletion_timestamp=deleting),
+        status=SimpleNamespace(phase="Pending", conditions=[SimpleNamespace(**c) for c in conditions],
+                               container_statuses=statuses))
+
+
+def unschedulable(message=PVC_MISSING, at=REFUSED):
+    return {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+            "last_transition_time": at}
+
+
+POD_WAITS = [
+    pytest.param(pod("p", conditions=[unschedulable()]),
+                 PodWaiting("p", WaitReason.UNSCHEDULABLE, PVC_MISSING, REFUSED), id="unschedulable_since_refused"),
+    pytest.param(pod("p", conditions=[unschedulable(at=None)]),
+                 PodWaiting("p", WaitReason.UNSCHEDULABLE, PVC_MISSING, CREATED), id="unschedulable_no_time_creation"),
+    pytest.param(pod("p", waiting=("ImagePullBackOff", "Back-off pulling image")),
+                 PodWaiting("p", WaitReason.IMAGE_PULL_BACK_OFF, "Back-off pulling image"), id="image_pull_back_off"),
+    pytest.param(pod("p", waiting=("CreateContainerConfigError", 'secret "s3" not found')),
+                 PodWaiting("p", WaitReason.CREATE_CONTAINER_CONFIG_ERROR, 'secret "s3" not found'),
+                 id="missing_secret"),
+    pytest.param(pod("p", waiting=("ContainerCreating", None)), None, id="merely_starting_says_nothing"),
+    pytest.param(pod("p", waiting=("CrashLoopBackOff", "back-off")), None, id="crash_loop_is_no_compile_wait"),
+]
+
+
+@pytest.mark.parametrize("given, wait", POD_WAITS)
+def test_pod_waiting(given, wait):
+    assert pod_waiting(given) == wait
+
+
+def job_obj(cls_, rev, active=1):
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=compile_job_name(VD, cls_, rev), labels={"visionfleet.io/class": cls_,
+                                                                               "visionfleet.io/revision": rev}),
+        status=SimpleNamespace(conditions=[], active=active))
+
+
+def test_one_pod_list_tells_why_compile_and_serving_pods_wait():
+    s = spec()
+    dep = served(build_triton_deployment(VD, NS, UID, s, cls(s), REV, 2, RESULT, Track.STABLE))
+    dep["status"]["readyReplicas"] = 1
+    job = job_obj("l4", REV)
+    compile_pod = pod("c-1", labels={"job-name": job.metadata.name}, conditions=[unschedulable()])
+    ready = {"type": "Ready", "status": "True"}
+    triton = {"visionfleet.io/class": "l4", "visionfleet.io/revision": REV}
+    serving = [pod("t-ready", "triton", triton, conditions=[ready], created=REFUSED),
+               pod("t-gone", "triton", triton, waiting=("ErrImagePull", "gone"), deleting=REFUSED),
+               pod("t-stuck", "triton", triton, waiting=("ImagePullBackOff", 'Back-off pulling image "x"'))]
+    core, batch, apps = world([], [dep], jobs=[job])
+    core.list_namespaced_pod = Lister([compile_pod, *serving])
+    obs = gather(core, batch, apps, VD, NS, nodes=[])
+    assert core.list_namespaced_pod.selectors == [
+        f"visionfleet.io/vision-deployment={VD},app.kubernetes.io/component in (compile,triton)"], "one list a pass"
+    assert obs.jobs[0].state == "Pending"
+    assert obs.jobs[0].waiting == PodWaiting("c-1", WaitReason.UNSCHEDULABLE, PVC_MISSING, REFUSED)
+    assert obs.jobs[0].message == f"c-1: {PVC_MISSING}"
+    assert obs.deployments == [ObservedDeployment("l4", REV, 2, 1, waiting=PodWaiting(
+        "t-stuck", WaitReason.IMAGE_PULL_BACK_OFF, 'Back-off pulling image "x"'))]
+    assert deployment_waiting([pod("t", "triton", triton, waiting=("CrashLoopBackOff", "back-off"))]).reason == \
+        WaitReason.CRASH_LOOP_BACK_OFF, "a serving pod's crash loop is a wait to tell"
+
+
+class ApiError(Exception):
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def test_claims_one_get_each_missing_known_unreadable_left_out(caplog):
+    gets = []
+
+    def read(name, namespace):
+        gets.append((name, namespace))
+        if name == "models":
+            return SimpleNamespace(spec=SimpleNamespace(access_modes=["ReadWriteOnce"]),
+                                   status=SimpleNamespace(phase="Bound"))
+        if name == "gone":
+            raise ApiError(404, "Not Found")
+        raise ApiError(403, "Forbidden")
+
+    core = SimpleNamespace(read_namespaced_persistent_volume_claim=read)
+    with caplog.at_level(logging.WARNING):
+        got = gather_claims(core, NS, ["models", "gone", "models", "secret"])
+    assert got == [ObservedClaim("models", True, ("ReadWriteOnce",), "Bound"), ObservedClaim("gone", False)]
+    assert gets == [("models", NS), ("gone", NS), ("secret", NS)], "one GET per claim, even named twice"
+    assert "PersistentVolumeClaim secret not read (Forbidden)" in caplog.text

@@ -442,7 +442,7 @@ def test_run_pass_counts_a_new_rollout_once_apply_went_through(monkeypatch):
 
     monkeypatch.setattr(handlers, "api_client", lambda: object())
     monkeypatch.setattr(handlers, "gather", lambda *a, **kw: SimpleNamespace(
-        nodes=list(NODES), jobs=[], deployments=[], live={}, snapshots=[], revision_services={}))
+        nodes=list(NODES), jobs=[], deployments=[], live={}, snapshots=[], revision_services={}, claims=[]))
     calls = []
 
     def apply_plan(api, vd, p, *a, **kw):

@@ -12,7 +12,9 @@ annotations, with the rollout invariants checked after every step.
      histories, and only the operator's own actions are held to this (a first revision aborted before
      its promotion is the documented exception: there is nothing to fall back to);
   6. the weight in status is the weight users get: each class's effectiveWeight is the canary's
-     share of the Ready pods the pass leaves.
+     share of the Ready pods the pass leaves;
+  7. no compile Job outlives its purpose: after every pass, the only compile Jobs still running (or
+     waiting to schedule) are the canary's, or the stable's on a class catching up with it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Rollouts(RuleBasedStateMachine):
     # Short steps and a generous inconclusive limit, so that random histories reach the last step
     # (and its 100 % weight) often, inconclusive streaks included.
     SPEC = dict(analysis__inconclusiveLimit=50, rollout__waves=[["xeon"], ["l4"]], rollout__progressDeadline="3m",
+                compile__scheduleTimeout="2m",
                 rollout__steps=[{"setWeight": 50, "pause": "10s"}, {"setWeight": 100, "pause": "10s"}])
 
     @initialize()
@@ -71,6 +74,11 @@ class Rollouts(RuleBasedStateMachine):
     @rule(classes=st.sets(st.sampled_from(["l4", "xeon"])))
     def compile_failures(self, classes):
         self.w.fail_compile = set(classes)
+
+    @rule(classes=st.sets(st.sampled_from(["l4", "xeon"])))
+    def unschedulable(self, classes):
+        """Compile pods of these classes wait for a node (and fail after compile.scheduleTimeout)."""
+        self.w.unschedulable = {c: "0/3 nodes are available: node(s) didn't match the selector" for c in classes}
 
     @rule(flag=st.booleans())
     def readiness(self, flag):
@@ -170,6 +178,16 @@ class Rollouts(RuleBasedStateMachine):
         for a in self.w.last.actions:
             if isinstance(a, EnsureServing):
                 assert a.revision in promoted or a.revision == st_.canary_revision, (a.revision, st_.canary_revision)
+
+
+    @invariant()
+    def no_compile_job_outlives_its_purpose(self):
+        if not hasattr(self, "w") or self.w.last is None:
+            return
+        st_ = self.w.status
+        for (cls, rev), job in self.w.jobs.items():
+            if job.state in ("Pending", "Running"):
+                assert rev in (st_.canary_revision, st_.stable_revision), (cls, rev, job.state, st_.canary_revision)
 
 
 TestRollouts = Rollouts.TestCase

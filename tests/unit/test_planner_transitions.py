@@ -478,10 +478,11 @@ def test_gateway_route_keeps_the_stable_when_only_the_canary_is_ready():
 
 
 @pytest.mark.parametrize("example, legacy, current", [
-    ("discovered-fleet", "bc9cf88e8c6b", "e5efc8d30656"),
-    ("doorbell-classifier", "cb74527d2674", "6e85f4d7f94c"),
-    ("edge-gateway-api", "da0d7ecf9de7", "9477bd597de8"),
-    ("minimal-cpu", "7fa745676eb1", "ad83baa1f377"),
+    # (re-pinned when serving.modelRepository became required and the examples gained one)
+    ("discovered-fleet", "d4c78697d4ce", "959db6affb9a"),
+    ("doorbell-classifier", "3269accd0cce", "5c64324f5018"),
+    ("edge-gateway-api", "5f372a46111d", "237b21cb83e3"),
+    ("minimal-cpu", "a62622fc4112", "e28f4ddcbbac"),
 ])
 def test_revision_hashes_of_the_examples_never_change(example, legacy, current):
     """Pinned, not recomputed: a new spec field with a default must change neither the hash nor the
@@ -494,3 +495,28 @@ def test_revision_hashes_of_the_examples_never_change(example, legacy, current):
     raw = _yaml.safe_load((_Path(__file__).resolve().parents[2] / "docs" / "examples" / f"{example}.yaml").read_text())
     s = VisionDeploymentSpec.model_validate(raw["spec"])
     assert (_hash(revision_parts(s, defaults=True)), revision_of(s)) == (legacy, current)
+
+
+def test_a_spec_stored_before_the_repository_was_required_keeps_its_revision():
+    """minimal-cpu as it was before serving.modelRepository became required (and before every field
+    added since): the same hashes as then, so the fields added since, and their defaults, change no
+    stored revision. (The operator refuses to roll it out until the repository is set; its revision
+    name does not move under it.)"""
+    import yaml as _yaml
+
+    from visionfleet.planner.revision import _hash, revision_of, revision_parts
+
+    s = VisionDeploymentSpec.model_validate(_yaml.safe_load("""
+model:
+  name: efficientnet-lite0
+  version: "1"
+  uri: pvc://models/effnet-lite0/1/model.onnx
+  inputs:  [{name: images, dataType: FP32, dims: [3, 224, 224]}]
+  outputs: [{name: logits, dataType: FP32, dims: [1000]}]
+fleet:
+  classes:
+    - name: xeon
+      nodeSelector: {node.kubernetes.io/instance-type: c7i.4xlarge}
+      runtime: onnxruntime
+"""))
+    assert (_hash(revision_parts(s, defaults=True)), revision_of(s)) == ("7fa745676eb1", "ad83baa1f377")

@@ -55,7 +55,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
      - jobs, deployments, configmaps, services: listed by label, written by server-side apply (a PATCH,
        which the API server also authorizes as "create" when the object does not exist yet), deleted
        when a revision or class goes away
-     - pods: compile pods are listed to read their termination message (the compile result)
+     - pods: compile and Triton pods are listed (one list per pass) to read the compile result (the
+       termination message) and why a pod waits (unschedulable, image pull, missing Secret)
+     - persistentvolumeclaims: get, one per claim the spec names (pvc://), to say when it is missing or
+       when the model repository's cannot be mounted on several nodes; never listed or written
      - events: one per transition (the plan's Events)
      - httproutes: get and update the weights of a route the user names (gatewayAPI traffic) */}}
 {{- define "visionfleet.namespacedRules" -}}
@@ -77,6 +80,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

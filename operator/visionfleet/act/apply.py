@@ -57,6 +57,7 @@ from visionfleet.builders.manifests import (
     build_config_map,
     build_controller_revision,
     build_drift_service,
+    build_metrics_service,
     build_revision_service,
     build_service,
     build_triton_deployment,
@@ -369,6 +370,7 @@ def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], 
     for a in plan.actions:
         if isinstance(a, EnsureService):
             apply_.append(build_service(vd.name, vd.namespace, vd.uid))
+            apply_.append(build_metrics_service(vd.name, vd.namespace, vd.uid, vd.spec.analysis.drift is not None))
             if vd.spec.analysis.drift is not None:
                 apply_.append(build_drift_service(vd.name, vd.namespace, vd.uid))
         elif isinstance(a, EnsureCompileJob):

@@ -56,6 +56,9 @@ PRINTER_COLUMNS = [
     {"name": "Drift-p", "type": "number", "jsonPath": ".status.analysis.driftPValue",
      "description": "p-value of the last drift test on the canary's inputs (low = drift)"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # kubectl get vd -o wide: what the rollout waits on (a compile pod unschedulable, a missing claim…)
+    {"name": "Message", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Progressing")].message',
+     "priority": 1, "description": "The Progressing condition's message: the step, and why a pod waits"},
 ]
 
 _DROP = {"title", "propertyNames", "$defs", "discriminator"}

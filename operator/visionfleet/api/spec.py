@@ -32,8 +32,15 @@ from .common import (
 )
 
 # Where a model, a calibration set or a model repository may live. file:// is for the local fleet
-# and for tests; pvc:// names <claim>/<path> in the VisionDeployment's namespace.
+# and for tests; pvc:// names <claim>/<path> in the VisionDeployment's namespace. gs:// matches the
+# pattern so that the CEL rules below can refuse it with a message that says what to use instead.
 URI_PATTERN = r"^(pvc|s3|gs|https|file)://.+$"
+NO_GS = ("gs:// is not supported: use s3:// (storage.s3 for endpoint and credentials; GCS serves the S3 API at "
+         "https://storage.googleapis.com with HMAC keys), an https:// URL (a signed URL works) or pvc://")
+# Where Triton pods can load artifacts from: a claim every serving pod mounts, or an S3 bucket the
+# pods' init container fetches from (verifying each file against the compile Job's checksums).
+REPOSITORY_RULE = ("serving.modelRepository must be pvc://<claim>/<path> (ReadWriteMany or ReadOnlyMany storage) "
+                   "or s3://<bucket>/<prefix>: Triton pods load artifacts only from those")
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the release tested locally
 COMPILE_IMAGE = "ghcr.io/visionfleet/compile:0.1.0"  # CPU classes: ONNX Runtime, OpenVINO
@@ -104,8 +111,8 @@ class ModelSpec(Model):
         description="The user's version label. Changing it makes a new revision."
     )
     uri: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)] = Field(
-        description="Where the ONNX file is: pvc://<claim>/<path> (mounted into the compile Job), s3://, https:// "
-                    "or file://; gs:// passes validation but the compile Job refuses it."
+        description="Where the ONNX file is: pvc://<claim>/<path> (mounted into the compile Job), s3://<bucket>/<key> "
+                    "(storage.s3 gives endpoint and credentials), https:// or file:// (a path on the node)."
     )
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN, min_length=64, max_length=64)] | None = Field(
         default=None, description="Hex sha256 of the ONNX file; required for https://, s3:// and gs:// URIs. "
@@ -127,6 +134,7 @@ class ModelSpec(Model):
                 field_path=".sha256",
                 reason="FieldValueRequired",
             ),
+            cel("!self.uri.startsWith('gs://')", NO_GS, field_path=".uri", reason="FieldValueInvalid"),
             cel("self.inputs.all(a, self.inputs.exists_one(b, b.name == a.name))",
                 "input names must be unique", field_path=".inputs", reason="FieldValueInvalid"),
             cel("self.outputs.all(a, self.outputs.exists_one(b, b.name == a.name))",
@@ -197,6 +205,96 @@ class Resources(Model):
         "nvidia.com/gpu here (e.g. 1)."))
 
 
+NAME_REF = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class KeyRef(Model):
+    """One key of a Secret or ConfigMap in the VisionDeployment's namespace."""
+
+    name: NAME_REF = Field(description="Name of the Secret or ConfigMap (same namespace).")
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = Field(
+        description="The key whose value becomes the variable's value.")
+    optional: bool | None = Field(default=None, description=(
+        "true: a missing Secret/ConfigMap or key leaves the variable unset instead of keeping the pod from "
+        "starting."))
+
+
+class EnvVarSource(Model):
+    """Where an environment variable's value comes from: one Secret key or one ConfigMap key."""
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret (e.g. an access key).")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                "valueFrom needs exactly one of secretKeyRef or configMapKeyRef"),
+        )
+    }
+
+
+class EnvVar(Model):
+    """An environment variable of the compile Job's container (a proxy, a CA path, a credential)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")] = Field(
+        description="Variable name; names starting with VISIONFLEET_ are reserved for the request the operator "
+                    "passes.")
+    value: Annotated[str, Field(max_length=4096)] | None = Field(default=None, description=(
+        "Literal value (never a secret: the Job's spec is readable by anyone who can read Jobs)."))
+    value_from: EnvVarSource | None = Field(default=None, description=(
+        "The value from a Secret key or a ConfigMap key, instead of value."))
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both",
+                field_path=".valueFrom"),
+            cel("!self.name.startsWith('VISIONFLEET_')",
+                "environment variables named VISIONFLEET_* are set by the operator (the compile request)",
+                field_path=".name"),
+        )
+    }
+
+
+class LocalRef(Model):
+    name: NAME_REF = Field(description="Name of the object in the VisionDeployment's namespace.")
+
+
+class EnvFromSource(Model):
+    """Every key of a Secret or ConfigMap as environment variables of the compile Job's container."""
+
+    secret_ref: LocalRef | None = Field(default=None, description="A Secret, e.g. with AWS_ACCESS_KEY_ID.")
+    config_map_ref: LocalRef | None = Field(default=None, description="A ConfigMap, e.g. with HTTPS_PROXY.")
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.secretRef) != has(self.configMapRef)",
+                "envFrom entries need exactly one of secretRef or configMapRef"),
+        )
+    }
+
+
+class S3Storage(Model):
+    """How compile Jobs and Triton pods reach s3:// URIs (model.uri, compile.calibration.uri and
+    serving.modelRepository). Unset fields fall back to the AWS defaults and the pods' identity."""
+
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/.*)?$", max_length=URI_MAX)] | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (MinIO, Ceph RGW, GCS's S3 API at "
+                                  "https://storage.googleapis.com), e.g. http://minio.storage:9000; unset, AWS S3.")
+    region: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")] | None = Field(
+        default=None, description="Region of the bucket, e.g. eu-west-1 (AWS_REGION); unset, the SDK's default chain.")
+    credentials_secret: NAME_REF | None = Field(default=None, description=(
+        "Secret (same namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optionally "
+        "AWS_SESSION_TOKEN), passed as environment to compile Jobs and to the Triton pods' fetch init container. "
+        "Unset: the pods' own identity (compile.serviceAccountName / serving.serviceAccountName with IRSA, EKS Pod "
+        "Identity or GKE workload identity), or the node's role."))
+
+
+class Storage(Model):
+    """Object storage settings shared by compile Jobs and serving pods."""
+
+    s3: S3Storage | None = Field(default=None, description="Settings for s3:// URIs.")
+
+
 class NodeClass(Model):
     """One class of nodes: one compile Job runs on it, and one pair of Triton Deployments serves on it."""
 
@@ -219,6 +317,16 @@ class NodeClass(Model):
     compile_image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] | None = Field(default=None, description=(
         "Image of this class's compile Job, for a class whose hardware needs its own build (e.g. a Jetson "
         "pool). Unset: compile.gpuImage for runtime tensorrt, compile.image for onnxruntime and openvino."))
+    compile_resources: Resources | None = Field(default=None, description=(
+        "Requests and limits of the class's compile Job container. Unset: the class's resources (so the profile "
+        "that picks batching runs with the CPUs and GPU a Triton pod gets), with requests cpu 1 and memory 2Gi and "
+        "a memory limit of 8Gi added where those are missing (never BestEffort)."))
+    runtime_class_name: NAME_REF | None = Field(default=None, description=(
+        "RuntimeClass of the class's Triton and compile pods (e.g. nvidia, where the GPU runtime is not the "
+        "node's default); unset, the node's default runtime."))
+    priority_class_name: NAME_REF | None = Field(default=None, description=(
+        "PriorityClass of the class's Triton pods (serving usually outranks batch work on a shared pool); unset, "
+        "the cluster's default."))
     replicas: Annotated[ReplicaRange, Field(description=(
         "Triton pods of the class (not part of the revision: changing it recompiles nothing). "
         "Default {min: 1, max: 4}."))] = default_object(ReplicaRange)
@@ -256,6 +364,10 @@ class Discover(Model):
         "Runtime for CPU classes: onnxruntime or openvino. Default openvino."))
     cpu_precision: Precision = Field(default=Precision.INT8, description=(
         "Precision for CPU classes: fp32 or int8 (int8 needs compile.calibration). Default int8."))
+    gpu_runtime_class_name: NAME_REF | None = Field(default=None, description=(
+        "RuntimeClass of the Triton and compile pods of GPU classes (e.g. nvidia); unset, the node's default."))
+    priority_class_name: NAME_REF | None = Field(default=None, description=(
+        "PriorityClass of the Triton pods of every discovered class; unset, the cluster's default."))
     replicas: Annotated[ReplicaRange, Field(description=(
         "Triton pods of every discovered class (as fleet.classes[].replicas). Default {min: 1, max: 4}."))] = \
         default_object(ReplicaRange)
@@ -294,13 +406,19 @@ class Calibration(Model):
 
     uri: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)] = Field(description=(
         "A .npz with an images array shaped like the first input (optional labels, -1 = unknown): "
-        "pvc://<claim>/<path>, s3://, https:// or file:// (gs:// is refused by the compile Job)."))
+        "pvc://<claim>/<path>, s3://<bucket>/<key>, https:// or file://."))
     sha256: Annotated[str, Field(pattern=SHA256_PATTERN, min_length=64, max_length=64)] | None = Field(
         default=None, description="Hex sha256 of the .npz; when set, the compile Job fails on a file that does "
                                   "not match.")
     samples: Annotated[int, Field(ge=1, le=100_000)] = Field(default=512, description=(
         "The first samples images calibrate int8 and build the drift reference; the images after them are the "
         "accuracy gate's held-out set. Default 512."))
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("!self.uri.startsWith('gs://')", NO_GS, field_path=".uri", reason="FieldValueInvalid"),
+        )
+    }
 
 
 class AccuracyMetric(str, Enum):
@@ -383,6 +501,21 @@ class CompileSpec(Model):
     timeout: Duration = Field(default="30m", description=(
         "Longest a compile Job may run (its activeDeadlineSeconds), a duration such as 45m or 1h; past it the "
         "class's compile fails. Default 30m."))
+    schedule_timeout: Duration = Field(default="10m", description=(
+        "Longest a class's compile pod may stay unschedulable (its PodScheduled condition False: no node fits its "
+        "nodeSelector, tolerations and resources, or a claim it mounts is missing); past it that class's compile "
+        "fails with the scheduler's message, its Job is deleted and the other classes go on. Policy: changing it "
+        "makes no new revision. Default 10m."))
+
+    service_account_name: NAME_REF | None = Field(default=None, description=(
+        "ServiceAccount of the compile Jobs' pods: the identity that reads s3:// sources and writes an s3:// "
+        "model repository through workload identity (IRSA, EKS Pod Identity, GKE workload identity). Its API "
+        "token is not mounted (the Job needs no API access). Unset: the namespace's default ServiceAccount."))
+    env: Annotated[list[EnvVar], Field(max_length=32)] | None = Field(default=None, description=(
+        "Extra environment variables of the compile Job's container (at most 32), e.g. HTTPS_PROXY or a "
+        "credential from a Secret key (valueFrom.secretKeyRef)."))
+    env_from: Annotated[list[EnvFromSource], Field(max_length=8)] | None = Field(default=None, description=(
+        "Secrets or ConfigMaps whose every key becomes an environment variable of the compile Job's container."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -399,10 +532,26 @@ class ServingSpec(Model):
     image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] = Field(default=TRITON_IMAGE, description=(
         f"Triton Inference Server image of the serving pods. Default {TRITON_IMAGE}."))
     model_repository: Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX)] | None = Field(
-        default=None, description="Where compile Jobs write artifacts: pvc://<claim>/<path>, mounted read-only "
-                                  "into the Triton pods. Unset (or another scheme, not served yet), each pod gets "
-                                  "an emptyDir."
+        default=None, description="Required. Where compile Jobs write artifacts and Triton pods load them: "
+                                  "pvc://<claim>/<path>, a claim on ReadWriteMany or ReadOnlyMany storage mounted "
+                                  "read-only into every Triton pod, or s3://<bucket>/<prefix> (storage.s3), "
+                                  "fetched by each Triton pod's init container and checked against the compile "
+                                  "Job's sha256 of every file (docs/serving.md)."
     )
+    service_account_name: NAME_REF | None = Field(default=None, description=(
+        "ServiceAccount of the Triton pods: the identity their init container reads an s3:// model repository "
+        "with (workload identity). Its API token is not mounted. Unset: the namespace's default ServiceAccount."))
+    drain_seconds: Annotated[int, Field(ge=0, le=3600)] | None = Field(default=None, description=(
+        "Seconds a Triton pod keeps serving after it is asked to stop (preStop), so load balancers stop sending "
+        "to it and in-flight requests finish; its termination grace period is this plus 30 s. Unset: 15."))
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("!has(self.modelRepository) || self.modelRepository.startsWith('pvc://')"
+                " || self.modelRepository.startsWith('s3://')",
+                REPOSITORY_RULE, field_path=".modelRepository", reason="FieldValueInvalid"),
+        )
+    }
 
 
 class Step(Model):
@@ -598,7 +747,11 @@ class VisionDeploymentSpec(Model):
         "How the compile Job of each class builds, checks and profiles the artifact. Part of the revision."))] = \
         default_object(CompileSpec)
     serving: Annotated[ServingSpec, Field(description=(
-        "The Triton serving pods: image and model repository. Part of the revision."))] = default_object(ServingSpec)
+        "The Triton serving pods: image and model repository (required). Part of the revision."))] = \
+        default_object(ServingSpec)
+    storage: Storage | None = Field(default=None, description=(
+        "Object storage settings (S3 endpoint, region, credentials) for compile Jobs and Triton pods. Part of the "
+        "revision."))
     rollout: Annotated[RolloutSpec, Field(description=(
         "Canary steps, traffic method, waves and deadlines. Policy: editing it is not a new revision."))] = \
         default_object(RolloutSpec)
@@ -622,6 +775,13 @@ class VisionDeploymentSpec(Model):
                 " || self.fleet.discover.gpuPrecision == 'int8')))",
                 "precision int8 needs calibration data: set compile.calibration.uri (or choose fp32/fp16)",
                 field_path=".compile.calibration",
+                reason="FieldValueRequired",
+            ),
+            cel(
+                "has(self.serving) && has(self.serving.modelRepository)",
+                "serving.modelRepository is required: where compile Jobs write each artifact and Triton pods load it "
+                "(pvc://<claim>/<path> on ReadWriteMany/ReadOnlyMany storage, or s3://<bucket>/<prefix>)",
+                field_path=".serving.modelRepository",
                 reason="FieldValueRequired",
             ),
             cel(

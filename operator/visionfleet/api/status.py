@@ -7,16 +7,28 @@ by the planner, never set by hand; it is what ``kubectl get vd`` and the Argo CD
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .common import DnsLabel, Model, URI_MAX
 from .spec import Precision, Runtime
 
 REVISION = Annotated[str, Field(pattern=r"^[a-f0-9]{8,64}$")]
 MESSAGE = Annotated[str, Field(max_length=2048)]
+# A config.pbtxt parameter name or value: plain, so it needs no escaping in protobuf text format.
+TRITON_PARAMETER = r"^[A-Za-z0-9_.\-]+$"
+
+
+def _plain_names(parameters: dict[str, str]) -> dict[str, str]:
+    # Checked here, not as a key pattern in the schema: that would become patternProperties, which a
+    # CRD's structural schema does not allow.
+    bad = [k for k in parameters if not re.fullmatch(TRITON_PARAMETER, k)]
+    if bad:
+        raise ValueError(f"parameter names must match {TRITON_PARAMETER}: {bad}")
+    return parameters
 HISTORY_MAX = 20
 
 
@@ -73,6 +85,11 @@ class CompileResult(Model):
         "pvc://models/repository/<model>/<revision>-<class>/model.onnx."))
     sha256: Annotated[str, Field(pattern=r"^[a-f0-9]{64}$", max_length=64)] | None = Field(
         default=None, description="Hex sha256 of the artifact file.")
+    files: Annotated[dict[Annotated[str, Field(max_length=253)],
+                          Annotated[str, Field(pattern=r"^[a-f0-9]{64}$")]],
+                     Field(json_schema_extra={"maxProperties": 16})] | None = Field(default=None, description=(
+        "Every file of the artifact's repository entry but config.pbtxt, with its hex sha256: what a Triton pod's "
+        "init container fetches from an s3:// repository and checks, so the revision runs exactly these bytes."))
     accuracy: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description=(
         "The accuracy gate's metric (compile.accuracyGate.metric, 0 to 1) measured on the held-out images."))
     p99_ms_at_batch: Annotated[dict[Annotated[str, Field(max_length=8)], float],
@@ -81,6 +98,15 @@ class CompileResult(Model):
                                   "compile Job on a node of the class.")
     batching: ChosenBatching | None = Field(default=None, description=(
         "Batching settings written into the artifact's config.pbtxt."))
+    # Rendered as the compile Job rendered them, never derived here: an operator with another thread
+    # rule must not change the config.pbtxt of a revision that exists.
+    parameters: Annotated[dict[Annotated[str, Field(max_length=64)],
+                               Annotated[str, Field(max_length=64, pattern=TRITON_PARAMETER)]],
+                          AfterValidator(_plain_names), Field(json_schema_extra={"maxProperties": 16})] | None = Field(default=None, description=(
+        "Triton backend parameters written into the artifact's config.pbtxt by the compile Job: the CPU threads "
+        "derived from the class's resources.limits.cpu (onnxruntime: intra_op_thread_count, "
+        "inter_op_thread_count; openvino: INFERENCE_NUM_THREADS, NUM_STREAMS). Unset: none (no CPU limit, "
+        "runtime tensorrt, or a result from before this field)."))
     message: MESSAGE | None = Field(default=None, description=(
         "Why the compile failed, or what it waits for (an unschedulable pod, no matching node)."))
 

@@ -6,7 +6,8 @@
       ├─ Job         <vd>-<class>-<rev8>-compile     one per class and revision, runs on the class
       ├─ ConfigMap   <vd>-<class>-<rev8>             config.pbtxt of that artifact
       ├─ Deployment  <vd>-<class>-<rev8>             Triton serving that artifact on the class
-      ├─ Service     <vd>                            every Ready Triton pod of the VisionDeployment
+      ├─ Service     <vd>                            every Ready Triton pod of the VisionDeployment (http, grpc)
+      ├─ Service     <vd>-metrics                    headless: each Triton pod's metrics (and drift) port
       └─ Service     <vd>-drift                      the drift monitor sidecars (the traffic mirror's
                                                      target), when spec.analysis.drift is set
 
@@ -19,7 +20,12 @@ revision's frozen spec (``RevisionSnapshot.spec``), never from the spec as it is
 Pods follow the Pod Security Standard ``restricted``: non-root, no privilege escalation, all
 capabilities dropped, RuntimeDefault seccomp, read-only root filesystem (an emptyDir for /tmp).
 The compile Job's pod gets no service account token at all: its result goes back through the
-container's termination message, so it needs no API access.
+container's termination message, so it needs no API access. Its ServiceAccount (compile.
+serviceAccountName) only carries a workload identity for object storage.
+
+Model repositories: pvc:// is mounted (subPath = the entry) read-only into Triton; s3:// is fetched by
+an init container (``visionfleet-compile fetch-entry``) into an emptyDir, every file checked against
+the sha256 the compile Job reported, so a revision serves exactly the bytes that passed its gate.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from visionfleet.planner.model import Track
 from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, LABEL_CLASS, LABEL_REVISION, LABEL_VD,
                                   MONITOR_PORT, PERMANENT_EXIT_CODES, PVC_ROOT, REFERENCE_FILE)
 
-from .triton_config import build_triton_config
+from .triton_config import build_triton_config_for
 
 NAME_MAX = 63
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -120,15 +126,62 @@ def _placement(cls: ResolvedClass) -> dict[str, Any]:
 
 
 def _resources(cls: ResolvedClass) -> dict[str, Any]:
-    r = cls.spec.resources
-    if r is None:
-        return {}
+    return {} if cls.spec.resources is None else _resources_of(cls.spec.resources)
+
+
+# A compile Job without a class's resources would run BestEffort: first evicted, and its profile
+# (which picks the batching) measured on whatever CPU is left over.
+COMPILE_REQUESTS = {"cpu": "1", "memory": "2Gi"}
+COMPILE_MEMORY_LIMIT = "8Gi"  # NNCF/TensorRT int8 calibration of a mid-size CNN peaks around 3-5 GB
+
+
+def compile_resources(cls: ResolvedClass) -> dict[str, Any]:
+    """The class's compileResources; else its serving resources (same CPUs and GPU, so the profile
+    measures what a Triton pod will have), with the missing requests and memory limit filled in."""
+    if cls.spec.compile_resources is not None:
+        out = _resources_of(cls.spec.compile_resources)
+        if out:
+            return out
+    out = _resources(cls)
+    requests = dict(out.get("requests") or {})
+    limits = dict(out.get("limits") or {})
+    class_limits = dict(limits)
+    if "memory" not in limits and "memory" not in requests:
+        # (a memory request of the class's own, without a limit, stays unbounded: a default limit
+        # could fall below it, which the API server refuses)
+        limits["memory"] = COMPILE_MEMORY_LIMIT
+    for k, v in COMPILE_REQUESTS.items():
+        # A request above the class's limit is refused by the API server: take the limit then.
+        requests.setdefault(k, class_limits.get(k, v))
+    return {"requests": requests, "limits": limits}
+
+
+def _resources_of(r: Any) -> dict[str, Any]:
     out = {}
     if r.requests:
         out["requests"] = {k: str(v) for k, v in r.requests.items()}
     if r.limits:
         out["limits"] = {k: str(v) for k, v in r.limits.items()}
     return out
+
+
+def _s3_env(spec: VisionDeploymentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom) that point boto3 at storage.s3: endpoint, region, credentials Secret."""
+    s3 = spec.storage.s3 if spec.storage else None
+    if s3 is None:
+        return [], []
+    env = []
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": s3.endpoint})
+    if s3.region:
+        env += [{"name": "AWS_REGION", "value": s3.region}, {"name": "AWS_DEFAULT_REGION", "value": s3.region}]
+    env_from = [{"secretRef": {"name": s3.credentials_secret}}] if s3.credentials_secret else []
+    return env, env_from
+
+
+def _cpu_limit(cls: ResolvedClass) -> int | str | None:
+    r = cls.spec.resources
+    return (r.limits or {}).get("cpu") if r is not None else None
 
 
 def _pvc(uri: str | None) -> tuple[str, str] | None:
@@ -177,6 +230,9 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
         "model": spec.model.to_wire(),
         "compile": spec.compile.to_wire(),
         "output": {"repository": spec.serving.model_repository, "dir": artifact_dir(spec, cls.name, revision)},
+        # The compile program derives the CPU threads from it (visionfleet_contract.cpu_threads), profiles
+        # under them and writes them into config.pbtxt; absent without a limit, as before it existed.
+        **({"cpuLimit": str(cpu)} if (cpu := _cpu_limit(cls)) is not None else {}),
     }
     volumes = [{"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -191,22 +247,34 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
     lbls = labels(vd, "compile", cls.name, revision)
+    s3_env, s3_env_from = _s3_env(spec)
+    env = s3_env + [e.model_dump(by_alias=True, exclude_none=True, mode="json") for e in spec.compile.env or []]
+    env_from = s3_env_from + [e.model_dump(by_alias=True, exclude_none=True, mode="json")
+                              for e in spec.compile.env_from or []]
+    container: dict[str, Any] = {
+        "name": "compile",
+        "image": compile_image(spec, cls),
+        "args": ["compile"],
+        # The request last: a user's variable can never stand in for it (VISIONFLEET_* are refused too).
+        "env": env + [{"name": COMPILE_REQUEST_ENV, "value": json.dumps(request, sort_keys=True)}],
+        "resources": compile_resources(cls),
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": mounts,
+        # The result JSON is written to /dev/termination-log; a crash leaves the log tail instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # Workload identity (IRSA, EKS Pod Identity, GKE) needs only the ServiceAccount's name: its
+        # webhook or metadata server supplies the cloud token. The Kubernetes API token stays unmounted.
+        **({"serviceAccountName": spec.compile.service_account_name} if spec.compile.service_account_name else {}),
         "automountServiceAccountToken": False,
+        **({"runtimeClassName": cls.spec.runtime_class_name} if cls.spec.runtime_class_name else {}),
         "securityContext": RESTRICTED_POD,
         **_placement(cls),
-        "containers": [{
-            "name": "compile",
-            "image": compile_image(spec, cls),
-            "args": ["compile"],
-            "env": [{"name": COMPILE_REQUEST_ENV, "value": json.dumps(request, sort_keys=True)}],
-            "resources": _resources(cls),
-            "securityContext": RESTRICTED_CONTAINER,
-            "volumeMounts": mounts,
-            # The result JSON is written to /dev/termination-log; a crash leaves the log tail instead.
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }],
+        "containers": [container],
         "volumes": volumes,
     }
     return {
@@ -231,7 +299,7 @@ def build_config_map(vd: str, namespace: str, uid: str, spec: VisionDeploymentSp
         "kind": "ConfigMap",
         "metadata": meta(serving_name(vd, cls.name, revision), namespace, vd, uid,
                          labels(vd, "triton-config", cls.name, revision)),
-        "data": {CONFIG_FILE: build_triton_config(spec.model, cls.spec.runtime, result.batching)},
+        "data": {CONFIG_FILE: build_triton_config_for(spec.model, cls.spec.runtime, result)},
     }
 
 
@@ -250,13 +318,17 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         {"name": "config", "mountPath": f"/models/{model}/{CONFIG_FILE}", "subPath": CONFIG_FILE, "readOnly": True},
     ]
     repo = _pvc(spec.serving.model_repository)
+    init_containers = []
     if repo:
         volumes.append({"name": "artifact", "persistentVolumeClaim": {"claimName": repo[0], "readOnly": True}})
         mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1",
                        "subPath": artifact_dir(spec, cls.name, revision), "readOnly": True})
     else:
+        # s3:// (the CRD admits only pvc:// and s3://; an older object without one is refused before
+        # anything is built): the init container fills the version directory, Triton reads it.
         volumes.append({"name": "artifact", "emptyDir": {}})
-        mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1"})
+        mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1", "readOnly": True})
+        init_containers.append(fetch_container(spec, cls, revision, result))
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
     container = {
         "name": "triton",
@@ -274,6 +346,10 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         "resources": _resources(cls),
         "securityContext": RESTRICTED_CONTAINER,
         "volumeMounts": mounts,
+        # Told to stop, the pod first leaves the Service's endpoints; it keeps serving meanwhile, so
+        # requests routed before the endpoint update reach a live server. Triton then drains its
+        # own in-flight requests on SIGTERM (--exit-timeout-secs, 30 s by default).
+        "lifecycle": {"preStop": {"sleep": {"seconds": drain_seconds(spec)}}},
     }
     containers = [container]
     pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS)}
@@ -292,15 +368,68 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": {
+                    **({"serviceAccountName": spec.serving.service_account_name}
+                       if spec.serving.service_account_name else {}),
                     "automountServiceAccountToken": False,
+                    **({"runtimeClassName": cls.spec.runtime_class_name} if cls.spec.runtime_class_name else {}),
+                    **({"priorityClassName": cls.spec.priority_class_name} if cls.spec.priority_class_name else {}),
+                    "terminationGracePeriodSeconds": drain_seconds(spec) + TRITON_EXIT_TIMEOUT,
                     "securityContext": RESTRICTED_POD,
                     **_placement(cls),
+                    **({"initContainers": init_containers} if init_containers else {}),
                     "containers": containers,
                     "volumes": volumes,
                 },
             },
         },
     }
+
+
+DRAIN_SECONDS = 15  # serving.drainSeconds unset: endpoint removal reaches kube-proxy and gateways in seconds
+TRITON_EXIT_TIMEOUT = 30  # tritonserver --exit-timeout-secs default: how long it drains in-flight requests
+
+
+def drain_seconds(spec: VisionDeploymentSpec) -> int:
+    return DRAIN_SECONDS if spec.serving.drain_seconds is None else spec.serving.drain_seconds
+
+
+def fetch_image(spec: VisionDeploymentSpec, cls: ResolvedClass) -> str:
+    """Image of the fetch init container: the class's CPU compile image (already pulled on the class's
+    nodes by its compile Job); for tensorrt classes compile.image, never the multi-GB GPU image."""
+    if cls.spec.runtime == Runtime.TENSORRT.value:
+        return spec.compile.image
+    return compile_image(spec, cls)
+
+
+def entry_uri(spec: VisionDeploymentSpec, class_name: str, revision: str) -> str:
+    """Where the compile Job of (class, revision) wrote its entry in an s3:// repository."""
+    return f"{(spec.serving.model_repository or '').rstrip('/')}/{artifact_dir(spec, class_name, revision)}"
+
+
+def fetch_container(spec: VisionDeploymentSpec, cls: ResolvedClass, revision: str,
+                    result: CompileResult) -> dict[str, Any]:
+    """Init container of a Triton pod serving from s3://: fetches the revision's entry and checks every
+    file against the sha256 the compile Job reported (its result, frozen in status), so the pod runs
+    exactly the bytes that passed the accuracy gate, or does not start and says why."""
+    model = spec.model.name
+    env, env_from = _s3_env(spec)
+    out: dict[str, Any] = {
+        "name": "fetch-model",
+        "image": fetch_image(spec, cls),
+        "command": ["visionfleet-compile"],
+        "args": ["fetch-entry", f"--source={entry_uri(spec, cls.name, revision)}", f"--dest=/models/{model}/1",
+                 *[f"--file={n}={h}" for n, h in sorted((result.files or {}).items())]],
+        "env": env,
+        # An entry is a few MB to a few GB; boto3 streams it to disk.
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": RESTRICTED_CONTAINER,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "artifact", "mountPath": f"/models/{model}/1"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        out["envFrom"] = env_from
+    return out
 
 
 def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -367,10 +496,30 @@ def build_service(vd: str, namespace: str, uid: str) -> dict[str, Any]:
             # Every Ready Triton pod of every revision: with replica-ratio traffic the canary's share is
             # its share of the Ready pods.
             "selector": {LABEL_VD: vd, LABEL_COMPONENT: "triton"},
+            # Clients only: metrics are scraped per pod (the chart's PodMonitor, or <vd>-metrics).
             "ports": [{"name": "http", "port": TRITON_HTTP, "targetPort": "http"},
-                      {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"},
-                      {"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"}],
+                      {"name": "grpc", "port": TRITON_GRPC, "targetPort": "grpc"}],
         },
+    }
+
+
+def metrics_service_name(vd: str) -> str:
+    return child_name(vd, "metrics")
+
+
+def build_metrics_service(vd: str, namespace: str, uid: str, drift: bool) -> dict[str, Any]:
+    """Headless: one endpoint per Triton pod, for a ServiceMonitor (or any scraper that discovers
+    endpoints) to scrape each pod, with the pod labels the relabelling turns into query labels. Kept
+    off the client Service so clients are never offered the metrics port."""
+    ports = [{"name": "metrics", "port": TRITON_METRICS, "targetPort": "metrics"}]
+    if drift:
+        ports.append({"name": "drift", "port": MONITOR_PORT, "targetPort": "drift"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(metrics_service_name(vd), namespace, vd, uid,
+                         {**labels(vd, "metrics"), "visionfleet.io/metrics": "true"}),
+        "spec": {"clusterIP": "None", "selector": {LABEL_VD: vd, LABEL_COMPONENT: "triton"}, "ports": ports},
     }
 
 

@@ -8,7 +8,13 @@ VisionDeployment's label:
                            one that cannot be read (a format this operator does not know) is logged
                            and left out — it is still in ``live``, so it is never created over
     Jobs + their pods ───► ObservedJob (below)
-    Deployments ─────────► ObservedDeployment (replicas, Ready)
+    Deployments ─────────► ObservedDeployment (replicas, Ready; one of its pods that waits, and why)
+    pods (compile + Triton, one list) ─► why a pod waits (``PodWaiting``): unschedulable (the
+                           scheduler's message, and since when), an image that cannot be pulled, a
+                           Secret or ConfigMap it names that is missing; the planner puts it in status
+    PersistentVolumeClaims the spec names (pvc://) ─► ObservedClaim: one GET each (usually one or two;
+                           a list would read every claim of the namespace); 404 = missing, and a
+                           claim this identity may not read (an older chart's RBAC) is left out
     Deployments, ConfigMaps, Services, ControllerRevisions ─► ``live``: the objects as the API server
                            returned them (raw JSON, not the client's models, which drop any field
                            the installed client does not know — a difference that would never go
@@ -28,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 
@@ -42,12 +48,19 @@ from visionfleet.builders.manifests import (
     LABEL_VD,
 )
 from visionfleet.planner.classes import GPU_RESOURCE, ObservedNode
-from visionfleet.planner.model import ObservedDeployment, ObservedJob, RevisionSnapshot
+from visionfleet.planner.model import (
+    ObservedClaim,
+    ObservedDeployment,
+    ObservedJob,
+    PodWaiting,
+    RevisionSnapshot,
+    WaitReason,
+)
 from visionfleet.planner.snapshot import snapshot_from_data
 
 log = logging.getLogger("visionfleet.observe")
 
-RESULT_KEYS = {"artifact", "sha256", "accuracy", "p99MsAtBatch", "batching"}
+RESULT_KEYS = {"artifact", "sha256", "accuracy", "p99MsAtBatch", "batching", "files", "parameters"}
 
 
 @dataclass
@@ -58,6 +71,7 @@ class ObservedObjects:
     jobs: list[ObservedJob] = field(default_factory=list)
     deployments: list[ObservedDeployment] = field(default_factory=list)
     snapshots: list[RevisionSnapshot] = field(default_factory=list)  # the readable ControllerRevisions
+    claims: list[ObservedClaim] = field(default_factory=list)  # the PersistentVolumeClaims asked for, as read
     # (kind, name) -> the object as listed (raw JSON); a Job or ControllerRevision by its metadata only
     live: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     revision_services: dict[str, str] = field(default_factory=dict)  # per-revision Service name -> revision
@@ -87,6 +101,29 @@ def parse_result(message: str | None) -> tuple[CompileResult | None, str | None]
 
 STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError")
+# A serving pod restarts in place (a compile pod's crash fails its Job instead, read from its result).
+SERVING_STUCK_REASONS = STUCK_REASONS + ("CrashLoopBackOff",)
+
+
+def pod_waiting(pod: Any, reasons: tuple[str, ...] = STUCK_REASONS) -> PodWaiting | None:
+    """Why ``pod`` (a client model) does not run, when it says: the scheduler's refusal, or a container
+    that cannot start. None for a pod that is merely starting (or that says nothing useful)."""
+    name = pod.metadata.name
+    for c in ((pod.status.conditions or []) if pod.status else []):
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            # The condition's transition is when the scheduler first refused the pod; the pod's
+            # creation time stands in when the API server did not set it.
+            since = c.last_transition_time or pod.metadata.creation_timestamp
+            return PodWaiting(name, WaitReason.UNSCHEDULABLE, (c.message or "").strip()[:500], since)
+    for cs in (pod.status.container_statuses or []) if pod.status else []:
+        w = cs.state.waiting if cs.state else None
+        if w is not None and w.reason in reasons:
+            return PodWaiting(name, WaitReason(w.reason), (w.message or "").strip()[:500])
+    return None
+
+
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in ((pod.status.conditions or []) if pod.status else []))
 
 
 def _terminated(pod: Any, container: str) -> Any | None:
@@ -115,14 +152,48 @@ def _job_state(job: Any, pods: list[Any]) -> ObservedJob:
         return ObservedJob(cls, rev, "Failed", message=f"{c.reason}: {c.message or 'the Job failed'}")
     if (job.status.active or 0) > 0 and any(p.status.phase == "Running" for p in pods):
         return ObservedJob(cls, rev, "Running")
-    waiting = [f"{p.metadata.name}: {c.message}" for p in pods for c in (p.status.conditions or [])
-               if c.type == "PodScheduled" and c.status == "False" and c.message]
-    # A container that cannot start (image not pulled, bad config) never fails the Job by itself; say
-    # why in the class's compile message until compile.timeout (the Job's deadline) fails it.
-    waiting += [f"{p.metadata.name}: {cs.state.waiting.reason}: {cs.state.waiting.message or ''}".rstrip(": ")
-                for p in pods for cs in (p.status.container_statuses or [])
-                if cs.state and cs.state.waiting and cs.state.waiting.reason in STUCK_REASONS]
-    return ObservedJob(cls, rev, "Pending", message=waiting[0][:500] if waiting else None)
+    # A pod that cannot be scheduled or whose container cannot start (image not pulled, a Secret
+    # missing) never fails the Job by itself: the planner says why in status, and fails the class
+    # after compile.scheduleTimeout (unschedulable) or compile.timeout (the Job's deadline). The
+    # newest pod first: it is the one the Job waits on.
+    waiting = next((w for p in reversed(newest) if not p.metadata.deletion_timestamp
+                    and (w := pod_waiting(p)) is not None), None)
+    message = f"{waiting.pod}: {waiting.message or waiting.reason.value}"[:500] if waiting else None
+    if waiting is not None and waiting.reason != WaitReason.UNSCHEDULABLE:
+        message = f"{waiting.pod}: {waiting.reason.value}: {waiting.message}".rstrip(": ")[:500]
+    return ObservedJob(cls, rev, "Pending", message=message, waiting=waiting)
+
+
+def deployment_waiting(pods: list[Any]) -> PodWaiting | None:
+    """One of a Deployment's pods that is not Ready and says why (the oldest: it has waited longest)."""
+    for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp or 0):
+        if pod.metadata.deletion_timestamp or _ready(pod):
+            continue
+        w = pod_waiting(pod, SERVING_STUCK_REASONS)
+        if w is not None:
+            return w
+    return None
+
+
+def gather_claims(core: Any, namespace: str, names: Iterable[str]) -> list[ObservedClaim]:
+    """The named PersistentVolumeClaims: one GET each. Missing (404) is a fact the status reports; a
+    claim not readable (403: an RBAC without persistentvolumeclaims) or an error is left out, so
+    the planner says nothing rather than something wrong."""
+    out = []
+    for name in dict.fromkeys(names):
+        try:
+            pvc = core.read_namespaced_persistent_volume_claim(name, namespace)
+        except Exception as e:  # kubernetes.client.ApiException (not imported: this module reads models)
+            if getattr(e, "status", None) == 404:
+                out.append(ObservedClaim(name, exists=False))
+            else:
+                log.warning("%s: PersistentVolumeClaim %s not read (%s); its checks are skipped", namespace, name,
+                            getattr(e, "reason", None) or e)
+            continue
+        spec, status = pvc.spec, pvc.status
+        out.append(ObservedClaim(name, exists=True, access_modes=tuple((spec.access_modes if spec else None) or ()),
+                                 phase=status.phase if status else None))
+    return out
 
 
 def node_from_body(body: Mapping[str, Any]) -> ObservedNode:
@@ -196,12 +267,20 @@ def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects)
 
 
 def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
-           nodes: list[ObservedNode] | None = None) -> ObservedObjects:
+           nodes: list[ObservedNode] | None = None, claims: Iterable[str] = ()) -> ObservedObjects:
     obs = ObservedObjects(nodes=nodes if nodes is not None else gather_nodes(core))
     selector = f"{LABEL_VD}={name}"
     gather_snapshots(apps, name, namespace, obs)
     jobs = batch.list_namespaced_job(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
+    # One pod list for both kinds of children: compile pods (why a Job waits) and Triton pods (why a
+    # Deployment's pods are not Ready).
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{selector},{LABEL_COMPONENT} in (compile,triton)").items
+    serving_pods: dict[tuple[str, str], list[Any]] = {}
+    for p in pods:
+        lbl = p.metadata.labels or {}
+        if lbl.get(LABEL_COMPONENT) == "triton":
+            serving_pods.setdefault((lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, "")), []).append(p)
+    pods = [p for p in pods if (p.metadata.labels or {}).get(LABEL_COMPONENT, "compile") == "compile"]
     for job in jobs:
         mine = [p for p in pods if (p.metadata.labels or {}).get("job-name") == job.metadata.name]
         obs.jobs.append(_job_state(job, mine))
@@ -210,9 +289,10 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
     for d in _raw_items(apps.list_namespaced_deployment, namespace, f"{selector},{LABEL_COMPONENT}=triton"):
         md = d.get("metadata") or {}
         lbl = md.get("labels") or {}
-        obs.deployments.append(ObservedDeployment(lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, ""),
-                                                  (d.get("spec") or {}).get("replicas") or 0,
-                                                  (d.get("status") or {}).get("readyReplicas") or 0))
+        key = (lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, ""))
+        obs.deployments.append(ObservedDeployment(*key, (d.get("spec") or {}).get("replicas") or 0,
+                                                  (d.get("status") or {}).get("readyReplicas") or 0,
+                                                  waiting=deployment_waiting(serving_pods.get(key, []))))
         obs.live[("Deployment", md.get("name", ""))] = d
     for cm in _raw_items(core.list_namespaced_config_map, namespace, f"{selector},{LABEL_COMPONENT}=triton-config"):
         obs.live[("ConfigMap", cm["metadata"]["name"])] = cm
@@ -223,4 +303,5 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
         obs.live[("Service", md["name"])] = svc
         if lbl.get(LABEL_COMPONENT) == "triton" and LABEL_REVISION in lbl:
             obs.revision_services[md["name"]] = lbl[LABEL_REVISION]
+    obs.claims = gather_claims(core, namespace, claims) if claims else []
     return obs

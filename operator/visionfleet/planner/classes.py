@@ -109,6 +109,8 @@ def resolve_classes(spec: VisionDeploymentSpec, nodes: list[ObservedNode]) -> li
             runtime=Runtime.TENSORRT if gpu else Runtime(discover.cpu_runtime),
             precision=Precision(discover.gpu_precision) if gpu else Precision(discover.cpu_precision),
             resources=Resources(limits={GPU_RESOURCE: 1}) if gpu else None,
+            runtime_class_name=discover.gpu_runtime_class_name if gpu else None,
+            priority_class_name=discover.priority_class_name,
             replicas=ReplicaRange.model_validate(discover.replicas.to_wire()),
         )
         absent = tuple(k for k, v in zip(discover.group_by, key) if v == "none")

@@ -9,6 +9,15 @@
     retry of r (visionfleet.io/retry): a Failed class is marked RETRYING; its old Job is deleted,
         then a new one created — a failed Job is never read again as the retry's result
     abort or supersede of r: Jobs still running are deleted (they hold a class's accelerators)
+    any pass: a compile Job still running that the pass does not want (a superseded, rolled back or
+        aborted revision; a class removed from the spec or whose nodes are gone; a catch-up the
+        canary overtook) is deleted — whichever path forgot it, a running Job outlives no plan
+
+    a Job whose pod waits (Pending): the class's compile message says why (the scheduler's message,
+        the missing claim by its spec field, an image that cannot be pulled, a missing Secret), with
+        a Warning Event CompileWaiting when that changes; a pod unschedulable for longer than
+        compile.scheduleTimeout (policy: read from the spec as it is now) fails its class — Job
+        deleted, Event CompileUnschedulable — and the other classes go on as with any failed class
 
     no canary, a class with no stable revision (a node group discovered after the stable revision
     was promoted): the stable revision is compiled and served there — the class catches up
@@ -17,19 +26,48 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from visionfleet.api.status import CompileResult, CompileState
 
 from .classes import ResolvedClass
-from .model import DeleteCompileJob, EnsureCompileJob, Outcome
+from .durations import seconds
+from .model import DeleteCompileJob, EnsureCompileJob, ObservedJob, Outcome, WaitReason, iso
 from .state import PassState
+from .storage import assess_missing_claims
+from .waits import aware, describe, is_wait
 
 TERMINAL = {CompileState.SUCCEEDED.value, CompileState.FAILED.value}
 RETRYING = "retrying: the failed compile Job is being replaced"
 
 
+def _waiting(p: PassState, rev: str, job: ObservedJob) -> tuple[str | None, str | None]:
+    """A Pending Job's pod that waits: (the class's compile message, the failure when it has been
+    unschedulable past compile.scheduleTimeout). (job.message, None) when its pod says nothing."""
+    w = job.waiting
+    if w is None:
+        return job.message, None
+    if w.reason != WaitReason.UNSCHEDULABLE:
+        return describe(w, "compile", "spec.compile.image (gpuImage, or the class's compileImage)"), None
+    limit = p.spec.compile.schedule_timeout
+    claims = "; ".join(assess_missing_claims(p.spec_of(rev), p.observed, p.vd.namespace))
+    why = f"{claims}; the scheduler: {w.message}" if claims else w.message
+    if w.since is None:  # (the API server always sets it; without it there is no deadline to keep)
+        return f"waiting: compile pod {w.pod} is unschedulable: {why}", None
+    deadline = aware(w.since) + timedelta(seconds=seconds(limit))
+    if p.now >= deadline:
+        return None, (f"the compile pod could not be scheduled within compile.scheduleTimeout {limit}: {why} "
+                      "(fix the class's nodeSelector, tolerations or resources, or the claim, then retry or "
+                      "change the spec)")
+    p.wake_in((deadline - p.now).total_seconds())
+    return (f"waiting: compile pod {w.pod} is unschedulable: {why} (the class fails at {iso(deadline)}, "
+            f"compile.scheduleTimeout {limit}, unless it schedules)"), None
+
+
 def _advance(p: PassState, c: ResolvedClass, rev: str) -> bool:
     """One class's compile of ``rev``; True while it is not terminal."""
     cs = p.cs[c.name]
+    before = cs.compile.message if cs.compile is not None and cs.compile.revision == rev else None
     if cs.compile is None or cs.compile.revision != rev:
         if cs.stable is None and cs.compile is not None and cs.compile.revision == cs.stable_revision:
             cs.stable = cs.compile  # keep the stable's result while `compile` tracks the new revision
@@ -61,8 +99,18 @@ def _advance(p: PassState, c: ResolvedClass, rev: str) -> bool:
         cs.compile = CompileResult(state=CompileState.FAILED, revision=rev, message=message[:2048])
         p.event("Warning", "CompileFailed", f"class {c.name}: revision {rev}: {message}")
         return False
+    message, failure = _waiting(p, rev, job) if job.state == CompileState.PENDING.value else (job.message, None)
+    if failure is not None:
+        # Not compile.timeout's job: that deadline runs for the whole Job, and one class that cannot
+        # schedule would hold every class's rollout until it passed.
+        p.actions.append(DeleteCompileJob(c.name, rev))
+        cs.compile = CompileResult(state=CompileState.FAILED, revision=rev, message=failure[:2048])
+        p.event("Warning", "CompileUnschedulable", f"class {c.name}: revision {rev}: {failure}")
+        return False
     p.actions.append(EnsureCompileJob(p.class_of(rev, c), rev, spec))
-    cs.compile = CompileResult(state=CompileState(job.state), revision=rev, message=job.message)
+    cs.compile = CompileResult(state=CompileState(job.state), revision=rev, message=message[:2048] if message else None)
+    if is_wait(cs.compile.message) and cs.compile.message != before:
+        p.event("Warning", "CompileWaiting", f"class {c.name}: revision {rev}: {cs.compile.message}")
     return True
 
 
@@ -96,6 +144,25 @@ def stop_compiles(p: PassState, rev: str) -> None:
     for cs in p.cs.values():
         if cs.compile is not None and cs.compile.revision == rev and cs.compile.state not in TERMINAL:
             # Not a compile failure: the class goes back to what it had (the stable's result, if any).
+            cs.compile, cs.stable = (cs.stable, None) if cs.stable is not None else (None, None)
+
+
+def stop_unwanted_compiles(p: PassState) -> None:
+    """Delete every compile Job still running that this pass does not want: its (class, revision) got
+    no EnsureCompileJob. Whatever ended the revision or the class's part in it (supersede, rollback,
+    abort, a class removed or vanished, a catch-up overtaken by a canary), a Job left running holds
+    the class's nodes and accelerators until compile.timeout, and its result would be read by nobody."""
+    wanted = {(a.cls.name, a.revision) for a in p.actions if isinstance(a, EnsureCompileJob)}
+    deleting = {(a.class_name, a.revision) for a in p.actions if isinstance(a, DeleteCompileJob)}
+    for j in p.observed.jobs:
+        key = (j.class_name, j.revision)
+        if j.state in TERMINAL or key in wanted or key in deleting:
+            continue
+        p.actions.append(DeleteCompileJob(j.class_name, j.revision))
+        deleting.add(key)
+        cs = p.cs.get(j.class_name)
+        if cs is not None and cs.compile is not None and cs.compile.revision == j.revision \
+                and cs.compile.state not in TERMINAL:
             cs.compile, cs.stable = (cs.stable, None) if cs.stable is not None else (None, None)
 
 

@@ -43,6 +43,9 @@ class Reason(str, Enum):
     INVALID_SPEC = "InvalidSpec"
     WEIGHT_APPROXIMATED = "WeightApproximated"
     WEIGHT_NOT_APPROXIMATED = "WeightNotApproximated"
+    PODS_WAITING = "PodsWaiting"  # a compile or serving pod cannot be scheduled or started (messages say why)
+    CLAIM_NOT_FOUND = "ClaimNotFound"  # a pvc:// of the spec names a claim that does not exist (or is unbound)
+    REPOSITORY_NOT_SHARED = "ModelRepositoryNotShared"  # a ReadWriteOnce repository claim, pods on several nodes
 
 
 def set_condition(conditions: list[Condition], type_: CondType, status: bool, reason: Reason, message: str,

@@ -74,6 +74,29 @@ class VisionDeploymentView:
     uid: str = ""
 
 
+class WaitReason(str, Enum):
+    """Why a pod that should run does not (the kubelet's or scheduler's reason, as the pod reports it)."""
+
+    UNSCHEDULABLE = "Unschedulable"                  # PodScheduled False: no node fits, or a claim is missing
+    ERR_IMAGE_PULL = "ErrImagePull"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"  # a Secret or ConfigMap it names is missing
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"          # serving pods only: a compile pod's crash fails its Job
+    CONTAINER_CREATING = "ContainerCreating"          # serving pods only: volumes not mounted yet (Multi-Attach…)
+
+
+@dataclass(frozen=True)
+class PodWaiting:
+    """One pod that is not running (or not Ready) and why: what the status says about a wait."""
+
+    pod: str
+    reason: WaitReason
+    message: str = ""
+    since: datetime | None = None  # unschedulable since (the condition's lastTransitionTime, else creation)
+
+
 @dataclass(frozen=True)
 class ObservedJob:
     class_name: str
@@ -81,6 +104,7 @@ class ObservedJob:
     state: str  # Pending | Running | Succeeded | Failed   (CompileState values)
     result: CompileResult | None = None  # parsed from the compile container's termination message
     message: str | None = None
+    waiting: PodWaiting | None = None  # Pending: its newest pod's wait, if it has one
 
 
 @dataclass(frozen=True)
@@ -89,6 +113,25 @@ class ObservedDeployment:
     revision: str
     replicas: int
     ready: int
+    waiting: PodWaiting | None = None  # one of its pods that is not Ready, with a reason to tell
+
+
+class ClaimUse(str, Enum):
+    """Where the spec names a PersistentVolumeClaim (pvc://<claim>/<path>)."""
+
+    MODEL = "spec.model.uri"
+    CALIBRATION = "spec.compile.calibration.uri"
+    REPOSITORY = "spec.serving.modelRepository"
+
+
+@dataclass(frozen=True)
+class ObservedClaim:
+    """A PersistentVolumeClaim the spec names, as read this pass (absent from Observed.claims: not read)."""
+
+    name: str
+    exists: bool
+    access_modes: tuple[str, ...] = ()
+    phase: str | None = None  # Pending | Bound | Lost
 
 
 @dataclass(frozen=True)
@@ -99,6 +142,10 @@ class Observed:
     measurement: Measurement | None = None  # the canary's, while one is in flight
     snapshots: tuple[RevisionSnapshot, ...] = ()  # the VisionDeployment's ControllerRevisions
     stable_drift: Measurement | None = None  # the stable revision's drift test, when drift is configured
+    claims: tuple[ObservedClaim, ...] = ()  # the PersistentVolumeClaims the spec names (those read)
+
+    def claim(self, name: str) -> ObservedClaim | None:
+        return next((c for c in self.claims if c.name == name), None)
 
     def job(self, class_name: str, revision: str) -> ObservedJob | None:
         return next((j for j in self.jobs if j.class_name == class_name and j.revision == revision), None)

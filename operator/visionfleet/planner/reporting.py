@@ -7,6 +7,12 @@
                                    Service <vd> spreads requests over every Ready pod of every class
     TrafficSplit condition ──────── False when a step's weight cannot be approximated with the class's
                                    replicas.max (replica traffic), naming the replicas.max that would do
+    waits (class message, Progressing) ─ a compile pod that waits (its compile message, set by
+                                   ``compiling``) or a serving pod of the class's stable or canary that is
+                                   not Ready and says why (unschedulable, image pull, missing Secret,
+                                   crash loop); a Warning Event ServingPodWaiting when a new one appears
+    Degraded ───────────────────── compile failures, classes without nodes, a claim the spec names that
+                                   does not exist, a model repository claim only one node can mount
 """
 
 from __future__ import annotations
@@ -21,6 +27,18 @@ from .replicas import WEIGHT_TOLERANCE, replicas_needed, share, split_replicas
 from .serving import ClassServing
 from .state import PassState, base_replicas
 from .steps import class_weight, first_rollout, gateway, paused
+from .storage import assess_missing_claims, assess_repository_claim
+from .waits import describe, is_wait
+
+
+def _serving_waits(p: PassState, name: str) -> list[str]:
+    """Why the class's stable or canary serving pods are not Ready, when a pod says (one per revision)."""
+    cs, out = p.cs[name], []
+    for rev in dict.fromkeys(r for r in (cs.stable_revision, p.st.canary_revision) if r):
+        d = p.observed.deployment(name, rev)
+        if d is not None and d.waiting is not None and d.ready < d.replicas:
+            out.append(describe(d.waiting, f"serving (revision {rev})", "spec.serving.image"))
+    return out
 
 
 def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary: int | None) -> None:
@@ -31,6 +49,7 @@ def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary:
         total = sum(s.ready.values())
         cs.ready = total
         cs.canary_ready = s.canary_ready if canary else None
+        before = cs.message or ""
         cs.message = None
         if canary is None:
             cs.effective_weight = None
@@ -51,6 +70,17 @@ def report_classes(p: PassState, serving: dict[str, ClassServing], route_canary:
                 cs.message = (f"setWeight {weight}% cannot be approximated with replicas.max {c.spec.replicas.max}: "
                               f"the canary gets {best}% of the pods"
                               + (f"; replicas.max {need} would give {weight}±{WEIGHT_TOLERANCE}%" if need else ""))
+        waits = _serving_waits(p, c.name)
+        for w in waits:
+            if w not in before:
+                p.event("Warning", "ServingPodWaiting", f"class {c.name}: {w}")
+        if cs.compile is not None and cs.compile.state not in (CompileState.SUCCEEDED.value,
+                                                               CompileState.FAILED.value) \
+                and is_wait(cs.compile.message):
+            waits.insert(0, cs.compile.message)
+        p.waits += [(c.name, w) for w in waits]
+        # (a setWeight message stays first: the TrafficSplit condition looks for it there)
+        cs.message = "; ".join(([cs.message] if cs.message else []) + waits)[:2048] or None
     if canary is None:
         p.st.effective_weight = None
     elif route_canary is not None:
@@ -76,14 +106,16 @@ def conditions(p: PassState, compiling: bool, rolling_back: bool) -> None:
     elif newest:
         conds = set_condition(conds, CondType.COMPILED, True, Reason.COMPILE_SUCCEEDED,
                               f"revision {newest} compiled on every class", now, gen)
+    # What keeps the rollout (or the stable's pods) from going on, in the condition users read first.
+    waiting = "".join(f"; {name}: {w}" for name, w in p.waits)
     if st.canary_revision:
-        conds = set_condition(conds, CondType.PROGRESSING, True, Reason.ROLLING_OUT,
+        conds = set_condition(conds, CondType.PROGRESSING, True, Reason.PODS_WAITING if waiting else Reason.ROLLING_OUT,
                               f"revision {st.canary_revision} at step {st.step}, weight {st.canary_weight}% asked, "
-                              f"{st.effective_weight}% effective", now, gen)
+                              f"{st.effective_weight}% effective{waiting}", now, gen)
     else:
-        conds = set_condition(conds, CondType.PROGRESSING, False, Reason.STABLE,
-                              f"serving revision {st.stable_revision}" if st.stable_revision else "nothing to serve yet",
-                              now, gen)
+        conds = set_condition(conds, CondType.PROGRESSING, False, Reason.PODS_WAITING if waiting else Reason.STABLE,
+                              (f"serving revision {st.stable_revision}" if st.stable_revision
+                               else "nothing to serve yet") + waiting, now, gen)
     serving = [c for c in p.classes if p.cs[c.name].stable_revision]
     unready = [c.name for c in serving
                if (d := p.observed.deployment(c.name, p.cs[c.name].stable_revision)) is None
@@ -97,11 +129,21 @@ def conditions(p: PassState, compiling: bool, rolling_back: bool) -> None:
         conds = set_condition(conds, CondType.AVAILABLE, False, Reason.REPLICAS_NOT_READY,
                               f"not Ready: {', '.join(unready)}" if unready else "no stable revision yet", now, gen)
     no_nodes = [c.name for c in p.classes if c.nodes == 0]
-    if failed or no_nodes:
-        parts = ([f"compile failed on {', '.join(failed)}"] if failed else []) + \
-                ([f"no nodes for {', '.join(no_nodes)}"] if no_nodes else [])
-        conds = set_condition(conds, CondType.DEGRADED, True,
-                              Reason.COMPILE_FAILED if failed else Reason.NO_NODES, "; ".join(parts), now, gen)
+    missing = assess_missing_claims(p.spec, p.observed, p.vd.namespace)
+    shared = assess_repository_claim(p.spec, p.observed, [(c.name, base_replicas(c)) for c in p.classes
+                                                          if not p.vanished(c)])
+    if failed or no_nodes or missing or shared:
+        parts = ([f"compile failed on {', '.join(failed)}"] if failed else []) + missing + \
+                ([shared] if shared else []) + ([f"no nodes for {', '.join(no_nodes)}"] if no_nodes else [])
+        reason = (Reason.COMPILE_FAILED if failed else Reason.CLAIM_NOT_FOUND if missing
+                  else Reason.REPOSITORY_NOT_SHARED if shared else Reason.NO_NODES)
+        before = get_condition(conds, CondType.DEGRADED)
+        if (missing or shared) and (before is None or before.message != "; ".join(parts)):
+            for m in missing + ([shared] if shared else []):
+                if before is None or m not in before.message:
+                    p.event("Warning", Reason.CLAIM_NOT_FOUND.value if m in missing
+                            else Reason.REPOSITORY_NOT_SHARED.value, m)
+        conds = set_condition(conds, CondType.DEGRADED, True, reason, "; ".join(parts), now, gen)
     else:
         conds = set_condition(conds, CondType.DEGRADED, False, Reason.NONE, "all classes compiled and placed", now, gen)
     last = st.history[-1] if st.history else None

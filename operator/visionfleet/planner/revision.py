@@ -3,7 +3,9 @@
     model           ─┐
     compile         ─┤ canonical JSON ─► sha256 ─► first 12 hex digits
     serving         ─┤
+    storage         ─┤ (when set: S3 endpoint and credentials reach the pods)
     fleet           ─┤ (minus replicas: scaling a class is not a new artifact)
+                     (compile minus scheduleTimeout: how long to wait for a node is policy)
     analysis.drift  ─┘ (the drift monitor is a sidecar in every Triton pod: it is part of what runs)
 
 ``rollout`` and the rest of ``analysis`` are policy: changing a pause or an SLO must not recompile
@@ -42,15 +44,23 @@ def _strip_replicas(fleet: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Fields inside hashed parts that are policy: they change how long the operator waits, not what runs.
+# Left out in both hashings (the older one included defaults: scheduleTimeout's default would have
+# moved every legacy hash).
+POLICY_COMPILE_FIELDS = ("scheduleTimeout",)
+
+
 def revision_parts(spec: VisionDeploymentSpec, *, defaults: bool = False) -> dict[str, Any]:
     wire = spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=not defaults, mode="json")
     wire.setdefault("fleet", {})
     parts = {
         "model": wire["model"],
-        "compile": wire.get("compile", {}),
+        "compile": {k: v for k, v in wire.get("compile", {}).items() if k not in POLICY_COMPILE_FIELDS},
         "serving": wire.get("serving", {}),
         "fleet": _strip_replicas(wire["fleet"]),
     }
+    if wire.get("storage"):  # (added later: absent, it leaves every older hash as it was)
+        parts["storage"] = wire["storage"]
     if not defaults and spec.analysis.drift is not None:  # (the older hashing left it out)
         parts["drift"] = (wire.get("analysis") or {}).get("drift") or {}
     return parts

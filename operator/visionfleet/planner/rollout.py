@@ -6,7 +6,8 @@ it was. One pass, in order, one module per concern:
 
     steps.handle_commands   abort (any moment) / promote (full) / retry — one-shot annotations
     steps.choose_canary     which revision is the canary; its snapshot is taken when it is new
-    compiling               compile Jobs per class (and a joining class catching up with the stable)
+    compiling               compile Jobs per class (and a joining class catching up with the stable);
+                            then every running Job the pass does not want is deleted
     steps.advance           readiness, progress deadline, initial delay, analysis, steps and waves
     serving                 Deployments per class and revision; make-before-break for leaving ones
     traffic                 Gateway API route weights
@@ -22,7 +23,7 @@ from datetime import datetime
 
 from visionfleet.api.status import CompileState
 
-from .compiling import advance_compile, catch_up
+from .compiling import advance_compile, catch_up, stop_unwanted_compiles
 from .judging import held_by_analysis
 from .model import (
     FAILED_OUTCOMES,
@@ -81,6 +82,7 @@ def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
         else:
             compiling = False
     compiling = catch_up(p) or compiling
+    stop_unwanted_compiles(p)
     served = serve(p, ok)
     route_canary = route(p, served)
     report_classes(p, served, route_canary)

@@ -54,6 +54,7 @@ class PassState:
         self.events: list[Event] = []
         self.actions: list[Action] = [EnsureService()]
         self.requeue = MAX_REQUEUE
+        self.waits: list[tuple[str, str]] = []  # (class, why a pod of it waits), filled by reporting
         self.desired = desired_revision(vd.spec, self.st.stable_revision, self.st.canary_revision)
         self.new_snapshots: dict[str, RevisionSnapshot] = {}
         self.classes = resolve_classes(self.spec, list(observed.nodes))
