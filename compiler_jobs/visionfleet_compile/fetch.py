@@ -79,8 +79,13 @@ def s3_client(field: str, timeout: float = 300) -> Any:
         import botocore.config
     except ImportError:
         raise FetchError(field, "s3:// needs boto3, which this image lacks; use pvc:// or https://") from None
+    # Checksums only where S3 requires them: botocore >= 1.36 otherwise sends aws-chunked uploads with
+    # CRC32 trailers, which GCS's S3 API and older MinIO/Ceph refuse. Integrity is the sha256 of each
+    # file, checked end to end (upload_entry / fetch_entry).
     cfg = botocore.config.Config(connect_timeout=min(timeout, 30), read_timeout=timeout,
-                                 retries={"max_attempts": 5, "mode": "standard"})
+                                 retries={"max_attempts": 5, "mode": "standard"},
+                                 request_checksum_calculation="when_required",
+                                 response_checksum_validation="when_required")
     return boto3.client("s3", config=cfg)
 
 
@@ -157,6 +162,8 @@ def fetch_entry(source: str, dest: Path, files: dict[str, str], timeout: float =
     bucket, prefix = split_s3(source, REPOSITORY_FIELD)
     client = s3_client(REPOSITORY_FIELD, timeout)
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".*.partial*"):  # a run killed mid-download (OOM, eviction) left these
+        stale.unlink(missing_ok=True)
     out = []
     for name, want in sorted(files.items()):
         if "/" in name or name in (".", ".."):

@@ -60,6 +60,8 @@ def _output_dir(request: dict, workdir: Path) -> tuple[Path, str]:
     if repo and repo.startswith("pvc://"):
         claim = repo[len("pvc://"):].split("/", 1)[0]
         return pvc_root() / claim / rel, f"pvc://{claim}/{rel}"
+    if repo and not repo.startswith("s3://"):
+        raise TargetUnavailable("serving.modelRepository", f"{repo!r}: compile Jobs write to pvc:// or s3:// only")
     local = workdir / "repository" / rel
     if repo and repo.startswith("s3://"):
         # Built locally, uploaded once complete (upload_entry): the bucket never holds half an entry.

@@ -223,11 +223,13 @@ def build(target: str, log: Path, build_args: dict[str, str] | None = None) -> B
 
 def _drop_older(target: str, keep: str) -> None:
     """Older builds of ``target`` (other content hashes) are never used again; the GPU image alone is
-    several GB. Their untagged layers go with the next ``podman image prune``."""
+    several GB. Their untagged layers, and the intermediate images of superseded stages, go too:
+    measured here, a day of rebuilds left 30 GB of them and a build ran out of disk."""
     out = podman("images", "--format", "{{.Repository}}:{{.Tag}}", f"{REGISTRY}/{target}", check=False).stdout
     old = [r for r in out.split() if r not in (keep, f"{REGISTRY}/{target}:dev") and not r.endswith(":<none>")]
     if old:
         podman("rmi", *old, check=False)
+    podman("image", "prune", "-f", check=False)
 
 
 def sbom(ref: str, dest: Path) -> dict:

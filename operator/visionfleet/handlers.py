@@ -232,9 +232,12 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
         first = e.errors()[0]
         where = "spec." + ".".join(str(p) for p in first["loc"])
         return refuse(body, status, f"{where}: {first['msg']} (nothing is rolled out until the spec is fixed)")
-    if spec.serving.model_repository is None:
-        # Stored before the CRD required it: Triton pods would have no artifact to load.
-        return refuse(body, status, "spec.serving.modelRepository is required: where compile Jobs write each "
+    repo = spec.serving.model_repository
+    if repo is None or not repo.startswith(("pvc://", "s3://")):
+        # Stored before the CRD required it (and refused other schemes): Triton pods would have no
+        # artifact to load.
+        what = "is required" if repo is None else f"{repo!r} is not supported"
+        return refuse(body, status, f"spec.serving.modelRepository {what}: where compile Jobs write each "
                                     "artifact and Triton pods load it (pvc://<claim>/<path> on ReadWriteMany "
                                     "storage, or s3://<bucket>/<prefix>); nothing is rolled out until it is set")
     vd = VisionDeploymentView(name=name, namespace=namespace, generation=md.get("generation", 0), spec=spec,

@@ -137,6 +137,8 @@ BAD_SPECS = [
     ("s3-endpoint-not-url", lambda o: s(o).update(storage={"s3": {"endpoint": "minio:9000"}}),
      ["spec.storage.s3.endpoint", "should match"]),
     ("drain-negative", lambda o: s(o)["serving"].update(drainSeconds=-1), ["spec.serving.drainSeconds"]),
+    ("duplicate-env", lambda o: s(o).update(compile={"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
+     ["spec.compile.env", "names must be unique"]),
     ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
     ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), [".spec.model.shaa256", "field not declared in schema"]),
 ]

@@ -131,6 +131,9 @@ def test_triton_serves_what_the_init_container_fetched_and_checked(compiled, sam
     repo = tmp_path / "models"
     # The pod's /models/effnet/1 is the emptyDir: here a directory at the same relative place.
     init = {**init, "args": [a.replace("--dest=/models", f"--dest={repo}") for a in init["args"]]}
+    # what a run killed mid-download (OOM, eviction) leaves in the emptyDir
+    (repo / "effnet" / "1").mkdir(parents=True)
+    (repo / "effnet" / "1" / ".model.onnx.partial.1f2e3d").write_bytes(b"half a model")
     proc = run(init, {"s3-credentials": SECRET}, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     fetched = json.loads(proc.stdout.strip().splitlines()[-1])

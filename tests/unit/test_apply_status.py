@@ -120,7 +120,11 @@ def test_refuse_writes_onto_the_object_read_and_requeues_shortly_on_conflict(mon
     assert calls == ["777"]
 
 
-def test_a_stored_spec_without_a_model_repository_is_refused_before_anything_is_built(monkeypatch):
+@pytest.mark.parametrize("repository, says", [
+    pytest.param(None, "spec.serving.modelRepository is required", id="none"),
+    pytest.param("gs://bucket/triton", "spec.serving.modelRepository 'gs://bucket/triton' is not supported", id="gs"),
+])
+def test_a_stored_spec_without_a_model_repository_is_refused_before_anything_is_built(monkeypatch, repository, says):
     """Stored before the CRD required serving.modelRepository: Triton pods would have nothing to load,
     so the pass writes Degraded (InvalidSpec) naming the field and gathers or applies nothing."""
     import copy
@@ -137,7 +141,9 @@ def test_a_stored_spec_without_a_model_repository_is_refused_before_anything_is_
     monkeypatch.setattr(handlers, "METRICS", SimpleNamespace(invalid_spec=lambda: None, record=lambda *a: None))
     raw = copy.deepcopy(SPEC)
     raw.pop("serving")
+    if repository:
+        raw["serving"] = {"modelRepository": repository}
     assert inspect.unwrap(handlers.run_pass)(_body(raw)) == 60.0
     (cond,) = [c for c in written[0].conditions if c.type == "Degraded"]
     assert cond.status == "True" and cond.reason == "InvalidSpec"
-    assert cond.message.startswith("spec.serving.modelRepository is required") and "s3://" in cond.message
+    assert cond.message.startswith(says) and "s3://<bucket>/<prefix>" in cond.message

@@ -554,12 +554,34 @@ def test_serving_pods_drain_before_they_stop_and_take_the_class_runtime_and_prio
         pod = dep["spec"]["template"]["spec"]
         assert pod.get("runtimeClassName") == runtime_class and pod.get("priorityClassName") == priority
         assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 20}}}
-        assert pod["terminationGracePeriodSeconds"] == 50, "the drain, then Triton's own 30 s exit timeout"
+        assert pod["terminationGracePeriodSeconds"] == 55, "the drain, Triton's own 30 s exit timeout, 5 s margin"
+        assert "--exit-timeout-secs=30" in pod["containers"][0]["args"]
     job = build_compile_job("doorbell", "vision", "u", s, classes(s)["l4"], REV)
     assert job["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
     assert "priorityClassName" not in job["spec"]["template"]["spec"], "compiles do not outrank serving"
     default = build_triton_deployment("doorbell", "vision", "u", spec(), classes()["xeon"], REV, 2, RESULT, "stable")
     assert default["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 15
+    # 0: no preStop at all (a 0 s sleep is refused before Kubernetes 1.33)
+    none = build_triton_deployment("doorbell", "vision", "u", VisionDeploymentSpec.model_validate(
+        _raw(serving__drainSeconds=0)), classes()["xeon"], REV, 2, RESULT, "stable")
+    assert "lifecycle" not in none["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_compile_env_has_one_entry_per_name_and_the_request_last():
+    s = VisionDeploymentSpec.model_validate(_raw(**S3_SPEC, compile__env=[{"name": "AWS_REGION", "value": "us-west-2"}]))
+    env = build_compile_job("doorbell", "vision", "u", s, classes(s)["xeon"], REV)["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)) and names[-1] == "VISIONFLEET_COMPILE_REQUEST"
+    assert {e["name"]: e.get("value") for e in env}["AWS_REGION"] == "us-west-2", "the user's value wins"
+
+
+def test_a_tensorrt_class_with_its_own_compile_image_fetches_with_it():
+    raw = _raw(**S3_SPEC)
+    raw["fleet"]["classes"][0] = dict(raw["fleet"]["classes"][0], compileImage="registry/jetson-compile:1")
+    s = VisionDeploymentSpec.model_validate(raw)
+    dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["l4"], REV, 2, S3_RESULT, "canary")
+    assert dep["spec"]["template"]["spec"]["initContainers"][0]["image"] == "registry/jetson-compile:1"
 
 
 def test_discovered_gpu_classes_get_the_runtime_class():

@@ -119,15 +119,21 @@ REFUSED = datetime(2026, 12, 2, 14, 0, 1, tzinfo=timezone.utc)
 PVC_MISSING = '0/10 nodes are available: persistentvolumeclaim "models" not found. not found'
 
 
-def pod(name, component="compile", labels=None, conditions=(), waiting=None, created=CREATED, deleting=None):
-    """A pod as the client's models hold it (the attributes gather reads)."""
+def pod(name, component="compile", labels=None, conditions=(), waiting=None, created=CREATED, deleting=None,
+        init=None):
+    """A pod as the client's models hold it (the attributes gather reads). ``init``: (name, waiting
+    reason, last termination message) of an init container that keeps the pod in PodInitializing."""
     statuses = [SimpleNamespace(name="c", state=SimpleNamespace(
         waiting=SimpleNamespace(reason=waiting[0], message=waiting[1]) if waiting else None, terminated=None))]
+    inits = [] if init is None else [SimpleNamespace(
+        name=init[0], state=SimpleNamespace(waiting=SimpleNamespace(reason=init[1], message="back-off 40s"),
+                                            terminated=None),
+        last_state=SimpleNamespace(terminated=SimpleNamespace(message=init[2], exit_code=2)))]
     return SimpleNamespace(
         metadata=SimpleNamespace(name=name, labels={"app.kubernetes.io/component": component, **(labels or {})},
                                  creation_timestamp=created, deletion_timestamp=deleting),
         status=SimpleNamespace(phase="Pending", conditions=[SimpleNamespace(**c) for c in conditions],
-                               container_statuses=statuses))
+                               container_statuses=statuses, init_container_statuses=inits))
 
 
 def unschedulable(message=PVC_MISSING, at=REFUSED):
@@ -153,6 +159,31 @@ POD_WAITS = [
 @pytest.mark.parametrize("given, wait", POD_WAITS)
 def test_pod_waiting(given, wait):
     assert pod_waiting(given) == wait
+
+
+FETCH_REFUSED = ("serving.modelRepository: s3://m/t/effnet/0123-xeon/model.onnx has sha256 aa, the compile Job "
+                 "wrote bb: the object changed after the revision was compiled; refusing to serve it")
+
+
+def test_a_failing_fetch_init_container_is_the_reason_a_triton_pod_waits():
+    """The Triton container only says PodInitializing: the init container's own last message is what
+    the SRE needs (which field, which object, which hashes)."""
+    from visionfleet.planner.waits import describe
+
+    p = pod("t", component="triton", waiting=("PodInitializing", None),
+            init=("fetch-model", "CrashLoopBackOff", FETCH_REFUSED))
+    w = deployment_waiting([p])
+    assert w == PodWaiting("t", WaitReason.CRASH_LOOP_BACK_OFF, FETCH_REFUSED, init_container="fetch-model")
+    text = describe(w, "serving", "spec.serving.image")
+    assert "init container fetch-model: CrashLoopBackOff: serving.modelRepository: " in text
+    assert "spec.storage.s3" in text and "Triton exits" not in text
+    missing_secret = pod("t", component="triton", waiting=("PodInitializing", None),
+                         init=("fetch-model", "CreateContainerConfigError", None))
+    missing_secret.status.init_container_statuses[0].state.waiting.message = 'secret "s3-credentials" not found'
+    missing_secret.status.init_container_statuses[0].last_state.terminated = None
+    w = deployment_waiting([missing_secret])
+    assert (w.reason, w.message, w.init_container) == (WaitReason.CREATE_CONTAINER_CONFIG_ERROR,
+                                                       'secret "s3-credentials" not found', "fetch-model")
 
 
 def job_obj(cls_, rev, active=1):

@@ -52,7 +52,7 @@ def events(w, reason):
 
 WAITS = [
     pytest.param(PodWaiting("p", WaitReason.UNSCHEDULABLE, PVC_MISSING, T0),
-                 ['is unschedulable', 'persistentvolumeclaim "models" not found', "compile.scheduleTimeout 10m"],
+                 ['is unschedulable', 'persistentvolumeclaim "models" not found', "compile.scheduleTimeout 20m"],
                  id="given_a_missing_claim_then_the_schedulers_message_and_the_deadline"),
     pytest.param(PodWaiting("p", WaitReason.IMAGE_PULL_BACK_OFF, 'Back-off pulling image "ghcr.io/x/compile:nope"'),
                  ["ImagePullBackOff", "ghcr.io/x/compile:nope", "spec.compile.image"],

@@ -285,8 +285,8 @@ class S3Storage(Model):
     credentials_secret: NAME_REF | None = Field(default=None, description=(
         "Secret (same namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optionally "
         "AWS_SESSION_TOKEN), passed as environment to compile Jobs and to the Triton pods' fetch init container. "
-        "Unset: the pods' own identity (compile.serviceAccountName / serving.serviceAccountName with IRSA, EKS Pod "
-        "Identity or GKE workload identity), or the node's role."))
+        "Unset: the pods' own AWS identity (compile.serviceAccountName / serving.serviceAccountName with IRSA or EKS "
+        "Pod Identity), or the node's role. GCS through its S3 API needs HMAC keys here."))
 
 
 class Storage(Model):
@@ -501,19 +501,23 @@ class CompileSpec(Model):
     timeout: Duration = Field(default="30m", description=(
         "Longest a compile Job may run (its activeDeadlineSeconds), a duration such as 45m or 1h; past it the "
         "class's compile fails. Default 30m."))
-    schedule_timeout: Duration = Field(default="10m", description=(
+    schedule_timeout: Duration = Field(default="20m", description=(
         "Longest a class's compile pod may stay unschedulable (its PodScheduled condition False: no node fits its "
         "nodeSelector, tolerations and resources, or a claim it mounts is missing); past it that class's compile "
         "fails with the scheduler's message, its Job is deleted and the other classes go on. Policy: changing it "
-        "makes no new revision. Default 10m."))
+        "makes no new revision. Default 20m: a GPU pool that scales up from zero takes 8-15 minutes to offer a "
+        "node (boot, driver, device plugin), during which the pod is unschedulable."))
 
     service_account_name: NAME_REF | None = Field(default=None, description=(
         "ServiceAccount of the compile Jobs' pods: the identity that reads s3:// sources and writes an s3:// "
-        "model repository through workload identity (IRSA, EKS Pod Identity, GKE workload identity). Its API "
-        "token is not mounted (the Job needs no API access). Unset: the namespace's default ServiceAccount."))
-    env: Annotated[list[EnvVar], Field(max_length=32)] | None = Field(default=None, description=(
-        "Extra environment variables of the compile Job's container (at most 32), e.g. HTTPS_PROXY or a "
-        "credential from a Secret key (valueFrom.secretKeyRef)."))
+        "model repository through an AWS workload identity (IRSA, EKS Pod Identity). Its API token is not mounted "
+        "(the Job needs no API access). Unset: the namespace's default ServiceAccount."))
+    env: Annotated[list[EnvVar], Field(max_length=32, json_schema_extra={
+        "x-kubernetes-validations": [cel("self.all(a, self.exists_one(b, b.name == a.name))",
+                                         "compile.env names must be unique", reason="FieldValueDuplicate")]})] | None = \
+        Field(default=None, description=(
+            "Extra environment variables of the compile Job's container (at most 32, unique names; they override "
+            "storage.s3's), e.g. HTTPS_PROXY or a credential from a Secret key (valueFrom.secretKeyRef)."))
     env_from: Annotated[list[EnvFromSource], Field(max_length=8)] | None = Field(default=None, description=(
         "Secrets or ConfigMaps whose every key becomes an environment variable of the compile Job's container."))
 
@@ -540,10 +544,11 @@ class ServingSpec(Model):
     )
     service_account_name: NAME_REF | None = Field(default=None, description=(
         "ServiceAccount of the Triton pods: the identity their init container reads an s3:// model repository "
-        "with (workload identity). Its API token is not mounted. Unset: the namespace's default ServiceAccount."))
+        "with (IRSA, EKS Pod Identity). Its API token is not mounted. Unset: the namespace's default ServiceAccount."))
     drain_seconds: Annotated[int, Field(ge=0, le=3600)] | None = Field(default=None, description=(
-        "Seconds a Triton pod keeps serving after it is asked to stop (preStop), so load balancers stop sending "
-        "to it and in-flight requests finish; its termination grace period is this plus 30 s. Unset: 15."))
+        "Seconds a Triton pod keeps serving after it is asked to stop (a preStop sleep, Kubernetes 1.30+), so load "
+        "balancers stop sending to it; then Triton finishes in-flight requests (up to 30 s). Its termination grace "
+        "period is this plus 35 s; 0 means no preStop. Unset: 15."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(

@@ -248,7 +248,11 @@ def build_compile_job(vd: str, namespace: str, uid: str, spec: VisionDeploymentS
         mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": not writable})
     lbls = labels(vd, "compile", cls.name, revision)
     s3_env, s3_env_from = _s3_env(spec)
-    env = s3_env + [e.model_dump(by_alias=True, exclude_none=True, mode="json") for e in spec.compile.env or []]
+    # One entry per name (server-side apply refuses a list-map with a repeated key): the user's
+    # compile.env over storage.s3's; the request is added last and no user name may take it.
+    by_name = {e["name"]: e for e in s3_env}
+    by_name.update((e.name, e.model_dump(by_alias=True, exclude_none=True, mode="json")) for e in spec.compile.env or [])
+    env = list(by_name.values())
     env_from = s3_env_from + [e.model_dump(by_alias=True, exclude_none=True, mode="json")
                               for e in spec.compile.env_from or []]
     container: dict[str, Any] = {
@@ -324,8 +328,10 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1",
                        "subPath": artifact_dir(spec, cls.name, revision), "readOnly": True})
     else:
-        # s3:// (the CRD admits only pvc:// and s3://; an older object without one is refused before
+        # s3:// (the CRD admits only pvc:// and s3://; an older object with another is refused before
         # anything is built): the init container fills the version directory, Triton reads it.
+        if not (spec.serving.model_repository or "").startswith("s3://"):
+            raise ValueError(f"serving.modelRepository {spec.serving.model_repository!r}: not pvc:// or s3://")
         volumes.append({"name": "artifact", "emptyDir": {}})
         mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1", "readOnly": True})
         init_containers.append(fetch_container(spec, cls, revision, result))
@@ -335,7 +341,8 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         "image": spec.serving.image,
         "args": ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
                  f"--load-model={model}", "--strict-readiness=true", "--allow-metrics=true",
-                 "--metrics-config=summary_latencies=true", "--exit-on-error=true"],
+                 "--metrics-config=summary_latencies=true", "--exit-on-error=true",
+                 f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT}"],
         "ports": [{"name": "http", "containerPort": TRITON_HTTP}, {"name": "grpc", "containerPort": TRITON_GRPC},
                   {"name": "metrics", "containerPort": TRITON_METRICS}],
         "readinessProbe": probe,
@@ -348,8 +355,8 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
         "volumeMounts": mounts,
         # Told to stop, the pod first leaves the Service's endpoints; it keeps serving meanwhile, so
         # requests routed before the endpoint update reach a live server. Triton then drains its
-        # own in-flight requests on SIGTERM (--exit-timeout-secs, 30 s by default).
-        "lifecycle": {"preStop": {"sleep": {"seconds": drain_seconds(spec)}}},
+        # own in-flight requests on SIGTERM (--exit-timeout-secs).
+        **_drain(spec),
     }
     containers = [container]
     pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS)}
@@ -373,7 +380,8 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
                     "automountServiceAccountToken": False,
                     **({"runtimeClassName": cls.spec.runtime_class_name} if cls.spec.runtime_class_name else {}),
                     **({"priorityClassName": cls.spec.priority_class_name} if cls.spec.priority_class_name else {}),
-                    "terminationGracePeriodSeconds": drain_seconds(spec) + TRITON_EXIT_TIMEOUT,
+                    # the drain, Triton's own drain, and a margin before SIGKILL
+                    "terminationGracePeriodSeconds": drain_seconds(spec) + TRITON_EXIT_TIMEOUT + 5,
                     "securityContext": RESTRICTED_POD,
                     **_placement(cls),
                     **({"initContainers": init_containers} if init_containers else {}),
@@ -393,11 +401,19 @@ def drain_seconds(spec: VisionDeploymentSpec) -> int:
     return DRAIN_SECONDS if spec.serving.drain_seconds is None else spec.serving.drain_seconds
 
 
+def _drain(spec: VisionDeploymentSpec) -> dict[str, Any]:
+    """The preStop sleep of a serving container (none for 0: the API server refuses a 0 s sleep
+    before Kubernetes 1.33)."""
+    n = drain_seconds(spec)
+    return {"lifecycle": {"preStop": {"sleep": {"seconds": n}}}} if n > 0 else {}
+
+
 def fetch_image(spec: VisionDeploymentSpec, cls: ResolvedClass) -> str:
     """Image of the fetch init container: the class's CPU compile image (already pulled on the class's
     nodes by its compile Job); for tensorrt classes compile.image, never the multi-GB GPU image."""
     if cls.spec.runtime == Runtime.TENSORRT.value:
-        return spec.compile.image
+        # a class's own image (a Jetson's, arm64) before the CPU default, which may not run there
+        return cls.spec.compile_image or spec.compile.image
     return compile_image(spec, cls)
 
 
@@ -456,6 +472,8 @@ def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict
         "securityContext": RESTRICTED_CONTAINER,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
                          {**artifact, "mountPath": "/reference", "readOnly": True}],
+        # mirrored requests keep arriving until the endpoints update, as they do for Triton
+        **_drain(spec),
     }
 
 

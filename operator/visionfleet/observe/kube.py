@@ -115,6 +115,15 @@ def pod_waiting(pod: Any, reasons: tuple[str, ...] = STUCK_REASONS) -> PodWaitin
             # creation time stands in when the API server did not set it.
             since = c.last_transition_time or pod.metadata.creation_timestamp
             return PodWaiting(name, WaitReason.UNSCHEDULABLE, (c.message or "").strip()[:500], since)
+    # An init container that cannot run (the s3:// fetch refused, its Secret missing, its image not
+    # pulled) leaves the containers after it in PodInitializing: it is the one that says why. Its
+    # last termination message is the fetch's own error (the field, the object, the hashes).
+    for cs in (pod.status.init_container_statuses or []) if pod.status else []:
+        w = cs.state.waiting if cs.state else None
+        if w is not None and w.reason in reasons:
+            last = cs.last_state.terminated if cs.last_state else None
+            text = (last.message if last is not None and last.message else w.message) or ""
+            return PodWaiting(name, WaitReason(w.reason), text.strip()[-500:], init_container=cs.name)
     for cs in (pod.status.container_statuses or []) if pod.status else []:
         w = cs.state.waiting if cs.state else None
         if w is not None and w.reason in reasons:

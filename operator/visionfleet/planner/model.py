@@ -95,6 +95,7 @@ class PodWaiting:
     reason: WaitReason
     message: str = ""
     since: datetime | None = None  # unschedulable since (the condition's lastTransitionTime, else creation)
+    init_container: str | None = None  # the init container that keeps the pod from starting (fetch-model)
 
 
 @dataclass(frozen=True)

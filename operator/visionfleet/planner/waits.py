@@ -35,6 +35,9 @@ def hint(w: PodWaiting, image_field: str) -> str:
     if w.reason == WaitReason.CREATE_CONTAINER_ERROR:
         return "the container runtime could not create the container"
     if w.reason == WaitReason.CRASH_LOOP_BACK_OFF:
+        if w.init_container:
+            return (f"its init container {w.init_container} keeps failing: for the model fetch, check "
+                    "spec.serving.modelRepository and spec.storage.s3 (kubectl logs -c " + w.init_container + ")")
         return "Triton exits at start: kubectl logs --previous on the pod says why"
     return ""
 
@@ -44,7 +47,8 @@ def describe(w: PodWaiting, what: str, image_field: str) -> str:
     if w.reason == WaitReason.UNSCHEDULABLE:
         text = f"{PREFIX}{what} pod {w.pod} is unschedulable: {w.message}"
     else:
-        text = f"{PREFIX}{what} pod {w.pod}: {w.reason.value}" + (f": {w.message}" if w.message else "")
+        where = f" init container {w.init_container}" if w.init_container else ""
+        text = f"{PREFIX}{what} pod {w.pod}{where}: {w.reason.value}" + (f": {w.message}" if w.message else "")
     fix = hint(w, image_field)
     return f"{text}; {fix}" if fix else text
 
