@@ -43,7 +43,7 @@ def spec(version: str = "1", rollout: dict | None = None, prometheus: str | None
     obj["spec"]["model"]["version"] = version
     obj["spec"]["rollout"] = copy.deepcopy(rollout or TO_FULL)
     if image:
-        obj["spec"]["serving"] = {"image": image}
+        obj["spec"]["serving"]["image"] = image
     if prometheus:
         obj["spec"]["analysis"] = {"interval": "2s", "prometheus": {"url": prometheus, "timeout": "2s"},
                                    "slo": {"latencyP99Ms": 20, "errorRate": 0.01, "minRequests": 10},

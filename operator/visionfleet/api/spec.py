@@ -512,9 +512,11 @@ class CompileSpec(Model):
         "ServiceAccount of the compile Jobs' pods: the identity that reads s3:// sources and writes an s3:// "
         "model repository through an AWS workload identity (IRSA, EKS Pod Identity). Its API token is not mounted "
         "(the Job needs no API access). Unset: the namespace's default ServiceAccount."))
+    # (reason FieldValueInvalid: with FieldValueDuplicate the API server answers a bare "Duplicate value"
+    # and drops the message)
     env: Annotated[list[EnvVar], Field(max_length=32, json_schema_extra={
         "x-kubernetes-validations": [cel("self.all(a, self.exists_one(b, b.name == a.name))",
-                                         "compile.env names must be unique", reason="FieldValueDuplicate")]})] | None = \
+                                         "compile.env names must be unique", reason="FieldValueInvalid")]})] | None = \
         Field(default=None, description=(
             "Extra environment variables of the compile Job's container (at most 32, unique names; they override "
             "storage.s3's), e.g. HTTPS_PROXY or a credential from a Secret key (valueFrom.secretKeyRef)."))
