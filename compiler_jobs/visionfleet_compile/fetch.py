@@ -105,7 +105,7 @@ def _s3_error(uri: str, field: str, e: Exception) -> FetchError:
     return FetchError(field, f"{uri!r}: transfer failed: {e}")
 
 
-def download_s3(uri: str, rest: str, workdir: Path, field: str, timeout: float) -> Path:
+def download_s3(uri: str, workdir: Path, field: str, timeout: float) -> Path:
     bucket, key = split_s3(uri, field)
     client = s3_client(field, timeout)
     import botocore.exceptions
@@ -122,20 +122,17 @@ def download_s3(uri: str, rest: str, workdir: Path, field: str, timeout: float) 
 REPOSITORY_FIELD = "serving.modelRepository"
 
 
-def upload_entry(local: Path, prefix_uri: str, timeout: float = 300) -> dict[str, str]:
-    """Upload every file of a repository entry to ``prefix_uri`` (s3://bucket/prefix/<model>/<rev>-<class>)
-    → {name: sha256}. Each object carries its sha256 as metadata; the Triton pods' init container
-    checks the bytes against the compile result's hashes (not against the metadata), so an object
-    replaced later is refused, not served."""
+def upload_entry(local: Path, prefix_uri: str, sums: dict[str, str], timeout: float = 300) -> None:
+    """Upload the files of a repository entry named in ``sums`` ({name: sha256}, as the compile program
+    hashed them) to ``prefix_uri`` (s3://bucket/prefix/<model>/<rev>-<class>). Each object carries its
+    sha256 as metadata; the Triton pods' init container checks the bytes against the compile result's
+    hashes (not against the metadata), so an object replaced later is refused, not served."""
     import botocore.exceptions
 
     bucket, prefix = split_s3(prefix_uri, REPOSITORY_FIELD)
     client = s3_client(REPOSITORY_FIELD, timeout)
-    sums: dict[str, str] = {}
-    for f in sorted(local.iterdir()):
-        if not f.is_file():
-            continue
-        digest = sha256_of(f)
+    for name, digest in sorted(sums.items()):
+        f = local / name
         key = f"{prefix}/{f.name}"
         try:
             client.upload_file(str(f), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
@@ -145,8 +142,6 @@ def upload_entry(local: Path, prefix_uri: str, timeout: float = 300) -> dict[str
         if size != f.stat().st_size:
             raise FetchError(REPOSITORY_FIELD, f"s3://{bucket}/{key}: the store holds {size} bytes after the upload, "
                                                f"the file has {f.stat().st_size}")
-        sums[f.name] = digest
-    return sums
 
 
 def fetch_entry(source: str, dest: Path, files: dict[str, str], timeout: float = 300) -> list[Path]:
@@ -212,7 +207,7 @@ def resolve(uri: str, field: str, workdir: Path, timeout: float = 300) -> Path:
     if scheme == "https":
         return download(uri, workdir / (Path(rest).name or "download"), field, timeout)
     if scheme == "s3":
-        return download_s3(uri, rest, workdir, field, timeout)
+        return download_s3(uri, workdir, field, timeout)
     if scheme == "gs":
         raise FetchError(field, "gs:// is not supported by this compile image; use pvc://, s3:// or an "
                                 "https:// URL (a signed URL works), with sha256")

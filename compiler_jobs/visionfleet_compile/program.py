@@ -251,15 +251,18 @@ def compile_request(request: dict, workdir: Path) -> dict:
     check_triton_config(config)
     (out_dir / CONFIG_FILE).write_text(config)
 
-    files = {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file() and f.name != CONFIG_FILE}
+    # Each file hashed once (an engine can be gigabytes): the result, the artifact's own sha256 and
+    # the upload all use these.
+    sums = {f.name: sha256_of(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
+    files = {name: digest for name, digest in sums.items() if name != CONFIG_FILE}
     if out_uri.startswith("s3://"):
         from .fetch import upload_entry
 
-        log("upload", to=out_uri, files=sorted(p.name for p in out_dir.iterdir() if p.is_file()))
-        upload_entry(out_dir, out_uri)
+        log("upload", to=out_uri, files=sorted(sums))
+        upload_entry(out_dir, out_uri, sums)
     return {
         "artifact": f"{out_uri}/{artifact.name}",
-        "sha256": sha256_of(artifact),
+        "sha256": sums[artifact.name],
         "accuracy": round(measured, 6),
         "p99MsAtBatch": {str(p.batch): round(p.p99_ms, 3) for p in points},
         "batching": chosen,
@@ -291,6 +294,14 @@ def write_termination_message(result: dict | str) -> None:
         pass  # not in a pod: stdout carries it
 
 
+def fail(e: Exception, code: int, **fields: Any) -> int:
+    """A failure the operator reads: a log line, the message as the termination message, stderr."""
+    log("failed", **fields, error=str(e))
+    write_termination_message(str(e))
+    print(f"error: {e}", file=sys.stderr)
+    return code
+
+
 def fetch_entry_command(source: str, dest: Path, pairs: list[str]) -> int:
     """Exit 0 with every file in ``dest`` and verified; 2 (with the reason in the termination message,
     which the operator shows) on a missing object, a refused credential or a wrong hash."""
@@ -307,10 +318,7 @@ def fetch_entry_command(source: str, dest: Path, pairs: list[str]) -> int:
     try:
         got = fetch_entry(source, dest, files)
     except FetchError as e:
-        log("failed", field=e.field, error=str(e))
-        write_termination_message(str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(e, EXIT_BAD_INPUT, field=e.field)
     log("fetched", source=source, dest=str(dest), files=len(got), bytes=sum(p.stat().st_size for p in got),
         seconds=round(time.monotonic() - started, 2))
     return 0
@@ -359,15 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = compile_request(request, args.workdir)
     except (FetchError, ModelMismatch, TargetUnavailable) as e:
-        log("failed", field=e.field, error=str(e))
-        write_termination_message(str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(e, EXIT_BAD_INPUT, field=e.field)
     except GateFailed as e:
-        log("failed", error=str(e))
-        write_termination_message(str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_GATE
+        return fail(e, EXIT_GATE)
     except Exception as e:  # a runtime's own failure (build, OOM, …): the operator still gets the message
         import traceback
 

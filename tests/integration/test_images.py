@@ -27,7 +27,7 @@ from visionfleet.planner.classes import resolve_classes
 from visionfleet_e2e import images
 from visionfleet_e2e.local_process import free_port
 
-from ..helpers import wait_for
+from ..helpers import moto_s3, wait_for
 
 pytestmark = pytest.mark.images
 
@@ -99,19 +99,8 @@ BUCKET, S3_KEYS = "vision-models", {"AWS_ACCESS_KEY_ID": "AKIAVISIONFLEET", "AWS
 @pytest.fixture(scope="module")
 def s3():
     """A real S3 API (moto's server) on this machine's loopback: the images run with the host's network."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    with moto_s3(BUCKET, S3_KEYS) as s3_api:
+        yield s3_api
 
 
 @pytest.fixture(scope="module")

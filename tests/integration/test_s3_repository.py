@@ -29,6 +29,8 @@ from visionfleet.planner.classes import resolve_classes
 from visionfleet_compile import zoo
 from visionfleet_e2e.triton import TritonServer
 
+from ..helpers import moto_s3
+
 REV, VD, NS, BUCKET = "0123456789ab", "doorbell", "vision", "vision-models"
 SECRET = {"AWS_ACCESS_KEY_ID": "AKIAVISIONFLEET", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
 BIN = Path(sys.executable).parent
@@ -36,18 +38,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def s3():
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{
-        "aws_access_key_id": SECRET["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": SECRET["AWS_SECRET_ACCESS_KEY"]})
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+    with moto_s3(BUCKET, SECRET) as s3_api:
+        yield s3_api
 
 
 @pytest.fixture(scope="module")

@@ -58,9 +58,11 @@ from visionfleet.planner.model import (
 )
 from visionfleet.planner.snapshot import snapshot_from_data
 
+from visionfleet_contract.schema import RESULT_KEPT
+
 log = logging.getLogger("visionfleet.observe")
 
-RESULT_KEYS = {"artifact", "sha256", "accuracy", "p99MsAtBatch", "batching", "files", "parameters"}
+RESULT_KEYS = frozenset(RESULT_KEPT)  # what the compile program keeps in a truncated message: all we read
 
 
 @dataclass
