@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from visionfleet.api.status import CompileResult, CompileState
+from visionfleet.api.status import ClassStatus, CompileResult, CompileState
 
 from .classes import ResolvedClass
 from .durations import seconds
@@ -142,9 +142,14 @@ def stop_compiles(p: PassState, rev: str) -> None:
         if j.revision == rev and j.state not in TERMINAL:
             p.actions.append(DeleteCompileJob(j.class_name, rev))
     for cs in p.cs.values():
-        if cs.compile is not None and cs.compile.revision == rev and cs.compile.state not in TERMINAL:
-            # Not a compile failure: the class goes back to what it had (the stable's result, if any).
-            cs.compile, cs.stable = (cs.stable, None) if cs.stable is not None else (None, None)
+        _forget_compile(cs, rev)
+
+
+def _forget_compile(cs: ClassStatus, rev: str) -> None:
+    """A compile of ``rev`` stopped before it ended. Not a compile failure: the class goes back to
+    what it had (the stable's result, if any)."""
+    if cs.compile is not None and cs.compile.revision == rev and cs.compile.state not in TERMINAL:
+        cs.compile, cs.stable = (cs.stable, None) if cs.stable is not None else (None, None)
 
 
 def stop_unwanted_compiles(p: PassState) -> None:
@@ -160,10 +165,8 @@ def stop_unwanted_compiles(p: PassState) -> None:
             continue
         p.actions.append(DeleteCompileJob(j.class_name, j.revision))
         deleting.add(key)
-        cs = p.cs.get(j.class_name)
-        if cs is not None and cs.compile is not None and cs.compile.revision == j.revision \
-                and cs.compile.state not in TERMINAL:
-            cs.compile, cs.stable = (cs.stable, None) if cs.stable is not None else (None, None)
+        if (cs := p.cs.get(j.class_name)) is not None:
+            _forget_compile(cs, j.revision)
 
 
 def mark_retry(p: PassState, rev: str) -> None:
