@@ -128,8 +128,31 @@ def cpu_has_vnni() -> bool:
     return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) or "avx2" not in flags
 
 
+def head_nodes(src: Path, depth: int = 1) -> list[str]:
+    """The output side of the graph, the layers int8 hurts most in a detector or segmenter: every node
+    after the last ``depth`` convolutions (Conv, ConvTranspose, MatMul, Gemm) on each path to an
+    output, those convolutions included. Names, for ``build_int8(exclude=…)``."""
+    model = onnx.load(str(src), load_external_data=False)
+    nodes = list(model.graph.node)
+    compute = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    # Walk back from the outputs; a path stops after it has crossed ``depth`` convolutions.
+    seen: dict[int, int] = {}
+    stack = [(producer[o.name], 0) for o in model.graph.output if o.name in producer]
+    while stack:
+        i, crossed = stack.pop()
+        crossed += nodes[i].op_type in compute
+        if seen.get(i, depth + 1) <= crossed:
+            continue
+        seen[i] = crossed
+        if crossed >= depth:
+            continue  # this convolution is kept in fp32; the layers before it are not
+        stack += [(producer[t], crossed) for t in nodes[i].input if t in producer]
+    return sorted({nodes[i].name or f"{nodes[i].op_type}_{i}" for i in seen})
+
+
 def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str,
-               reduce_range: bool | None = None, symmetric: bool = False) -> Path:
+               reduce_range: bool | None = None, symmetric: bool = False, exclude: list[str] | None = None) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration``.
 
     On a CPU without VNNI the weights use 7 bits (ONNX Runtime's ``reduce_range``), which keeps
@@ -139,6 +162,7 @@ def build_int8(src: Path, dest: Path, calibration: np.ndarray, input_name: str,
 
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(input_name, calibration)
     quantize_static(str(src), str(dest), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    nodes_to_exclude=list(exclude or []),
                     reduce_range=(not cpu_has_vnni()) if reduce_range is None else reduce_range,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     # TensorRT accepts only symmetric (zero-point 0) quantisation.
@@ -153,12 +177,23 @@ class Runner:
         self.session = session(path, parameters)
         self.name = self.session.get_inputs()[0].name
 
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.name: x})[0]
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(None, {self.name: x})))
 
 
 def predict(runner, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([runner.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def predict_all(runner, x: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
+    """Every output of ``runner`` on ``x`` by name (``run_all``), batch by batch."""
+    parts = [runner.run_all(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray) -> Path:
+def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, exclude: list[str] | None = None) -> Path:
+    """``exclude``: ONNX node names NNCF leaves unquantised (a detector's head when the gate needs it);
+    OpenVINO names each converted operation after its ONNX node."""
     import openvino as ov
 
     model = ov.convert_model(str(src))
@@ -59,10 +61,22 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray) -> 
         fix = nncf.OverflowFix.FIRST_LAYER if cpu_has_vnni() else nncf.OverflowFix.ENABLE
         model = nncf.quantize(model, dataset, subset_size=len(calibration),
                               preset=nncf.QuantizationPreset.PERFORMANCE, fast_bias_correction=False,
-                              advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix))
+                              advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix),
+                              ignored_scope=_ignored(model, exclude))
     dest = out_dir / ARTIFACT
     ov.save_model(model, str(dest), compress_to_fp16=False)
     return dest
+
+
+def _ignored(model, exclude: list[str] | None):
+    """NNCF's IgnoredScope for the operations converted from ``exclude`` (ONNX node names), or None."""
+    if not exclude:
+        return None
+    import nncf
+
+    wanted = set(exclude)
+    names = [op.get_friendly_name() for op in model.get_ops() if op.get_friendly_name() in wanted]
+    return nncf.IgnoredScope(names=names, validate=False) if names else None
 
 
 class Runner:
@@ -88,6 +102,10 @@ class Runner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.request.infer([x])[self.output]
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.request.infer([x])
+        return {o.get_any_name(): np.asarray(res[o]) for o in self.compiled.outputs}
 
 
 def artifact_files(out_dir: Path) -> list[Path]:

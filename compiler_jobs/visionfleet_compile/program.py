@@ -33,6 +33,7 @@ from typing import Any
 
 from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, EXIT_BAD_INPUT, EXIT_GATE, MESSAGE_MAX,
                                   TERMINATION_LOG, TERMINATION_LOG_ENV, cpu_threads, triton_config)
+from visionfleet_contract import tasks
 from visionfleet_contract.schema import RESULT_KEPT
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -69,8 +70,35 @@ def _output_dir(request: dict, workdir: Path) -> tuple[Path, str]:
     return local, f"file://{local}"
 
 
+# The labels of each task in the calibration .npz (gates.py documents their shapes).
+LABEL_ARRAY = {"classification": "labels", "detection": "boxes", "segmentation": "masks"}
+
+
+def _held_out_labels(data, task: str, n: int, total: int):
+    """The held-out samples' labels for ``task`` from the .npz (None when it has none): classification
+    labels [N]; detection one (boxes, classes) per held-out image; segmentation masks [N, H, W]."""
+    import numpy as np
+
+    from . import gates
+
+    key = LABEL_ARRAY.get(task)
+    if key is None or key not in data.files:
+        return None
+    arr = data[key]
+    held = np.arange(n, total) if total > n else np.arange(total)
+    if task == "detection":
+        if arr.ndim != 2 or arr.shape[1] != 6:
+            raise TargetUnavailable("compile.calibration.uri", f"boxes is {list(arr.shape)}; it must be [M, 6]: image "
+                                                               f"index, class, x1, y1, x2, y2 in input pixels")
+        return gates.label_boxes(arr, held)
+    if len(arr) != total:
+        raise TargetUnavailable("compile.calibration.uri", f"{key} has {len(arr)} entries for {total} images")
+    return arr[held]
+
+
 def _samples(request: dict, workdir: Path):
-    """(calibration inputs, evaluation inputs, evaluation labels or None)."""
+    """(calibration inputs, evaluation inputs, evaluation labels or None); the labels are the task's
+    (``_held_out_labels``)."""
     import numpy as np
 
     from .fetch import fetch
@@ -85,10 +113,10 @@ def _samples(request: dict, workdir: Path):
         x = rng.standard_normal((64, *shape), dtype=np.float32)
         return x[:0], x, None
     path = fetch(calib["uri"], calib.get("sha256"), "compile.calibration.uri", workdir)
+    task = model.get("task") or "classification"
     try:
         data = np.load(path)
         images = data["images"] if "images" in data.files else data[data.files[0]]
-        labels = data["labels"] if "labels" in data.files else None
     except Exception as e:
         raise TargetUnavailable("compile.calibration.uri", f"not a readable .npz with an 'images' array: {e}") from e
     if list(images.shape[1:]) != shape:
@@ -96,8 +124,7 @@ def _samples(request: dict, workdir: Path):
                                                            f"model input {model['inputs'][0]['name']} is {shape}")
     n = min(int(calib.get("samples", 512)), len(images))
     held_out = images[n:] if len(images) > n else images  # too few samples: evaluate on what there is
-    held_labels = (labels[n:] if len(images) > n else labels) if labels is not None else None
-    return images[:n].astype(np.float32), held_out.astype(np.float32), held_labels
+    return images[:n].astype(np.float32), held_out.astype(np.float32), _held_out_labels(data, task, n, len(images))
 
 
 PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8"), "tensorrt": ("fp16", "int8")}
@@ -123,26 +150,101 @@ def _target(runtime: str, precision: str | None = None):
 
 
 def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
-                   workdir: Path, parameters: dict[str, str] | None = None):
+                   workdir: Path, parameters: dict[str, str] | None = None, exclude: list[str] | None = None):
     """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions); the
-    runner runs under config.pbtxt's ``parameters`` (the CPU threads). ``_target`` has already
-    refused a pair this node cannot build."""
+    runner runs under config.pbtxt's ``parameters`` (the CPU threads). ``exclude``: ONNX nodes an
+    int8 build keeps in higher precision (``_task_gate``). ``_target`` has already refused a pair this
+    node cannot build."""
     target = _target(runtime, precision)
     workdir.mkdir(parents=True, exist_ok=True)
     if runtime == "onnxruntime":
         import onnxruntime
 
         if precision == "int8":
-            artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name)
+            artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name, exclude=exclude)
         else:
             artifact = target.build_fp32(src, out_dir / "model.onnx")
         return artifact, target.Runner(artifact, parameters), {"onnxruntime": onnxruntime.__version__}
     if runtime == "openvino":
-        artifact = target.build(src, out_dir, precision, calib)
+        artifact = target.build(src, out_dir, precision, calib, exclude=exclude)
         return artifact, target.Runner(artifact, parameters=parameters), target.versions()
     # tensorrt: the GPU computes, no CPU thread parameters (cpu_threads gives none)
-    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir)
+    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir, exclude=exclude)
     return artifact, target.Runner(artifact), target.versions()
+
+
+# int8 builds of detectors and segmenters that miss the gate are rebuilt with their output-side
+# layers in higher precision, one depth at a time (onnxrt.head_nodes): where int8 usually hurts.
+HEAD_DEPTHS = (1, 2)
+
+
+def _reference_meta(task, model_spec: dict, outputs: dict, calib) -> dict:
+    """How the monitor summarises live outputs as the reference's were (``reference.output_features``)."""
+    params = tasks.resolve(model_spec)
+    meta: dict = {"task": task.value, "params": params}
+    if calib.ndim == 4:
+        meta["imageHW"] = [int(calib.shape[2]), int(calib.shape[3])]
+    if task == tasks.Task.DETECTION:
+        if params["layout"] == tasks.DetectionLayout.BOXES.value:
+            ids = outputs[params["classes"]] if params.get("classes") else None
+            meta["classes"] = int(ids.max()) + 1 if ids is not None and ids.size else 1
+        else:
+            head = outputs[params["output"]]
+            meta["classes"] = int(head.shape[1] - 4 if params["layout"] == tasks.DetectionLayout.ANCHOR_FREE.value
+                                  else head.shape[2] - 5)
+    elif task == tasks.Task.SEGMENTATION:
+        meta["classes"] = tasks.masks(outputs, params)[1]
+    return meta
+
+
+def _measure(task, params, reference_runner, built, held_out, labels):
+    from . import gates, onnxrt
+
+    ref = onnxrt.predict_all(reference_runner, held_out)
+    got = onnxrt.predict_all(built, held_out)
+    if task == tasks.Task.DETECTION:
+        return gates.detection(ref, got, params, labels)
+    if task == tasks.Task.SEGMENTATION:
+        try:
+            return gates.segmentation(ref, got, params, labels)
+        except ValueError as e:
+            raise TargetUnavailable("compile.calibration.uri", str(e)) from e
+    return gates.tensors(ref, got)
+
+
+def _task_gate(task, params, metric, least, reference_runner, built, artifact, held_out, labels, rebuild, src,
+               int8: bool):
+    """The gate of a detector, segmenter or other model → (measured, runner, artifact, nodes kept in
+    fp32). An int8 artifact that misses it is rebuilt with its head in higher precision (deeper each
+    try, ``HEAD_DEPTHS``) before the gate fails."""
+    from . import onnxrt
+
+    kept: list[str] = []
+    depths = iter(HEAD_DEPTHS if int8 else ())
+    while True:
+        try:
+            m = _measure(task, params, reference_runner, built, held_out, labels)
+        except (KeyError, ValueError) as e:  # an output the spec names wrongly, a head of another shape
+            raise TargetUnavailable(f"model.{task.value}", f"the outputs do not read as declared: {e}") from e
+        log("accuracy", task=task.value, samples=m.samples, labelled=m.labelled, gate={"metric": metric, "min": least},
+            fp32_nodes=len(kept), **m.metrics, reference=m.reference, **m.details)
+        if metric not in m.metrics:
+            raise TargetUnavailable("compile.accuracyGate.metric",
+                                    f"{metric} needs labels for the held-out samples in the calibration .npz "
+                                    f"(array {LABEL_ARRAY[task.value]!r}; see docs/compile.md)")
+        if m.metrics[metric] >= least:
+            return m, built, artifact, len(kept)
+        depth = next(depths, None)
+        if depth is None:
+            others = ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k != metric)
+            raise GateFailed(f"accuracy gate failed: {metric} {m.metrics[metric]:.4f} < {least} on {m.samples} "
+                             f"held-out samples (task {task.value}; {others}"
+                             + (f"; fp32 reference {', '.join(f'{k} {v:.4f}' for k, v in m.reference.items())}"
+                                if m.reference else "")
+                             + (f"; head kept in fp32: {len(kept)} nodes" if kept else "") + ")")
+        kept = onnxrt.head_nodes(src, depth)
+        log("rebuild", reason=f"{metric} {m.metrics[metric]:.4f} < {least}", fp32_nodes=len(kept), depth=depth)
+        artifact, built, _ = rebuild(kept)
 
 
 def check_triton_config(text: str) -> None:
@@ -173,7 +275,7 @@ def thread_parameters(request: dict, instances: int) -> dict[str, str]:
 
 
 def compile_request(request: dict, workdir: Path) -> dict:
-    from . import onnxrt
+    from . import gates, onnxrt
     from .batching import choose_batching
     from .fetch import fetch, sha256_of
 
@@ -194,25 +296,46 @@ def compile_request(request: dict, workdir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     log("build", runtime=runtime, precision=precision, calibration_samples=len(calib))
     started = time.monotonic()
+    def rebuild(exclude: list[str]):
+        """The artifact again with ``exclude`` (ONNX node names) kept in fp32 (int8 only)."""
+        return build_artifact(runtime, precision, src, out_dir, calib, model_spec["inputs"][0]["name"],
+                              workdir / "build", parameters, exclude=exclude)
+
     artifact, built, versions = build_artifact(runtime, precision, src, out_dir, calib,
                                                model_spec["inputs"][0]["name"], workdir / "build", parameters)
     log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
         seconds=round(time.monotonic() - started, 1), **versions)
 
-    acc = onnxrt.compare(onnxrt.Runner(src), built, held_out, labels)
-    gate = compile_spec.get("accuracyGate") or {"metric": "top1Agreement", "min": 0.99}
-    measured = acc.top1_agreement if gate["metric"] == "top1Agreement" else acc.top1_accuracy
-    log("accuracy", top1_agreement=acc.top1_agreement, top1_accuracy=acc.top1_accuracy,
-        reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, labelled=acc.labelled, gate=gate)
-    if measured is None:
-        raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels (≥ 0) for the held-out "
-                                                               "samples in the calibration .npz")
-    if measured < gate["min"]:
-        raise GateFailed(f"accuracy gate failed: {gate['metric']} {measured:.4f} < {gate['min']} "
-                         f"on {acc.samples} held-out samples (runtime {runtime}, precision {precision}; "
-                         f"top-1 agreement {acc.top1_agreement:.4f}"
-                         + (f", top-1 accuracy {acc.top1_accuracy:.4f} vs fp32 {acc.reference_accuracy:.4f})"
-                            if acc.top1_accuracy is not None else ")"))
+    task = tasks.task_of(model_spec)
+    metric, least = gates.gate_of(task, compile_spec.get("accuracyGate"))
+    gate = {"metric": metric, "min": least}
+    reference_runner = onnxrt.Runner(src)
+    if task == tasks.Task.CLASSIFICATION:
+        acc = onnxrt.compare(reference_runner, built, held_out, labels)
+        measured = acc.top1_agreement if metric == "top1Agreement" else acc.top1_accuracy
+        log("accuracy", top1_agreement=acc.top1_agreement, top1_accuracy=acc.top1_accuracy,
+            reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, labelled=acc.labelled, gate=gate)
+        if measured is None:
+            raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels (≥ 0) for the "
+                                                                   "held-out samples in the calibration .npz")
+        if measured < least:
+            raise GateFailed(f"accuracy gate failed: {metric} {measured:.4f} < {least} "
+                             f"on {acc.samples} held-out samples (runtime {runtime}, precision {precision}; "
+                             f"top-1 agreement {acc.top1_agreement:.4f}"
+                             + (f", top-1 accuracy {acc.top1_accuracy:.4f} vs fp32 {acc.reference_accuracy:.4f})"
+                                if acc.top1_accuracy is not None else ")"))
+        extra = {"top1Agreement": round(acc.top1_agreement, 6),
+                 **({"top1Accuracy": round(acc.top1_accuracy, 6),
+                     "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
+                    if acc.top1_accuracy is not None else {})}
+    else:
+        params = tasks.resolve(model_spec)
+        m, built, artifact, kept = _task_gate(task, params, metric, least, reference_runner, built, artifact, held_out,
+                                              labels, rebuild, src, int8=precision == "int8")
+        measured = m.metrics[metric]
+        extra = {"metrics": {k: round(v, 6) for k, v in m.metrics.items()},
+                 **({"referenceMetrics": {k: round(v, 6) for k, v in m.reference.items()}} if m.reference else {}),
+                 **({"fp32Nodes": kept} if kept else {})}
 
     drift_ref = None
     if len(calib):
@@ -220,10 +343,14 @@ def compile_request(request: dict, workdir: Path) -> dict:
         # samples reduced), next to the artifact, so each revision of each class carries its own.
         from visionfleet_contract import reference
 
-        ref = reference.build(calib, onnxrt.predict(built, calib))
+        if task == tasks.Task.CLASSIFICATION:
+            ref = reference.build(calib, onnxrt.predict(built, calib))
+        else:
+            outputs = onnxrt.predict_all(built, calib)
+            ref = reference.build(calib, outputs, meta=_reference_meta(task, model_spec, outputs, calib))
         drift_ref = reference.write(ref, out_dir)
-        log("drift-reference", file=drift_ref.name, samples=ref.samples, classes=ref.classes,
-            reduced_dims=ref.reduced.shape[1])
+        log("drift-reference", file=drift_ref.name, samples=ref.samples, features=ref.classes,
+            reduced_dims=ref.reduced.shape[1], task=task.value)
 
     log("profile", batches=list(BATCHES), cpu_limit=request.get("cpuLimit"), instances=instances,
         parameters=parameters)
@@ -271,9 +398,8 @@ def compile_request(request: dict, workdir: Path) -> dict:
         "files": files,
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
         "driftReference": f"{out_uri}/{drift_ref.name}" if drift_ref else None,
-        "top1Agreement": round(acc.top1_agreement, 6),
-        **({"top1Accuracy": round(acc.top1_accuracy, 6), "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
-           if acc.top1_accuracy is not None else {}),
+        **({"accuracyMetric": metric} if task != tasks.Task.CLASSIFICATION else {}),
+        **extra,
         # Only when there are any: a result without the field renders exactly the config.pbtxt of before.
         **({"parameters": parameters} if parameters else {}),
     }

@@ -88,7 +88,9 @@ def _fp16_onnx(src: Path, dest: Path) -> Path:
 
 
 def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, input_name: str,
-          max_batch: int, workdir: Path) -> Path:
+          max_batch: int, workdir: Path, exclude: list[str] | None = None) -> Path:
+    """``exclude``: ONNX nodes of an int8 build left without Q/DQ, so the strongly typed network keeps
+    them in fp32 (a detector's head when the gate needs it)."""
     import tensorrt as trt
 
     from .onnxrt import build_int8
@@ -101,7 +103,7 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, inp
     if precision == "int8":
         # GPUs have no AVX2 saturation issue: full 8-bit weights.
         onnx_path = build_int8(src, workdir / "model.qdq.onnx", calibration, input_name, reduce_range=False,
-                               symmetric=True)
+                               symmetric=True, exclude=exclude)
     elif precision == "fp16":
         if hasattr(trt.BuilderFlag, "FP16"):
             config.set_flag(trt.BuilderFlag.FP16)
@@ -132,7 +134,7 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, inp
 
 
 class Runner:
-    """Runs the engine with device buffers from torch; returns the first output on the host."""
+    """Runs the engine with device buffers from torch; returns the outputs on the host."""
 
     def __init__(self, plan: Path):
         import tensorrt as trt
@@ -150,6 +152,10 @@ class Runner:
         self.stream = torch.cuda.Stream()
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        return self.run_all(x)[self.outputs[0]]
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output on the host by name (the accuracy gate of detectors reads them all)."""
         torch = self.torch
         with torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(x)).cuda(non_blocking=False)
@@ -166,7 +172,8 @@ class Runner:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
             self.stream.synchronize()
-        return outs[0].float().cpu().numpy()
+        return {name: (out.float() if out.is_floating_point() else out).cpu().numpy()
+                for name, out in zip(self.outputs, outs)}
 
 
 def artifact_files(out_dir: Path) -> list[Path]:

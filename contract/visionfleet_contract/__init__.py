@@ -8,8 +8,8 @@ share, so each constant below has exactly one definition:
     compile program ──(files in the model repository: ARTIFACT_FILE, CONFIG_FILE, REFERENCE_FILE)──► Triton, monitor
     monitor ──(DRIFT_METRICS on MONITOR_PORT, scraped by Prometheus)──► operator's analysis
 
-Importable with no third-party package (the operator image has no numpy); ``reference`` alone needs
-numpy, and only the compile program and the monitor import it.
+Importable with no third-party package (the operator image has no numpy); ``reference`` and ``tasks``
+(how each task's outputs are read) need numpy, and only the compile program and the monitor import them.
 """
 
 from __future__ import annotations

@@ -2,8 +2,13 @@
 set, built by the compile Job next to the artifact (``drift-reference.npz`` in the model repository
 entry), so every revision of every class carries its own.
 
-    probs      [N, C] float32   the artifact's softmax outputs on the calibration samples
-                                (black-box shift detection, BBSD: the default detector tests these)
+    probs      [N, F] float32   what the default detector (bbsd-ks) tests, per calibration sample:
+                                classification: the artifact's softmax outputs (black-box shift
+                                detection, BBSD); detection, segmentation, other: the per-image
+                                summaries of the artifact's outputs (``tasks.summaries``)
+    meta       JSON             task, its output parameters (spec.model.detection/segmentation with
+                                defaults), classes and input height/width: how the monitor summarises
+                                live outputs the same way (absent in older references: classification)
     reduced    [N, D] float32   the inputs reduced to D dimensions (the MMD detector tests these):
                                 images [N, ch, H, W] are average-pooled to ch × 8 × 8, then every
                                 input is projected by a fixed random Gaussian matrix (seeded, so the
@@ -17,12 +22,14 @@ Only numpy: the compile program writes it, the monitor reads it; the operator ne
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from . import REFERENCE_FILE
+from . import REFERENCE_FILE, tasks
 
 FORMAT = 1
 POOL = 8
@@ -70,6 +77,16 @@ class Reference:
     reduced: np.ndarray
     seed: int
     pool: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> tasks.Task:
+        return tasks.Task(self.meta.get("task") or tasks.Task.CLASSIFICATION.value)
+
+    def features(self, outputs: "np.ndarray | Mapping[str, np.ndarray]") -> np.ndarray:
+        """Live outputs (the first output's array, or every output by name) summarised as the
+        reference's ``probs`` were."""
+        return output_features(outputs, self.meta)
 
     @property
     def samples(self) -> int:
@@ -81,8 +98,9 @@ class Reference:
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
+        extra = {"meta": np.array(json.dumps(self.meta, sort_keys=True))} if self.meta else {}
         np.savez(buf, format=np.int64(FORMAT), probs=self.probs, reduced=self.reduced,
-                 seed=np.int64(self.seed), pool=np.int64(self.pool))
+                 seed=np.int64(self.seed), pool=np.int64(self.pool), **extra)
         return buf.getvalue()
 
 
@@ -90,15 +108,34 @@ class ReferenceError(ValueError):
     pass
 
 
-def build(inputs: np.ndarray, outputs: np.ndarray, seed: int = 0, pool: int = POOL,
-          max_samples: int = MAX_REFERENCE) -> Reference:
-    """The reference from calibration inputs and the artifact's outputs on them."""
-    if len(inputs) != len(outputs) or len(inputs) == 0:
-        raise ReferenceError(f"{len(inputs)} inputs and {len(outputs)} outputs: a reference needs one output "
+def output_features(outputs: "np.ndarray | Mapping[str, np.ndarray]", meta: Mapping[str, Any]) -> np.ndarray:
+    """What bbsd-ks tests per sample: softmax of a classifier's (first) output; per-image summaries
+    of a detector's, segmenter's or other model's outputs (``tasks.summaries``)."""
+    task = tasks.Task(meta.get("task") or tasks.Task.CLASSIFICATION.value)
+    if task == tasks.Task.CLASSIFICATION:
+        first = outputs if isinstance(outputs, np.ndarray) else outputs[meta.get("output") or next(iter(outputs))]
+        return softmax(first)
+    if isinstance(outputs, np.ndarray):
+        raise ReferenceError(f"task {task.value} needs every output by name, not one array")
+    hw = meta.get("imageHW")
+    return tasks.summaries(task, outputs, meta.get("params") or {}, tuple(hw) if hw else None, meta.get("classes"))
+
+
+def build(inputs: np.ndarray, outputs: "np.ndarray | Mapping[str, np.ndarray]", seed: int = 0, pool: int = POOL,
+          max_samples: int = MAX_REFERENCE, meta: Mapping[str, Any] | None = None) -> Reference:
+    """The reference from calibration inputs and the artifact's outputs on them: the first output's
+    array (a classifier), or every output by name with ``meta`` saying how to summarise them."""
+    meta = dict(meta or {})
+    first = outputs if isinstance(outputs, np.ndarray) else next(iter(outputs.values()))
+    if len(inputs) != len(first) or len(inputs) == 0:
+        raise ReferenceError(f"{len(inputs)} inputs and {len(first)} outputs: a reference needs one output "
                              f"per calibration sample")
     n = min(len(inputs), max_samples)
-    return Reference(probs=softmax(outputs[:n]), reduced=reduce_inputs(inputs[:n], seed, pool).astype(np.float32),
-                     seed=seed, pool=pool)
+    head = outputs[:n] if isinstance(outputs, np.ndarray) else {k: v[:n] for k, v in outputs.items()}
+    if meta.get("task") in (None, tasks.Task.CLASSIFICATION.value):
+        meta = {}  # a classifier's reference reads as before (and by older monitors)
+    return Reference(probs=output_features(head, meta), reduced=reduce_inputs(inputs[:n], seed, pool).astype(np.float32),
+                     seed=seed, pool=pool, meta=meta)
 
 
 def write(ref: Reference, out_dir: Path) -> Path:
@@ -116,7 +153,8 @@ def load(path: Path) -> Reference:
                 raise ReferenceError(f"{path}: reference format {int(z['format'])}, this monitor reads {FORMAT} "
                                      f"(recompile the revision with a matching compile image)")
             ref = Reference(probs=z["probs"].astype(np.float32), reduced=z["reduced"].astype(np.float32),
-                            seed=int(z["seed"]), pool=int(z["pool"]))
+                            seed=int(z["seed"]), pool=int(z["pool"]),
+                            meta=json.loads(str(z["meta"])) if "meta" in z.files else {})
     except FileNotFoundError:
         raise ReferenceError(f"{path}: no drift reference (the compile Job writes {REFERENCE_FILE} next to the "
                              f"artifact; was this revision compiled by an older compile image?)") from None

@@ -105,7 +105,9 @@ def test_defaults_reach_the_schema():
     assert spec["fleet"]["properties"]["classes"]["items"]["properties"]["replicas"]["default"] == {"min": 1, "max": 4}
     assert spec["analysis"]["properties"]["interval"]["default"] == "30s"
     assert spec["rollout"]["properties"]["steps"]["default"][0] == {"setWeight": 10, "pause": "1m"}
-    assert spec["compile"]["properties"]["accuracyGate"]["properties"]["min"]["default"] == 0.99
+    # The gate's defaults depend on model.task: unset in the schema, resolved by the compile program.
+    gate = spec["compile"]["properties"]["accuracyGate"]
+    assert "default" not in gate and "default" not in gate["properties"]["min"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])

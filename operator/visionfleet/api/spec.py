@@ -100,6 +100,111 @@ class TensorSpec(Model):
 
 
 TensorList = Annotated[list[TensorSpec], Field(min_length=1, max_length=16)]
+OUTPUT_NAME = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$", min_length=1, max_length=128)]
+
+
+class Task(str, Enum):
+    """What the model computes; it decides how its outputs are read (accuracy gate, drift summaries)."""
+
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+    OTHER = "other"
+
+
+class DetectionLayout(str, Enum):
+    BOXES = "boxes"
+    ANCHOR_FREE = "anchorFree"
+    OBJECTNESS = "objectness"
+
+
+class SegmentationLayout(str, Enum):
+    LOGITS = "logits"
+    PROBABILITY = "probability"
+    MASK = "mask"
+
+
+class BoxFormat(str, Enum):
+    XYXY = "xyxy"
+    XYWH = "xywh"
+    CXCYWH = "cxcywh"
+
+
+class DetectionOutputs(Model):
+    """How a detector's outputs are read (docs/compile.md, "The gate per task")."""
+
+    layout: DetectionLayout = Field(description=(
+        "boxes: NMS is in the graph; outputs boxes [N, D, 4], scores [N, D], optional classes [N, D] and count [N] "
+        "(name them below). anchorFree: one raw head [N, 4 + C, anchors] (cx, cy, w, h in input pixels, then C "
+        "class scores; YOLOv8 style), decoded and NMS-ed by the compile Job and the drift monitor. objectness: one "
+        "raw head [N, anchors, 5 + C] (cx, cy, w, h, objectness, C class scores; YOLOv5/YOLOX exported with "
+        "decoding)."))
+    output: OUTPUT_NAME | None = Field(default=None, description=(
+        "anchorFree and objectness: the head's output name. Unset: the first of model.outputs."))
+    boxes: OUTPUT_NAME | None = Field(default=None, description="boxes (required): the output with the boxes [N, D, 4].")
+    scores: OUTPUT_NAME | None = Field(default=None, description="boxes (required): the output with the scores [N, D].")
+    classes: OUTPUT_NAME | None = Field(default=None, description=(
+        "boxes: the output with the class ids [N, D]. Unset: one class."))
+    count: OUTPUT_NAME | None = Field(default=None, description=(
+        "boxes: the output with the number of valid detections per image [N] or [N, 1] (padded outputs, e.g. "
+        "TensorRT's EfficientNMS). Unset: every row with a score at least scoreThreshold counts."))
+    box_format: BoxFormat | None = Field(default=None, description=(
+        "boxes: xyxy (corners), xywh (corner, size) or cxcywh (centre, size), in input pixels. Default xyxy."))
+    score_threshold: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, description=(
+        "Detections scoring at least this count (accuracy gate F1, drift summaries). Default 0.25."))
+    iou_threshold: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, description=(
+        "anchorFree and objectness: IoU above which NMS suppresses the lower-scoring box of a class. Default 0.45."))
+    max_detections: Annotated[int, Field(ge=1, le=10_000)] | None = Field(default=None, description=(
+        "anchorFree and objectness: most detections kept per image after NMS. Default 300."))
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("self.layout != 'boxes' || (has(self.boxes) && has(self.scores))",
+                "layout boxes needs the names of its boxes and scores outputs (model.detection.boxes, "
+                "model.detection.scores)", field_path=".boxes", reason="FieldValueRequired"),
+            cel("self.layout == 'boxes' || !(has(self.boxes) || has(self.scores) || has(self.classes) "
+                "|| has(self.count) || has(self.boxFormat))",
+                "boxes, scores, classes, count and boxFormat belong to layout boxes; a raw head (anchorFree, "
+                "objectness) is one output: name it in model.detection.output", field_path=".layout",
+                reason="FieldValueInvalid"),
+            cel("self.layout != 'boxes' || (!has(self.output) && !has(self.iouThreshold) && !has(self.maxDetections))",
+                "layout boxes has NMS in the graph: output, iouThreshold and maxDetections apply to anchorFree and "
+                "objectness heads only", field_path=".layout", reason="FieldValueInvalid"),
+        )
+    }
+
+
+class SegmentationOutputs(Model):
+    """How a segmenter's output is read (docs/compile.md, "The gate per task")."""
+
+    layout: SegmentationLayout = Field(description=(
+        "logits: class scores [N, C, H, W], the class of a pixel is the highest (C = 1: one sigmoid logit, "
+        "foreground above threshold); probability: a foreground probability [N, 1, H, W] (e.g. DBNet's text map); "
+        "mask: class ids [N, H, W] or [N, 1, H, W] (argmax in the graph)."))
+    output: OUTPUT_NAME | None = Field(default=None, description=(
+        "The output read. Unset: the first of model.outputs."))
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(default=None, description=(
+        "probability, and logits with one channel: foreground when the probability is above this. Default 0.5."))
+    num_classes: Annotated[int, Field(ge=1, le=4096)] | None = Field(default=None, description=(
+        "mask: the number of classes (ids 0 to numClasses - 1). Unset: the highest id seen plus one."))
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("self.layout == 'mask' || !has(self.numClasses)",
+                "numClasses is for layout mask (logits and probability carry their classes in the shape)",
+                field_path=".numClasses", reason="FieldValueInvalid"),
+            cel("self.layout != 'mask' || !has(self.threshold)",
+                "threshold is for layouts probability and logits (mask already holds class ids)",
+                field_path=".threshold", reason="FieldValueInvalid"),
+        )
+    }
+
+
+def _names_an_output(path: str, label: str) -> dict:
+    return cel(f"!has(self.{path}) || self.outputs.exists(o, o.name == self.{path})",
+               f"model.{path} must name one of model.outputs[*].name ({label})", field_path=f".{path}",
+               reason="FieldValueInvalid")
+
 
 
 class ModelSpec(Model):
@@ -123,7 +228,15 @@ class ModelSpec(Model):
         "monitor reads the first one."))
     outputs: TensorList = Field(description=(
         "The model's outputs (1 to 16, unique names), checked against the ONNX graph by the compile Job; the drift "
-        "monitor (bbsd-ks) reads the first one."))
+        "monitor (bbsd-ks) reads a classifier's first one, and every output of other tasks."))
+    task: Task | None = Field(default=None, description=(
+        "What the model computes: classification, detection, segmentation or other. It decides the accuracy gate's "
+        "metrics and what the default drift test summarises (docs/compile.md, docs/drift.md). Default "
+        "classification."))
+    detection: DetectionOutputs | None = Field(default=None, description=(
+        "task detection (required): how boxes, scores and classes are read from the outputs."))
+    segmentation: SegmentationOutputs | None = Field(default=None, description=(
+        "task segmentation (required): how the class of each pixel is read from the output."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -139,6 +252,18 @@ class ModelSpec(Model):
                 "input names must be unique", field_path=".inputs", reason="FieldValueInvalid"),
             cel("self.outputs.all(a, self.outputs.exists_one(b, b.name == a.name))",
                 "output names must be unique", field_path=".outputs", reason="FieldValueInvalid"),
+            cel("has(self.task) && self.task == 'detection' ? has(self.detection) : !has(self.detection)",
+                "model.detection (the output layout: boxes, anchorFree or objectness) is required with task "
+                "detection and read by no other task", field_path=".detection", reason="FieldValueInvalid"),
+            cel("has(self.task) && self.task == 'segmentation' ? has(self.segmentation) : !has(self.segmentation)",
+                "model.segmentation (the output layout: logits, probability or mask) is required with task "
+                "segmentation and read by no other task", field_path=".segmentation", reason="FieldValueInvalid"),
+            _names_an_output("detection.output", "the detection head"),
+            _names_an_output("detection.boxes", "the boxes output"),
+            _names_an_output("detection.scores", "the scores output"),
+            _names_an_output("detection.classes", "the class ids output"),
+            _names_an_output("detection.count", "the detection count output"),
+            _names_an_output("segmentation.output", "the segmentation output"),
         )
     }
 
@@ -424,18 +549,47 @@ class Calibration(Model):
 class AccuracyMetric(str, Enum):
     TOP1_AGREEMENT = "top1Agreement"
     TOP1_ACCURACY = "top1Accuracy"
+    DETECTION_F1 = "detectionF1"
+    DETECTION_MAP50 = "detectionMap50"
+    LABEL_MAP50 = "labelMap50"
+    MASK_MIOU = "maskMiou"
+    LABEL_MIOU = "labelMiou"
+    OUTPUT_COSINE = "outputCosine"
+
+
+# Per task: the metrics the gate may read, the default one first, and the default minimum (the compile
+# program's gates.DEFAULT_GATE states the same).
+TASK_METRICS: dict[Task, tuple[tuple[AccuracyMetric, ...], float]] = {
+    Task.CLASSIFICATION: ((AccuracyMetric.TOP1_AGREEMENT, AccuracyMetric.TOP1_ACCURACY), 0.99),
+    Task.DETECTION: ((AccuracyMetric.DETECTION_F1, AccuracyMetric.DETECTION_MAP50, AccuracyMetric.LABEL_MAP50), 0.9),
+    Task.SEGMENTATION: ((AccuracyMetric.MASK_MIOU, AccuracyMetric.LABEL_MIOU), 0.9),
+    Task.OTHER: ((AccuracyMetric.OUTPUT_COSINE,), 0.99),
+}
+
+
+_TASK_METRICS_CEL = "{" + ", ".join(
+    f"'{task.value}': [{', '.join(repr(m.value) for m in metrics)}]" for task, (metrics, _) in TASK_METRICS.items()) + "}"
+
+
+def gate_defaults(task: Task | None) -> tuple[AccuracyMetric, float]:
+    """The accuracy gate's (metric, min) when the spec leaves them unset."""
+    metrics, least = TASK_METRICS[task or Task.CLASSIFICATION]
+    return metrics[0], least
 
 
 class AccuracyGate(Model):
-    """The compiled artifact against the fp32 ONNX reference, on held-out images."""
+    """The compiled artifact against the fp32 ONNX reference, on held-out images (docs/compile.md)."""
 
-    metric: AccuracyMetric = Field(default=AccuracyMetric.TOP1_AGREEMENT, description=(
-        "top1Agreement: share of held-out images where the artifact's top-1 class is the fp32 reference's; "
-        "top1Accuracy: top-1 accuracy on the labelled held-out images (needs compile.calibration with labels). "
-        "Default top1Agreement."))
-    min: Annotated[float, Field(ge=0, le=1)] = Field(default=0.99, description=(
+    metric: AccuracyMetric | None = Field(default=None, description=(
+        "classification: top1Agreement (the artifact's top-1 class is the fp32 reference's) or top1Accuracy "
+        "(against labels). detection: detectionF1 (detections matched to the reference's at IoU 0.5, same class), "
+        "detectionMap50 (mAP@0.5 with the reference's detections as truth) or labelMap50 (mAP@0.5 against labelled "
+        "boxes). segmentation: maskMiou (mIoU against the reference's class map) or labelMiou (against labelled "
+        "masks). other: outputCosine (lowest mean cosine similarity of an output). label* and top1Accuracy need "
+        "labels in compile.calibration. Default: the task's first."))
+    min: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description=(
         "Lowest acceptable value of metric (0 to 1); below it the compile Job fails (exit 3) and the class does "
-        "not get the revision. Default 0.99."))
+        "not get the revision. Default 0.99 (classification, other) or 0.9 (detection, segmentation)."))
 
 
 class BatchingMode(str, Enum):
@@ -492,9 +646,11 @@ class CompileSpec(Model):
     calibration: Calibration | None = Field(default=None, description=(
         "Sample images; required for int8 precision, for accuracyGate.metric top1Accuracy and for analysis.drift. "
         "Unset, the gate compares on random inputs."))
-    accuracy_gate: Annotated[AccuracyGate, Field(description=(
+    # Unset rather than an empty default object: its defaults depend on model.task.
+    accuracy_gate: AccuracyGate | None = Field(default=None, description=(
         "Accuracy check of each artifact against the fp32 reference; a class whose artifact fails it does not get "
-        "the revision. Default top1Agreement at least 0.99."))] = default_object(AccuracyGate)
+        "the revision. Unset: the task's metric (top1Agreement, detectionF1, maskMiou, outputCosine) at least "
+        "0.99 (classification, other) or 0.9 (detection, segmentation)."))
     batching: Annotated[Batching, Field(description=(
         "Triton dynamic batching of the compiled model, written into its config.pbtxt. "
         "Default mode auto with latencyBudgetMs 50."))] = default_object(lambda: Batching(latency_budget_ms=50))
@@ -797,6 +953,16 @@ class VisionDeploymentSpec(Model):
                 "from its calibration set",
                 field_path=".compile.calibration",
                 reason="FieldValueRequired",
+            ),
+            cel(
+                "!has(self.compile.accuracyGate) || !has(self.compile.accuracyGate.metric) || " + _TASK_METRICS_CEL
+                + "[has(self.model.task) ? self.model.task : 'classification'].exists(m, m == "
+                "self.compile.accuracyGate.metric)",
+                "compile.accuracyGate.metric does not fit model.task: classification reads top1Agreement or "
+                "top1Accuracy; detection detectionF1, detectionMap50 or labelMap50; segmentation maskMiou or "
+                "labelMiou; other outputCosine",
+                field_path=".compile.accuracyGate.metric",
+                reason="FieldValueInvalid",
             ),
         )
     }

@@ -30,7 +30,7 @@ import hashlib
 import json
 from typing import Any
 
-from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.spec import VisionDeploymentSpec, gate_defaults
 
 REVISION_LENGTH = 12
 
@@ -50,12 +50,34 @@ def _strip_replicas(fleet: dict[str, Any]) -> dict[str, Any]:
 POLICY_COMPILE_FIELDS = ("scheduleTimeout",)
 
 
+def _gate(compile_: dict[str, Any], spec: VisionDeploymentSpec, defaults: bool) -> dict[str, Any]:
+    """compile with its accuracyGate normalised: the gate's metric and min default per task (unset in
+    the schema), so the task's default value counts as omitted, as any other default does, and an
+    object stored when the schema defaulted them (top1Agreement, 0.99) keeps its revision. The older
+    hashing (``defaults``) saw them written out."""
+    metric, least = gate_defaults(spec.model.task)
+    gate = dict(compile_.get("accuracyGate") or {})  # (unset and {} alike: the task's defaults)
+    if defaults:
+        gate.setdefault("metric", metric.value)
+        gate.setdefault("min", least)
+    else:
+        if gate.get("metric") == metric.value:
+            del gate["metric"]
+        if gate.get("min") == least:
+            del gate["min"]
+    out = {k: v for k, v in compile_.items() if k != "accuracyGate"}
+    if gate:
+        out["accuracyGate"] = gate
+    return out
+
+
 def revision_parts(spec: VisionDeploymentSpec, *, defaults: bool = False) -> dict[str, Any]:
     wire = spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=not defaults, mode="json")
     wire.setdefault("fleet", {})
     parts = {
         "model": wire["model"],
-        "compile": {k: v for k, v in wire.get("compile", {}).items() if k not in POLICY_COMPILE_FIELDS},
+        "compile": _gate({k: v for k, v in wire.get("compile", {}).items() if k not in POLICY_COMPILE_FIELDS},
+                         spec, defaults),
         "serving": wire.get("serving", {}),
         "fleet": _strip_replicas(wire["fleet"]),
     }
