@@ -398,7 +398,7 @@ def compile_request(request: dict, workdir: Path) -> dict:
         "files": files,
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
         "driftReference": f"{out_uri}/{drift_ref.name}" if drift_ref else None,
-        **({"accuracyMetric": metric} if task != tasks.Task.CLASSIFICATION else {}),
+        "accuracyMetric": metric,
         **extra,
         # Only when there are any: a result without the field renders exactly the config.pbtxt of before.
         **({"parameters": parameters} if parameters else {}),

@@ -45,3 +45,6 @@ LABEL_REVISION = "visionfleet.io/revision"
 MONITOR_PORT = 8010
 DRIFT_P_VALUE = "visionfleet_drift_p_value"  # gauge: the last test's p-value
 DRIFT_WINDOW_FILL = "visionfleet_drift_window_fill"  # gauge: samples held / window size (0..1)
+# The input-space test every monitor runs next to its detector (KS per reduced input dimension).
+DRIFT_INPUT_P_VALUE = "visionfleet_drift_input_p_value"  # gauge: the last input-space test's p-value
+DRIFT_INPUT_DETECTED = "visionfleet_drift_input_detected"  # gauge: 1 when it found drift

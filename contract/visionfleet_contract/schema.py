@@ -46,6 +46,12 @@ class CompileResult(TypedDict, total=False):
     artifact: str  # URI of the artifact file
     sha256: str
     accuracy: float  # the gate's metric as measured
+    accuracyMetric: str  # which metric accuracy is (compile.accuracyGate.metric or the task's default)
+    # Every gate metric of a detector, segmenter or other model (detectionF1, detectionMap50, labelMap50,
+    # maskMiou, labelMiou, outputCosine: gates.py), and the fp32 reference's own against labels.
+    metrics: dict[str, float]
+    referenceMetrics: dict[str, float]
+    fp32Nodes: int  # int8 nodes kept in fp32 (the head) so that the gate passes; absent when none
     p99MsAtBatch: dict[str, float]
     batching: Batching
     runtime: dict  # name, precision, library versions, cpu
@@ -66,4 +72,4 @@ class CompileResult(TypedDict, total=False):
 RESULT_REQUIRED = ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching", "files")
 # What a truncated message keeps: the required fields and every other one the operator renders
 # config.pbtxt from, or its ConfigMap would differ from the file the compile Job wrote.
-RESULT_KEPT = (*RESULT_REQUIRED, "parameters")
+RESULT_KEPT = (*RESULT_REQUIRED, "parameters", "accuracyMetric", "metrics")

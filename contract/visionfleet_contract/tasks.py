@@ -125,7 +125,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
     area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+    # Degenerate (zero-area) boxes overlap only themselves: an identical box is a match.
+    same = np.all(a[:, None, :] == b[None, :, :], axis=2)
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), same).astype(np.float32)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, limit: int) -> np.ndarray:

@@ -25,6 +25,16 @@ LABEL_KEYS = st.sampled_from(["node.kubernetes.io/instance-type", "nvidia.com/gp
 QUANTITIES = st.sampled_from(["1", "2", "500m", "1Gi", "512Mi", "0"])
 MAX_LIST = 3
 MAX_TEXT = 24
+# The accuracy gate's metrics per model.task, the default first (operator/visionfleet/api/spec.py
+# TASK_METRICS, whose root CEL rule refuses a metric of another task), and those read against labels
+# (they need compile.calibration, the labelled set).
+TASK_METRICS = {"classification": ("top1Agreement", "top1Accuracy"),
+                "detection": ("detectionF1", "detectionMap50", "labelMap50"),
+                "segmentation": ("maskMiou", "labelMiou"),
+                "other": ("outputCosine",)}
+LABELLED_METRICS = ("top1Accuracy", "labelMap50", "labelMiou")
+DETECTION_BOXES_ONLY = ("boxes", "scores", "classes", "count", "boxFormat")
+DETECTION_HEAD_ONLY = ("output", "iouThreshold", "maxDetections")
 
 
 def _bounded_text(schema: dict) -> st.SearchStrategy[str]:
@@ -153,6 +163,7 @@ def repair(spec: dict) -> dict:
                 t["name"] = f"t{i}"
             seen.add(t.get("name"))
             t["dims"] = [d if d != 0 else 1 for d in t.get("dims", [])]
+    _repair_task(model)
     fleet = spec.setdefault("fleet", {})
     names: set[str] = set()
     classes = []
@@ -205,9 +216,13 @@ def repair(spec: dict) -> dict:
         if ("secretRef" in ef) == ("configMapRef" in ef):
             ef.clear()
             ef["secretRef"] = {"name": "s"}
+    gate = comp.get("accuracyGate")
+    task_metrics = TASK_METRICS[model.get("task") or "classification"]
+    if gate and "metric" in gate and gate["metric"] not in task_metrics:
+        gate["metric"] = task_metrics[0]
     needs_calibration = any(c.get("precision") == "int8" for c in fleet.get("classes") or []) \
         or (fleet.get("discover") or {}).get("cpuPrecision") == "int8" \
-        or (comp.get("accuracyGate") or {}).get("metric") == "top1Accuracy" \
+        or (gate or {}).get("metric") in LABELLED_METRICS \
         or "drift" in (spec.get("analysis") or {})
     if needs_calibration:
         comp.setdefault("calibration", {"uri": "pvc://models/calib.npz"})
@@ -243,3 +258,36 @@ def repair(spec: dict) -> dict:
     if ("slo" in an or "drift" in an) and "prometheus" not in an:
         an["prometheus"] = {"url": "http://127.0.0.1:9"}
     return spec
+
+
+def _repair_task(model: dict) -> None:
+    """model.task against model.detection / model.segmentation (ModelSpec, DetectionOutputs and
+    SegmentationOutputs in spec.py): each layout present exactly with its task, holding only the fields
+    of its layout, and naming only outputs the model declares."""
+    task = model.get("task") or "classification"
+    outputs = [o.get("name") for o in model.get("outputs") or [] if o.get("name")] or ["output0"]
+    if not model.get("outputs"):
+        model["outputs"] = [{"name": "output0", "dataType": "FP32", "dims": [1]}]
+    for key in ("detection", "segmentation"):
+        if task != key:
+            model.pop(key, None)
+    if task == "detection":
+        det = model.setdefault("detection", {"layout": "anchorFree"})
+        det.setdefault("layout", "anchorFree")
+        if det["layout"] == "boxes":
+            for k in DETECTION_HEAD_ONLY:
+                det.pop(k, None)
+            det.setdefault("boxes", outputs[0])
+            det.setdefault("scores", outputs[-1])
+        else:
+            for k in DETECTION_BOXES_ONLY:
+                det.pop(k, None)
+        for k in ("output", *DETECTION_BOXES_ONLY[:4]):
+            if k in det and det[k] not in outputs:
+                det[k] = outputs[0]
+    if task == "segmentation":
+        seg = model.setdefault("segmentation", {"layout": "logits"})
+        seg.setdefault("layout", "logits")
+        seg.pop("threshold" if seg["layout"] == "mask" else "numClasses", None)
+        if "output" in seg and seg["output"] not in outputs:
+            seg["output"] = outputs[0]

@@ -11,7 +11,13 @@ binary-data extension — so any mirroring proxy works unchanged.
 For the default test (bbsd-ks) it needs the model's outputs: it asks its own pod's Triton
 (``--triton``, localhost) for them, at most ``--max-rate`` samples a second, through a bounded queue
 (a full queue drops the sample and counts it). Those requests show up in Triton's request count —
-at most ``--max-rate`` per pod, which the SLO analysis tolerates. The mmd test needs no Triton.
+at most ``--max-rate`` per pod, which the SLO analysis tolerates. A classifier's reference needs one
+output (``--output``, default the first: softmax); a detector's, segmenter's or other model's
+reference summarises every output, so all of them are asked for. The mmd test needs no Triton.
+
+Whatever the detector, every sample taken also goes, reduced to 32 dimensions, into a second window
+for the input-space test (KS per dimension, Bonferroni; ``detect.InputTest``): it sees shifts the
+model's outputs hide, needs no Triton, and costs milliseconds. With mmd both tests read one window.
 
 Metrics (``GET /metrics``; Prometheus attaches namespace/vision_deployment/revision/class from the
 pod's labels, as for Triton):
@@ -24,6 +30,9 @@ pod's labels, as for Triton):
     visionfleet_drift_samples_dropped_total{reason}   rate_limited | queue_full | bad_request | inference_failed
     visionfleet_drift_tests_total        tests run
     visionfleet_drift_test_seconds       duration of the last test
+    visionfleet_drift_input_p_value      last input-space test's p-value (absent until its window is first full)
+    visionfleet_drift_input_distance     last input-space test's largest KS statistic
+    visionfleet_drift_input_detected     1 when the last input-space test found drift (p < --p-value)
 """
 
 from __future__ import annotations
@@ -42,10 +51,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from visionfleet_contract import DRIFT_P_VALUE, DRIFT_WINDOW_FILL
+from visionfleet_contract import DRIFT_INPUT_DETECTED, DRIFT_INPUT_P_VALUE, DRIFT_P_VALUE, DRIFT_WINDOW_FILL
 from visionfleet_contract.reference import ReferenceError, load
 
-from .detect import DETECTORS, Detector, DetectorUnavailable
+from .detect import DETECTORS, Detector, DetectorUnavailable, InputTest
 from .window import TokenBucket, Window
 
 log = logging.getLogger("visionfleet.monitor")
@@ -100,8 +109,12 @@ class Monitor:
         self.args = args
         self.reference = load(Path(args.reference))
         self.detector = Detector(self.reference, args.detector, args.p_value)
-        dims = self.reference.classes if self.detector.needs_outputs else self.reference.reduced.shape[1]
-        self.window = Window(args.window, dims)
+        self.window = Window(args.window, self.detector.dims)
+        # The input-space test: its own window of reduced inputs (32 floats a sample), or mmd's own.
+        self.input_test = InputTest(self.reference, args.p_value)
+        self.input_window = Window(args.window, self.input_test.dims) if self.detector.needs_outputs else self.window
+        self.input_tested_total = -1
+        self.last_input: dict | None = None
         self.bucket = TokenBucket(args.max_rate)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=args.queue)
         self.tested_total = -1  # window.total at the last test
@@ -112,6 +125,11 @@ class Monitor:
         self.g_p = Gauge(DRIFT_P_VALUE, "p-value of the last drift test", registry=t)
         self.g_dist = Gauge("visionfleet_drift_distance", "distance of the last drift test", registry=t)
         self.g_drift = Gauge("visionfleet_drift_detected", "1 when the last test found drift", registry=t)
+        i = self.input_registry = CollectorRegistry()
+        self.g_in_p = Gauge(DRIFT_INPUT_P_VALUE, "p-value of the last input-space drift test", registry=i)
+        self.g_in_dist = Gauge("visionfleet_drift_input_distance", "largest KS statistic of the last input-space test",
+                               registry=i)
+        self.g_in_drift = Gauge(DRIFT_INPUT_DETECTED, "1 when the last input-space test found drift", registry=i)
         self.g_fill = Gauge(DRIFT_WINDOW_FILL, "samples held / window size", registry=r)
         self.c_samples = Counter("visionfleet_drift_samples", "samples added to the window", registry=r)
         self.c_dropped = Counter("visionfleet_drift_samples_dropped", "samples not used", ["reason"], registry=r)
@@ -137,12 +155,18 @@ class Monitor:
             x = x[:granted]
             if self.detector.needs_outputs:
                 try:
+                    reduced = self.input_test.features(x)
+                except ValueError as e:  # e.g. an input the reference's reduction does not fit
+                    self.c_dropped.labels("bad_request").inc(granted)
+                    return web.json_response({"error": str(e)[:300]}, status=400)
+                self.input_window.add(reduced)  # the input test needs no Triton: every sample taken counts
+                try:
                     self.queue.put_nowait((name, x))
                 except asyncio.QueueFull:
                     self.c_dropped.labels("queue_full").inc(granted)
                     granted = 0
             else:
-                self.add(self.detector.features(x, None))
+                self.add(self.detector.features(x, None))  # mmd: the same window feeds the input test
         return web.json_response({"accepted": granted})
 
     def add(self, features: np.ndarray) -> None:
@@ -168,6 +192,11 @@ class Monitor:
             try:
                 inp = httpclient.InferInput(name, list(x.shape), "FP32")  # the mirrored request's own input
                 inp.set_data_from_numpy(x.astype(np.float32), binary_data=True)
+                if self.detector.needs_all_outputs:  # summaries of a detector, segmenter…: every output
+                    res = await client.infer(self.args.model, [inp], outputs=None)
+                    names = [o["name"] for o in res.get_response()["outputs"]]
+                    self.add(self.detector.features(None, {n: res.as_numpy(n) for n in names}))
+                    continue
                 outputs = [httpclient.InferRequestedOutput(self.args.output, binary_data=True)] if self.args.output else None
                 res = await client.infer(self.args.model, [inp], outputs=outputs)
                 out = self.args.output or res.get_response()["outputs"][0]["name"]
@@ -178,9 +207,26 @@ class Monitor:
 
     # -- tests -----------------------------------------------------------------------------------
 
+    def test_inputs(self) -> None:
+        """The input-space test, when its window is full and has new samples (milliseconds: 32 KS tests)."""
+        if not self.input_window.full or self.input_window.total == self.input_tested_total:
+            return
+        self.input_tested_total = self.input_window.total
+        result = self.input_test.test(self.input_window.values())
+        self.g_in_p.set(result.p_value)
+        self.g_in_dist.set(result.distance)
+        self.g_in_drift.set(1 if result.drift else 0)
+        self.last_input = {"pValue": result.p_value, "distance": result.distance, "drift": result.drift,
+                           "samples": result.samples, "seconds": round(result.seconds, 3), "at": time.time()}
+        log.info(json.dumps({"phase": "tested", "detector": self.input_test.kind, **self.last_input}))
+
     async def scheduler(self) -> None:
         while True:
             await asyncio.sleep(self.args.interval)
+            try:
+                self.test_inputs()
+            except Exception:
+                log.exception("input-space drift test failed")
             if self.window.full and self.window.total != self.tested_total:
                 self.tested_total = self.window.total
                 try:
@@ -200,14 +246,17 @@ class Monitor:
     # -- http ------------------------------------------------------------------------------------
 
     async def metrics(self, _: web.Request) -> web.Response:
-        text = generate_latest(self.registry) + (generate_latest(self.tested_registry) if self.last else b"")
+        text = generate_latest(self.registry) + (generate_latest(self.tested_registry) if self.last else b"") \
+            + (generate_latest(self.input_registry) if self.last_input else b"")
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, _: web.Request) -> web.Response:
         return web.json_response({"detector": self.detector.kind, "pValueThreshold": self.args.p_value,
                                   "window": self.window.size, "held": self.window.count,
                                   "samplesTotal": self.window.total, "referenceSamples": self.reference.samples,
-                                  "queued": self.queue.qsize(), "lastTest": self.last})
+                                  "queued": self.queue.qsize(), "lastTest": self.last,
+                                  "input": {"test": self.input_test.kind, "held": self.input_window.count,
+                                            "samplesTotal": self.input_window.total, "lastTest": self.last_input}})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -259,7 +308,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--p-value", type=float, default=0.01, help="drift when p < this (default 0.01)")
     ap.add_argument("--model", required=True, help="the Triton model name")
     ap.add_argument("--input", default=None, help="input tensor to test (default: the request's first)")
-    ap.add_argument("--output", default=None, help="output tensor with the logits (default: the first)")
+    ap.add_argument("--output", default=None, help="a classifier's output tensor with the logits (default: the first; "
+                                                  "the other tasks' summaries read every output)")
     ap.add_argument("--triton", default="http://127.0.0.1:8000", help="Triton asked for outputs (bbsd-ks)")
     ap.add_argument("--listen", default="0.0.0.0:8010", help="address for samples and metrics")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between tests (default 5)")

@@ -139,6 +139,21 @@ BAD_SPECS = [
     ("drain-negative", lambda o: s(o)["serving"].update(drainSeconds=-1), ["spec.serving.drainSeconds"]),
     ("duplicate-env", lambda o: s(o).update(compile={"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
      ["spec.compile.env", "names must be unique"]),
+    ("detection-without-layout", lambda o: s(o)["model"].update(task="detection"),
+     ["spec.model.detection", "required with task detection"]),
+    ("layout-without-task", lambda o: s(o)["model"].update(segmentation={"layout": "mask"}),
+     ["spec.model.segmentation", "required with task segmentation and read by no other task"]),
+    ("boxes-layout-without-scores", lambda o: s(o)["model"].update(task="detection", detection={
+        "layout": "boxes", "boxes": "logits"}), ["spec.model.detection.boxes", "needs the names of its boxes and scores"]),
+    ("detection-head-not-an-output", lambda o: s(o)["model"].update(task="detection", detection={
+        "layout": "anchorFree", "output": "output0"}), ["spec.model.detection.output", "must name one of model.outputs"]),
+    ("raw-head-with-boxes-fields", lambda o: s(o)["model"].update(task="detection", detection={
+        "layout": "objectness", "scores": "logits"}), ["spec.model.detection.layout", "belong to layout boxes"]),
+    ("gate-metric-of-another-task", lambda o: (s(o)["model"].update(task="detection", detection={"layout": "anchorFree"}),
+                                               s(o).update(compile={"accuracyGate": {"metric": "top1Agreement"}})),
+     ["spec.compile.accuracyGate.metric", "does not fit model.task", "detectionF1"]),
+    ("mask-threshold", lambda o: s(o)["model"].update(task="segmentation", segmentation={"layout": "mask", "threshold": 0.5}),
+     ["spec.model.segmentation.threshold", "probability and logits"]),
     ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
     ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), [".spec.model.shaa256", "field not declared in schema"]),
 ]
@@ -199,7 +214,8 @@ def test_server_fills_defaults(crd, namespace):
     assert spec["rollout"]["steps"] == [{"setWeight": 10, "pause": "1m"}, {"setWeight": 50, "pause": "2m"},
                                         {"setWeight": 100}]
     assert spec["rollout"]["traffic"] == {"method": "Replicas"}
-    assert spec["compile"]["accuracyGate"] == {"metric": "top1Agreement", "min": 0.99}
+    # The gate's defaults depend on model.task: left unset, the compile program resolves them.
+    assert "accuracyGate" not in spec["compile"]
     assert spec["compile"]["batching"] == {"mode": "auto", "latencyBudgetMs": 50}
     xeon = spec["fleet"]["classes"][1]
     assert xeon["precision"] == "fp32" and xeon["replicas"] == {"min": 1, "max": 4}

@@ -248,3 +248,114 @@ def test_a_truncated_message_keeps_what_config_pbtxt_is_rendered_from(files):
     kept = json.loads((files["tmp"] / "termination-log").read_text())
     assert "runtime" not in kept and kept["parameters"] == result["parameters"]
     assert kept["batching"] == {"maxBatchSize": 1}
+
+
+# -- tasks other than classification -----------------------------------------------------------------
+
+ANCHORS = H * W
+SCALE = np.array([W, H, 4, 4, 1, 1], dtype=np.float32)  # cx, cy, w, h in pixels; objectness, class score
+
+
+def tiny_detector(path, seed=0):
+    """Conv -> Conv -> Sigmoid, reshaped to an objectness head [N, anchors, 5 + 1] (YOLOX-style, decoded)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, C, 3, 3)).astype(np.float32), "w1"),
+        # sharp objectness and class scores (near 0 or 1), as a trained detector's are
+        numpy_helper.from_array((rng.standard_normal((6, 8, 1, 1)) * np.array([1, 1, 1, 1, 10, 10])[:, None, None, None])
+                                .astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([0, 6, ANCHORS], dtype=np.int64), "shape"),
+        numpy_helper.from_array(SCALE, "scale"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1], name="backbone_conv"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="backbone_relu"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="head_conv"),
+        helper.make_node("Sigmoid", ["c2"], ["s"], name="head_sigmoid"),
+        helper.make_node("Reshape", ["s", "shape"], ["flat"], name="head_reshape"),
+        helper.make_node("Transpose", ["flat"], ["t"], perm=[0, 2, 1], name="head_transpose"),
+        helper.make_node("Mul", ["t", "scale"], ["detections"], name="head_decode"),
+    ]
+    graph = helper.make_graph(nodes, "tinydet", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", C, H, W])],
+                              [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["N", ANCHORS, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def detector_request(files, precision="fp32", detection=None, **compile_changes):
+    req = request(files, precision, **compile_changes)
+    model = files["root"] / "models" / "tinydet.onnx"
+    if not model.exists():
+        tiny_detector(model)
+        rng = np.random.default_rng(2)
+        boxes = np.array([[i, 0, 1, 1, 5, 5] for i in range(64, 96)], dtype=np.float32)
+        np.savez(files["root"] / "models" / "det.npz", images=rng.standard_normal((96, C, H, W)).astype(np.float32),
+                 boxes=boxes)
+    req["model"].update(uri="pvc://models/tinydet.onnx", sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+                        task="detection", detection=detection or {"layout": "objectness"},
+                        outputs=[{"name": "detections", "dataType": "FP32", "dims": [ANCHORS, 6]}])
+    req["compile"]["calibration"]["uri"] = "pvc://models/det.npz"
+    req["compile"].pop("accuracyGate")
+    req["compile"].update(compile_changes)
+    return req
+
+
+def test_a_detector_is_gated_on_detections_and_carries_a_detection_reference(files, capsys):
+    from visionfleet_contract.reference import load
+
+    code, message = run(files, detector_request(files), capsys)
+    assert code == 0, message
+    raw = json.loads(message)
+    assert raw["accuracyMetric"] == "detectionF1" and raw["accuracy"] == 1.0  # fp32 of the same graph
+    assert set(raw["metrics"]) == {"detectionF1", "detectionMap50", "labelMap50"}
+    assert 0 <= raw["referenceMetrics"]["labelMap50"] <= 1 and "top1Agreement" not in raw
+    result, why = parse_result(message)
+    assert why is None and result.accuracy_metric == "detectionF1" and result.metrics
+    ref = load(files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon" / "drift-reference.npz")
+    assert ref.meta["task"] == "detection" and ref.meta["classes"] == 1 and ref.meta["imageHW"] == [H, W]
+    assert ref.probs.shape == (64, 7)  # six summaries and one class share per calibration image
+
+
+def test_head_nodes_are_the_output_side_of_the_graph(files):
+    from visionfleet_compile import onnxrt
+
+    path = tiny_detector(files["tmp"] / "d.onnx")
+    head = ["head_conv", "head_decode", "head_reshape", "head_sigmoid", "head_transpose"]
+    assert onnxrt.head_nodes(path, 1) == head
+    assert onnxrt.head_nodes(path, 2) == sorted(head + ["backbone_conv", "backbone_relu"])
+
+
+def test_an_int8_detector_that_misses_the_gate_is_rebuilt_with_its_head_in_fp32_before_it_fails(files, capsys):
+    path = files["tmp"] / "request.json"
+    path.write_text(json.dumps(detector_request(files, "int8", accuracyGate={"min": 1.0, "metric": "detectionMap50"})))
+    code = program.main(["compile", "--request", str(path), "--workdir", str(files["tmp"] / "work")])
+    out = capsys.readouterr().out
+    message = (files["tmp"] / "termination-log").read_text()
+    rebuilds = [json.loads(line) for line in out.splitlines() if '"phase": "rebuild"' in line]
+    if code == 0:  # the fp32 head made the artifact exact: the result says how much stayed fp32
+        assert json.loads(message)["fp32Nodes"] >= 5 and rebuilds
+        return
+    assert code == 3 and [r["depth"] for r in rebuilds] == [1, 2]
+    assert "accuracy gate failed: detectionMap50" in message and "head kept in fp32: 7 nodes" in message
+
+
+@pytest.mark.parametrize("change, code, text", [
+    (dict(accuracyGate={"metric": "labelMiou"}), 2, "compile.accuracyGate.metric"),
+    (dict(detection={"layout": "objectness", "output": "nope"}), 2, "model.detection"),
+    (dict(detection={"layout": "boxes", "boxes": "detections", "scores": "scores"}), 2, "model.detection"),
+])
+def test_a_detector_whose_outputs_or_labels_do_not_fit_exits_2_naming_the_field(files, capsys, change, code, text):
+    detection = change.pop("detection", None)
+    got, message = run(files, detector_request(files, detection=detection, **change), capsys)
+    assert got == code and text in message, message
+
+
+def test_other_models_are_gated_on_output_cosine(files, capsys):
+    req = request(files, "int8", accuracyGate={"min": 0.5})
+    req["model"]["task"] = "other"
+    code, message = run(files, req, capsys)
+    assert code == 0, message
+    raw = json.loads(message)
+    assert raw["accuracyMetric"] == "outputCosine" and 0.5 <= raw["metrics"]["outputCosine"] <= 1.0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from visionfleet_contract import reference
-from visionfleet_monitor.detect import Detector
+from visionfleet_monitor.detect import Detector, InputTest
 from visionfleet_monitor.service import BadRequest, Monitor, parse_infer
 from visionfleet_monitor.window import TokenBucket, Window
 
@@ -189,3 +189,142 @@ def test_command_line_refuses_bad_settings(ref, tmp_path, capsys):
     assert main(["--reference", str(ref), "--model", "m", "--p-value", "1.5"]) == 2
     assert main(["--reference", str(tmp_path / "none.npz"), "--model", "m", "--listen", "127.0.0.1:0"]) == 2
     assert "no drift reference" in capsys.readouterr().err
+
+
+# -- per task: a detector's reference summarises every output -------------------------------------------
+
+DETECTION_META = {"task": "detection", "classes": 3, "imageHW": [16, 16],
+                  "params": {"layout": "boxes", "boxes": "boxes", "scores": "scores", "classes": "labels",
+                             "count": "num", "scoreThreshold": 0.25, "iouThreshold": 0.45, "maxDetections": 10,
+                             "boxFormat": "xyxy"}}
+
+
+def detector_outputs(rng, n, busy=0.0):
+    """A boxes-layout detector's outputs: ``busy`` shifts how many confident detections an image has."""
+    d = 10
+    xy = rng.uniform(0, 12, (n, d, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 4, (n, d, 2))], axis=2).astype(np.float32)
+    scores = np.sort(rng.beta(2 + 4 * busy, 5, (n, d)), axis=1)[:, ::-1].astype(np.float32)
+    return {"boxes": boxes, "scores": scores, "labels": rng.integers(0, 3, (n, d)).astype(np.float32),
+            "num": np.full(n, d, dtype=np.int32)}
+
+
+@pytest.fixture
+def det_ref(tmp_path):
+    rng = np.random.default_rng(0)
+    r = reference.build(images(rng, 400), detector_outputs(rng, 400), meta=DETECTION_META)
+    return reference.write(r, tmp_path)
+
+
+def test_bbsd_ks_on_a_detector_tests_the_summaries_of_every_output(det_ref):
+    r = reference.load(det_ref)
+    assert r.task.value == "detection" and r.probs.shape == (400, 6 + 3)
+    det = Detector(r, "bbsd-ks", p_value=0.01)
+    assert det.needs_all_outputs and det.dims == 9
+    rng = np.random.default_rng(5)
+    ok = det.test(det.features(None, detector_outputs(rng, 300)))
+    bad = det.test(det.features(None, detector_outputs(rng, 300, busy=1.0)))
+    assert not ok.drift and bad.drift and bad.p_value < 0.01 <= ok.p_value
+    with pytest.raises(ValueError, match="every output by name"):
+        det.features(None, np.zeros((2, 9)))
+    # A classifier's reference still reads one output.
+    assert not Detector(reference.build(images(rng, 40), logits(rng, 40)), "bbsd-ks").needs_all_outputs
+
+
+def haze(x, amount):
+    """Blend towards a bright grey: what fog or a dirty lens does to the pixels."""
+    return ((1 - amount) * x + amount * 2.0).astype(np.float32)
+
+
+def test_input_test_passes_a_clean_window_and_flags_haze(ref):
+    r = reference.load(ref)
+    t = InputTest(r, p_value=0.01)
+    rng = np.random.default_rng(11)
+    ok = t.test(t.features(images(rng, 300)))
+    bad = t.test(t.features(haze(images(rng, 300), 0.3)))
+    assert not ok.drift and ok.p_value >= 0.01 and t.dims == reference.REDUCED_DIMS
+    assert bad.drift and bad.p_value < 0.01 and bad.distance > ok.distance
+    raw = t._cd.predict(t.features(haze(images(np.random.default_rng(2), 300), 0.3)), return_p_val=True)["data"]["p_val"]
+    assert t.test(t.features(haze(images(np.random.default_rng(2), 300), 0.3))).p_value == \
+        pytest.approx(min(1.0, raw.min() * reference.REDUCED_DIMS))
+
+
+def test_service_exports_the_input_test_next_to_mmd(ref):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def run():
+        mon = Monitor(args(ref))
+        assert mon.input_window is mon.window  # mmd already holds the reduced inputs
+        async with TestClient(TestServer(mon.app())) as c:
+            x = haze(images(np.random.default_rng(0), 60), 0.5)
+            body = {"inputs": [{"name": "images", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+            await c.post("/v2/models/m/infer", json=body)
+            task = asyncio.create_task(mon.scheduler())
+            for _ in range(200):
+                if mon.last and mon.last_input:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            return await (await c.get("/metrics")).text(), await (await c.get("/v1/status")).json()
+
+    metrics, status = asyncio.run(run())
+    p = float(next(l.split()[1] for l in metrics.splitlines() if l.startswith("visionfleet_drift_input_p_value")))
+    assert p < 0.01 and "visionfleet_drift_input_detected 1.0" in metrics
+    assert status["input"]["lastTest"]["drift"] is True and status["input"]["test"] == "input-ks"
+
+
+class FakeResult:
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def get_response(self):
+        return {"outputs": [{"name": n} for n in self.outputs]}
+
+    def as_numpy(self, name):
+        return self.outputs[name]
+
+
+class FakeTriton:
+    """Plays the pod's Triton for the output workers: answers a detector's outputs, records what was asked."""
+
+    def __init__(self, busy=0.0):
+        self.asked, self.rng, self.busy = [], np.random.default_rng(9), busy
+
+    async def infer(self, model, inputs, outputs=None):
+        self.asked.append(outputs)
+        n = inputs[0]._shape[0] if hasattr(inputs[0], "_shape") else inputs[0].shape()[0]
+        return FakeResult(detector_outputs(self.rng, n, self.busy))
+
+
+def test_service_asks_triton_for_every_output_of_a_detector_and_tests_inputs_without_it(det_ref):
+    pytest.importorskip("tritonclient.http.aio")
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def run():
+        mon = Monitor(args(det_ref, detector="bbsd-ks", window=40, queue=100))
+        assert mon.input_window is not mon.window and mon.window.dims == 9
+        mon.triton = FakeTriton()
+        async with TestClient(TestServer(mon.app())) as c:
+            rng = np.random.default_rng(0)
+            for _ in range(5):
+                x = images(rng, 10)
+                body = {"inputs": [{"name": "images", "shape": list(x.shape), "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}
+                assert (await (await c.post("/v2/models/m/infer", json=body)).json())["accepted"] == 10
+            # The input window fills as the samples arrive, before any output came back.
+            assert mon.input_window.count == 40 and mon.window.count == 0
+            tasks = [asyncio.create_task(mon.outputs_worker()), asyncio.create_task(mon.scheduler())]
+            for _ in range(200):
+                if mon.last and mon.last_input:
+                    break
+                await asyncio.sleep(0.05)
+            for t in tasks:
+                t.cancel()
+            return mon, await (await c.get("/metrics")).text()
+
+    mon, metrics = asyncio.run(run())
+    assert mon.triton.asked and all(o is None for o in mon.triton.asked)  # every output, not --output
+    assert mon.window.total == 50 and mon.last["drift"] is False and mon.last_input["drift"] is False
+    assert "visionfleet_drift_p_value" in metrics and "visionfleet_drift_input_p_value" in metrics
+    assert 'visionfleet_drift_samples_dropped_total{reason="inference_failed"}' not in metrics or \
+        'visionfleet_drift_samples_dropped_total{reason="inference_failed"} 0.0' in metrics

@@ -115,3 +115,59 @@ def test_without_a_drift_test_there_is_no_drift_condition():
     w.stable_drift = Measurement(drift_p_value=0.001, drift_window_fill=1.0)
     w.run_until("Healthy")
     assert all(c.type != "InputDrift" for c in w.status.conditions)
+
+
+def test_the_input_space_test_never_judges_the_canary():
+    """Both revisions see the same inputs: an input shift is not the canary's fault."""
+    a = assess(Measurement(**(GOOD | {"drift_input_p_value": 1e-9})), SLO_AND_DRIFT)
+    assert a.verdict == "Passed" and "input" not in a.reason
+
+
+def test_stable_input_space_drift_raises_the_condition_and_says_which_test_saw_it():
+    w = drifting_world()
+    stable = w.status.stable_revision
+    # The outputs hide it (haze): bbsd-ks passes, the input-space test does not.
+    w.stable_drift = Measurement(drift_p_value=0.4, drift_window_fill=1.0, drift_input_p_value=0.0004)
+    w.tick()
+    cond = next(c for c in w.status.conditions if c.type == "InputDrift")
+    assert cond.status == "True" and cond.reason == "DriftDetected"
+    assert "seen by input space (input-ks) p=0.0004 < 0.01" in cond.message, cond.message
+    assert "not by output summaries (bbsd-ks) p=0.4" in cond.message, cond.message
+    events = [e for e in w.all_events if e[1] == "InputDrift"]
+    assert len(events) == 1 and events[0][0] == "Warning" and "input space (input-ks)" in events[0][2]
+    # Now the outputs see it too: the same episode (no second Event), both tests named.
+    w.stable_drift = Measurement(drift_p_value=0.002, drift_window_fill=1.0, drift_input_p_value=0.0004)
+    w.tick()
+    cond = next(c for c in w.status.conditions if c.type == "InputDrift")
+    assert "output summaries (bbsd-ks) p=0.002 < 0.01 and input space (input-ks) p=0.0004 < 0.01" in cond.message
+    assert len([e for e in w.all_events if e[1] == "InputDrift"]) == 1
+    assert w.status.phase == "Healthy" and w.status.stable_revision == stable and not w.status.canary_revision
+    # The detector's window refills (monitor restarted): the input test alone, fine, is no verdict.
+    w.stable_drift = Measurement(drift_p_value=None, drift_window_fill=0.2, drift_input_p_value=0.6)
+    w.tick()
+    assert next(c for c in w.status.conditions if c.type == "InputDrift").status == "True"
+    # Both fine: the condition clears.
+    w.stable_drift = Measurement(drift_p_value=0.5, drift_window_fill=1.0, drift_input_p_value=0.6)
+    w.tick()
+    cond = next(c for c in w.status.conditions if c.type == "InputDrift")
+    assert cond.status == "False" and "output summaries (bbsd-ks) p=0.5 >= 0.01, input space (input-ks) p=0.6" \
+        in cond.message
+    # Input drift alone while the detector's window refills is a verdict: a new episode.
+    w.stable_drift = Measurement(drift_window_fill=0.2, drift_input_p_value=0.003)
+    w.tick()
+    assert next(c for c in w.status.conditions if c.type == "InputDrift").status == "True"
+    assert len([e for e in w.all_events if e[1] == "InputDrift"]) == 2
+
+
+def test_with_mmd_the_stable_condition_names_both_input_space_tests():
+    from .planner_sim import World, spec
+
+    w = World(spec(analysis__drift={"pValue": 0.01, "window": 500, "detector": "mmd"},
+                   compile__calibration={"uri": "pvc://models/calib.npz"}))
+    w.measurement = Measurement(p99_ms=12.0, error_rate=0.0, requests=500, drift_p_value=0.4, drift_window_fill=1.0,
+                                drift_input_p_value=1e-6)  # the canary ignores it
+    w.run_until("Healthy")
+    w.stable_drift = Measurement(drift_p_value=0.003, drift_window_fill=1.0, drift_input_p_value=0.2)
+    w.tick()
+    cond = next(c for c in w.status.conditions if c.type == "InputDrift")
+    assert "seen by input space (mmd) p=0.003 < 0.01; not by input space (input-ks) p=0.2" in cond.message

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from visionfleet.api.spec import TRITON_IMAGE, VisionDeploymentSpec
+from visionfleet.api.spec import TRITON_IMAGE, AccuracyGate, VisionDeploymentSpec
 from visionfleet.planner.classes import ObservedNode
 from visionfleet.planner.model import (
     ANNOTATION_ABORT,
@@ -520,3 +520,23 @@ fleet:
       runtime: onnxruntime
 """))
     assert (_hash(revision_parts(s, defaults=True)), revision_of(s)) == ("7fa745676eb1", "ad83baa1f377")
+
+
+def test_the_accuracy_gates_task_defaults_count_as_omitted():
+    """The gate's metric and min default per model.task (unset in the schema): a stored object with
+    the classifier's old schema defaults written out keeps its revision, the task's defaults hash as
+    omitted, and any other value is a new revision."""
+    from visionfleet.planner.revision import _hash, revision_of, revision_parts
+
+    def rev(gate=None, **model):
+        s = spec(**{f"model__{k}": v for k, v in model.items()})
+        if gate is not None:
+            s = s.model_copy(update={"compile": s.compile.model_copy(update={
+                "accuracy_gate": AccuracyGate.model_validate(gate)})})
+        return revision_of(s), _hash(revision_parts(s, defaults=True))
+
+    assert rev({"metric": "top1Agreement", "min": 0.99}) == rev() == rev({})
+    assert rev({"min": 0.98}) != rev()
+    det = dict(task="detection", detection={"layout": "objectness"})
+    assert rev({"metric": "detectionF1", "min": 0.9}, **det) == rev(**det)
+    assert rev({"metric": "labelMap50"}, **det) != rev(**det)

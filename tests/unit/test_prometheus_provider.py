@@ -93,3 +93,51 @@ def test_queries_select_the_revision_with_trition_metric_names():
     assert 'nv_inference_request_success{namespace="vision",vision_deployment="doorbell",revision="abc123"}[30s]' \
         in q.requests
     assert 'quantile="0.99"' in q.p99_ms and q.p99_ms.endswith("/ 1000)")
+
+
+def drift_analysis(url):
+    return AnalysisSpec.model_validate({"prometheus": {"url": url, "timeout": "1s"},
+                                        "drift": {"pValue": 0.01, "window": 500}})
+
+
+def test_input_space_p_value_is_bonferroni_over_pods_and_read_for_the_stable_only(fake_prometheus):
+    from visionfleet.observe.prometheus import measure_drift
+
+    q = queries("vision", "doorbell", "abc123", "30s")
+    sel = 'namespace="vision",vision_deployment="doorbell",revision="abc123"'
+    assert q.drift_input_p_value == (f"clamp_max(min(visionfleet_drift_input_p_value{{{sel}}}) * "
+                                     f"count(visionfleet_drift_input_p_value{{{sel}}}), 1)")
+    assert q.drift_input_p_value == q.drift_p_value.replace("visionfleet_drift_p_value",
+                                                            "visionfleet_drift_input_p_value")
+    ANSWERS["next"] = (200, vector("1"), 0)
+    stable = measure_drift(drift_analysis(fake_prometheus), "ns", "vd", "abc")
+    assert (stable.drift_window_fill, stable.drift_p_value, stable.drift_input_p_value) == (1.0, 1.0, 1.0)
+    canary = measure(drift_analysis(fake_prometheus), "ns", "vd", "abc")
+    assert canary.drift_p_value == 1.0 and canary.drift_input_p_value is None  # never judges a canary
+
+
+def test_no_input_space_series_leaves_the_detectors_verdict_alone(fake_prometheus, monkeypatch):
+    """Monitors that predate the input test, or whose input windows are not yet tested: no series."""
+    from visionfleet.observe import prometheus
+    from visionfleet.observe.prometheus import measure_drift
+
+    asked = []
+
+    def instant(prom, query):
+        asked.append(query)
+        if "visionfleet_drift_input_p_value" in query:
+            raise prometheus.NoValue("no data for the canary yet")
+        return 0.5 if "visionfleet_drift_p_value" in query else 1.0
+
+    monkeypatch.setattr(prometheus, "instant", instant)
+    m = measure_drift(drift_analysis(fake_prometheus), "ns", "vd", "abc")
+    assert m.drift_p_value == 0.5 and m.drift_input_p_value is None and m.drift_unknown is None
+    assert len(asked) == 3
+
+    def down(prom, query):
+        if "visionfleet_drift_input_p_value" in query:
+            raise prometheus.QueryError("Prometheus at x did not answer in time")
+        return 1.0
+
+    monkeypatch.setattr(prometheus, "instant", down)
+    assert "did not answer" in measure_drift(drift_analysis(fake_prometheus), "ns", "vd", "abc").drift_error

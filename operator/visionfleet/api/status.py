@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from .common import DnsLabel, Model, URI_MAX
-from .spec import Precision, Runtime
+from .spec import AccuracyMetric, Precision, Runtime
 
 REVISION = Annotated[str, Field(pattern=r"^[a-f0-9]{8,64}$")]
 MESSAGE = Annotated[str, Field(max_length=2048)]
@@ -91,7 +91,14 @@ class CompileResult(Model):
         "Every file of the artifact's repository entry but config.pbtxt, with its hex sha256: what a Triton pod's "
         "init container fetches from an s3:// repository and checks, so the revision runs exactly these bytes."))
     accuracy: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description=(
-        "The accuracy gate's metric (compile.accuracyGate.metric, 0 to 1) measured on the held-out images."))
+        "The accuracy gate's metric (accuracyMetric, 0 to 1) measured on the held-out images."))
+    accuracy_metric: AccuracyMetric | None = Field(default=None, description=(
+        "Which metric accuracy is: compile.accuracyGate.metric, or the task's default (top1Agreement, detectionF1, "
+        "maskMiou, outputCosine). Unset in results from before this field (top1Agreement)."))
+    metrics: Annotated[dict[AccuracyMetric, Annotated[float, Field(ge=0, le=1)]],
+                       Field(json_schema_extra={"maxProperties": 8})] | None = Field(default=None, description=(
+        "Detection, segmentation and other models: every gate metric the compile Job measured (detectionF1, "
+        "detectionMap50 and labelMap50; maskMiou and labelMiou; outputCosine), label* only with labels."))
     p99_ms_at_batch: Annotated[dict[Annotated[str, Field(max_length=8)], float],
                                Field(json_schema_extra={"maxProperties": 32})] | None = Field(
         default=None, description="Profiled p99 latency in ms, keyed by batch size (1 to 32), measured by the "

@@ -10,6 +10,8 @@ docs/observability.md): ``namespace``, ``vision_deployment``, ``revision``, ``cl
     p99        max(nv_inference_request_summary_us{quantile="0.99"}) / 1000       (worst pod, ms)
     drift      clamp_max(min(visionfleet_drift_p_value) * count(visionfleet_drift_p_value), 1)
                min(visionfleet_drift_window_fill)
+    input      clamp_max(min(visionfleet_drift_input_p_value) * count(visionfleet_drift_input_p_value), 1)
+               (the monitors' input-space test; stable revision only, see measure_drift)
 
 Each pod's monitor tests its own window, so a revision with k pods runs k tests: the smallest p-value
 is Bonferroni-corrected by k, which keeps the false-alarm rate at drift.pValue however many pods
@@ -35,7 +37,7 @@ from visionfleet.api.spec import AnalysisSpec
 from visionfleet.planner.analysis import Measurement
 from visionfleet.planner.durations import seconds
 
-from visionfleet_contract import DRIFT_P_VALUE, DRIFT_WINDOW_FILL
+from visionfleet_contract import DRIFT_INPUT_P_VALUE, DRIFT_P_VALUE, DRIFT_WINDOW_FILL
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Queries:
     p99_ms: str
     drift_p_value: str
     drift_window_fill: str
+    drift_input_p_value: str
 
 
 def queries(namespace: str, vd: str, revision: str, window: str) -> Queries:
@@ -57,6 +60,7 @@ def queries(namespace: str, vd: str, revision: str, window: str) -> Queries:
         p99_ms=f'(max(nv_inference_request_summary_us{{{sel},quantile="0.99"}}) / 1000)',
         drift_p_value=f"clamp_max(min({DRIFT_P_VALUE}{{{sel}}}) * count({DRIFT_P_VALUE}{{{sel}}}), 1)",
         drift_window_fill=f"min({DRIFT_WINDOW_FILL}{{{sel}}})",
+        drift_input_p_value=f"clamp_max(min({DRIFT_INPUT_P_VALUE}{{{sel}}}) * count({DRIFT_INPUT_P_VALUE}{{{sel}}}), 1)",
     )
 
 
@@ -100,14 +104,17 @@ def instant(prom: PrometheusConnect, query: str) -> float:
 
 
 def measure_drift(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> Measurement | None:
-    """The drift test of one revision alone (the stable one: its SLOs are not the rollout's business)."""
+    """The drift tests of one revision alone (the stable one: its SLOs are not the rollout's business):
+    the configured detector's and the input-space test's."""
     if analysis.prometheus is None or analysis.drift is None:
         return None
-    return measure(analysis.model_copy(update={"slo": None}), namespace, vd, revision)
+    return measure(analysis.model_copy(update={"slo": None}), namespace, vd, revision, input_space=True)
 
 
-def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> Measurement | None:
-    """The canary's numbers, or None when no analysis source is configured."""
+def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str,
+            input_space: bool = False) -> Measurement | None:
+    """The canary's numbers, or None when no analysis source is configured. ``input_space``: also the
+    monitors' input-space p-value (the stable revision's InputDrift; a canary is not judged on it)."""
     if analysis.prometheus is None or (analysis.slo is None and analysis.drift is None):
         return None
     prom = connect(analysis.prometheus.url, seconds(analysis.prometheus.timeout))
@@ -134,5 +141,15 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str) -> M
             problems["drift_error"] = str(e)
         except NoValue as e:
             problems["drift_unknown"] = str(e)
+        if input_space and not problems:
+            # Each pod exports it once its own input window was tested (it fills at least as fast as
+            # the detector's): the pods that did are Bonferroni-corrected by their count. None when
+            # no pod did yet, or the monitors predate the test: the detector's verdict alone counts.
+            try:
+                values["drift_input_p_value"] = instant(prom, q.drift_input_p_value)
+            except QueryError as e:
+                problems["drift_error"] = str(e)
+            except NoValue:
+                pass
     prom.close()
     return Measurement(**problems, **values)

@@ -39,6 +39,10 @@ class Measurement:
     drift_window_fill: float | None = None  # 0..1
     drift_error: str | None = None
     drift_unknown: str | None = None
+    # The monitors' always-on input-space test (KS per reduced input dimension), read for the stable
+    # revision only: it raises InputDrift, never judges a canary (an input shift is not the canary's
+    # fault). None: not read, no pod tested a full window yet, or a monitor image without the test.
+    drift_input_p_value: float | None = None
 
 
 @dataclass(frozen=True)

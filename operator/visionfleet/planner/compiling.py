@@ -90,7 +90,9 @@ def _advance(p: PassState, c: ResolvedClass, rev: str) -> bool:
     if job.state == CompileState.SUCCEEDED.value and job.result is not None:
         cs.compile = job.result.model_copy(update={"state": CompileState.SUCCEEDED, "revision": rev})
         p.event("Normal", "CompileSucceeded", f"class {c.name}: revision {rev} compiled"
-                + (f" (accuracy {job.result.accuracy:.4f})" if job.result.accuracy is not None else ""))
+                + (f" ({job.result.accuracy_metric or 'accuracy'} "
+                   f"{job.result.accuracy:.4f})"
+                   if job.result.accuracy is not None else ""))
         return False
     if job.state in TERMINAL:
         message = job.message or "the compile Job failed without a message"

@@ -185,22 +185,42 @@ def _traffic_split(p: PassState, conds: list[Condition]) -> list[Condition]:
 
 def _stable_drift(p: PassState, conds: list[Condition]) -> list[Condition]:
     """Drift on the stable revision: the input moved, not the model. A condition and a Warning
-    Event when it starts, never a rollback (there is nothing better to roll back to)."""
+    Event when it starts, never a rollback (there is nothing better to roll back to).
+
+    Two tests speak here: the configured detector (bbsd-ks on the model's outputs or their summaries,
+    or mmd on the inputs) and the monitors' always-on input-space test, which sees shifts the outputs
+    hide (haze, a darker scene). Either one below pValue raises the condition, whose message names the
+    test(s) that saw it; it clears only on the detector's own verdict (the input test alone, fine, while
+    the detector's window refills is no verdict)."""
     drift: DriftSpec | None = p.spec.analysis.drift
     m = p.observed.stable_drift
     if drift is None:
         return [c for c in conds if c.type != CondType.INPUT_DRIFT.value]
-    if m is None or m.drift_error or m.drift_unknown or m.drift_p_value is None or m.drift_window_fill is None \
-            or m.drift_window_fill < 1.0:
+    if m is None or m.drift_error or m.drift_unknown:
         return conds  # no verdict yet: what was last known stands
+    seen: list[tuple[str, float]] = []  # (test, p) of the tests with a verdict
+    if m.drift_p_value is not None and m.drift_window_fill is not None and m.drift_window_fill >= 1.0:
+        main = "output summaries" if drift.detector.value == "bbsd-ks" else "input space"
+        seen.append((f"{main} ({drift.detector.value})", m.drift_p_value))
+    detector_known = bool(seen)
+    if m.drift_input_p_value is not None:
+        seen.append(("input space (input-ks)", m.drift_input_p_value))
+    drifted = [(t, pv) for t, pv in seen if pv < drift.p_value]
     rev, now, gen = p.st.stable_revision, p.now_s, p.vd.generation
-    before = get_condition(conds, CondType.INPUT_DRIFT)
-    if m.drift_p_value < drift.p_value:
-        message = (f"the inputs of stable revision {rev} drifted from its calibration set: "
-                   f"p={m.drift_p_value:.3g} < {drift.p_value:g} over the last {drift.window} samples")
+    if drifted:
+        before = get_condition(conds, CondType.INPUT_DRIFT)
+        message = (f"the inputs of stable revision {rev} drifted from its calibration set over the last "
+                   f"{drift.window} samples: seen by " +
+                   " and ".join(f"{t} p={pv:.3g} < {drift.p_value:g}" for t, pv in drifted))
+        rest = [(t, pv) for t, pv in seen if pv >= drift.p_value]
+        if rest:
+            message += "; not by " + ", ".join(f"{t} p={pv:.3g}" for t, pv in rest)
         if before is None or before.status != "True":
             p.event("Warning", "InputDrift", message)
         return set_condition(conds, CondType.INPUT_DRIFT, True, Reason.DRIFT_DETECTED, message, now, gen)
+    if not detector_known:
+        return conds  # the detector's window is not full: what was last known stands
     return set_condition(conds, CondType.INPUT_DRIFT, False, Reason.NONE,
-                         f"stable revision {rev}: p={m.drift_p_value:.3g} >= {drift.p_value:g}", now, gen)
+                         f"stable revision {rev}: " + ", ".join(f"{t} p={pv:.3g} >= {drift.p_value:g}"
+                                                               for t, pv in seen), now, gen)
 
