@@ -16,6 +16,14 @@ For each: throughput and p50/p99 latency at each batch size (``--rounds`` interl
 ``--seconds`` per candidate and batch, so drift of the machine hits every candidate alike), artifact
 size, top-1 agreement with the PyTorch baseline on the 400 held-out views (other photos than the
 calibration ones) and top-1 accuracy on the labelled ones. Ratios are against the baseline.
+
+    .venv/bin/python bench/compile.py --model detector [--quick]
+
+The sample detector instead (``zoo.ensure_sample_detector``: the YOLOX text detector shipped in the
+``ddddocr`` wheel, on text drawn onto the packaged photos, with its boxes as labels). Its baseline is
+the fp32 ONNX model run by ONNX Runtime as exported (the accuracy gate's reference); quality is the
+gate's: detection F1 and mAP@0.5 against the baseline's detections, and mAP@0.5 against the labels.
+``--quick`` (1 round of 0.3 s, batches 1 and 8, 16 held-out images) checks that it still runs.
 """
 
 from __future__ import annotations
@@ -58,13 +66,92 @@ def size_of(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
+def timed(candidates: dict, held: np.ndarray, args) -> dict[tuple[str, int], list[float]]:
+    timings: dict[tuple[str, int], list[float]] = {}
+    for r in range(args.rounds):
+        for b in args.batches:
+            x = np.ascontiguousarray(held[:b] if len(held) >= b else np.repeat(held[:1], b, axis=0))
+            for name, (runner, _, _) in candidates.items():
+                timings.setdefault((name, b), []).extend(measure(runner, x, args.seconds))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    return timings
+
+
+def detector(args) -> int:
+    """The sample detector: each runtime and precision against the fp32 ONNX baseline."""
+    from visionfleet_compile import gates
+    from visionfleet_contract import tasks
+
+    info = zoo.ensure_sample_detector(log=lambda m: print(m, file=sys.stderr))
+    src = Path(info["model"])
+    data = np.load(info["data"])
+    images = data["images"].astype(np.float32)
+    n = info["calibrationSamples"]
+    calib, held = images[:n], images[n:]
+    labels = gates.label_boxes(data["boxes"], np.arange(n, len(images)))
+    if args.quick:
+        held, labels = held[:16], labels[:16]
+    params = tasks.resolve({"task": "detection", "outputs": [info["output"]], "detection": info["detection"]})
+    work = Path(tempfile.mkdtemp(prefix="vf-bench-detector-"))
+    base = "onnx fp32 (baseline)"
+    candidates: dict[str, tuple[object, int, float]] = {base: (onnxrt.Runner(src), src.stat().st_size, 0.0)}
+    for runtime in ("onnxruntime", "openvino"):
+        for precision in ("fp32", "int8"):
+            name = f"{runtime} {precision}"
+            if args.only and name not in args.only:
+                continue
+            out = work / runtime / precision
+            out.mkdir(parents=True)
+            t = time.perf_counter()
+            _, runner, _ = build_artifact(runtime, precision, src, out, calib, info["input"]["name"], work / "build")
+            built = time.perf_counter() - t
+            candidates[name] = (runner, size_of(list(out.iterdir())), built)
+            print(f"built {name}: {size_of(list(out.iterdir())) / 1e6:.1f} MB in {built:.0f}s", file=sys.stderr)
+
+    reference = onnxrt.predict_all(candidates[base][0], held, batch=8)
+    quality = {}
+    for name, (runner, _, _) in candidates.items():
+        m = gates.detection(reference, onnxrt.predict_all(runner, held, batch=8), params, labels)
+        quality[name] = (m.metrics["detectionF1"], m.metrics["detectionMap50"], m.metrics.get("labelMap50"))
+    timings = timed(candidates, held, args)
+
+    def stats(name, b):
+        arr = np.array(timings[(name, b)])
+        return b / arr.mean(), np.percentile(arr, 50) * 1000, np.percentile(arr, 99) * 1000
+
+    print(f"\nSample detector (YOLOX, ddddocr {info.get('package', '')}), {len(held)} held-out images, "
+          f"{sum(len(b) for b, _ in labels)} labelled boxes, {args.rounds}×{args.seconds:g}s per point")
+    head = f"{'candidate':<22} {'MB':>6} {'build s':>7} {'F1':>6} {'mAP50':>6} {'lblmAP':>6}"
+    for b in args.batches:
+        head += f" | b{b:<2} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'×base':>6}"
+    print(head)
+    print("-" * len(head))
+    for name, (_, size, built) in candidates.items():
+        f1, ap, lap = quality[name]
+        line = f"{name:<22} {size / 1e6:6.1f} {built:7.0f} {f1:6.3f} {ap:6.3f} {lap if lap is not None else float('nan'):6.3f}"
+        for b in args.batches:
+            thr, p50, p99 = stats(name, b)
+            line += f" |     {thr:7.2f} {p50:8.1f} {p99:8.1f} {thr / stats(base, b)[0]:6.2f}"
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("effnet", "detector"), default="effnet",
+                    help="EfficientNet-Lite0 (default) or the sample detector")
     ap.add_argument("--seconds", type=float, default=2.0, help="seconds per candidate, batch size and round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="default 1 8 32 (detector: 1 8)")
     ap.add_argument("--only", nargs="*", help="candidates to run (default: all)")
+    ap.add_argument("--quick", action="store_true", help="1 round of 0.3 s, batches 1 8, a few images: does it run")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds, args.batches = 1, 0.3, [1, 8]
+    if args.batches is None:
+        args.batches = [1, 8] if args.model == "detector" else [1, 8, 32]
+    if args.model == "detector":
+        return detector(args)
 
     info = zoo.ensure_sample_model(log=lambda m: print(m, file=sys.stderr))
     src = Path(info["model"])
@@ -100,13 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         top1 = onnxrt.predict(runner, held, batch=32).argmax(1)
         quality[name] = (float((top1 == base_top1).mean()), float((top1[known] == held_labels[known]).mean()))
 
-    timings: dict[tuple[str, int], list[float]] = {}
-    for r in range(args.rounds):
-        for b in args.batches:
-            x = np.ascontiguousarray(held[:b])
-            for name, (runner, _, _) in candidates.items():
-                timings.setdefault((name, b), []).extend(measure(runner, x, args.seconds))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    timings = timed(candidates, held, args)
 
     def stats(name, b):
         arr = np.array(timings[(name, b)])

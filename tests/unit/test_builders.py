@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from visionfleet.api.spec import VisionDeploymentSpec
+from visionfleet.api.spec import DetectionOutputs, TensorSpec, VisionDeploymentSpec
 from visionfleet.api.status import ChosenBatching, CompileResult
 from visionfleet.builders.manifests import (
     ANNOTATION_APPLIED,
@@ -605,3 +605,25 @@ def test_clients_see_no_metrics_port_and_a_headless_service_exposes_each_pod_for
                                      "app.kubernetes.io/component": "triton"}
     assert [p["name"] for p in build_metrics_service("doorbell", "vision", "u", drift=False)["spec"]["ports"]] == \
         ["metrics"]
+
+
+def test_config_pbtxt_of_a_detector_with_variable_size_outputs():
+    """NMS in the graph: boxes, scores and classes padded to the batch's most detections (-1), a count
+    per image; Triton's ModelConfig reads them back, and the detector's task fields stay out of it."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    s = spec()
+    model = s.model.model_copy(update={
+        "task": "detection",
+        "outputs": [TensorSpec.model_validate(t) for t in (
+            {"name": "boxes", "dataType": "FP32", "dims": [-1, 4]}, {"name": "scores", "dataType": "FP32", "dims": [-1]},
+            {"name": "classes", "dataType": "INT64", "dims": [-1]}, {"name": "count", "dataType": "INT32", "dims": [1]})],
+        "detection": DetectionOutputs.model_validate({"layout": "boxes", "boxes": "boxes", "scores": "scores",
+                                                      "classes": "classes", "count": "count"})})
+    text = build_triton_config(model, "onnxruntime", RESULT.batching)
+    cfg = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("boxes", [-1, 4]), ("scores", [-1]), ("classes", [-1]),
+                                                           ("count", [1])]
+    assert cfg.output[2].data_type == model_config_pb2.TYPE_INT64 and cfg.max_batch_size == 8
+    assert "detection" not in text and "task" not in text
