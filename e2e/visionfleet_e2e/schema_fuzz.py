@@ -180,9 +180,7 @@ def repair(spec: dict) -> dict:
         for t in c.get("tolerations") or []:
             if t.get("operator") == "Exists":
                 t.pop("value", None)
-        r = c.get("replicas")
-        if r and "min" in r and "max" in r and r["min"] > r["max"]:
-            r["min"], r["max"] = r["max"], r["min"]
+        _repair_replicas(c.get("replicas"))
         classes.append(c)
     if classes:
         fleet["classes"] = classes
@@ -194,9 +192,7 @@ def repair(spec: dict) -> dict:
             d["cpuRuntime"] = "openvino"
         if d.get("cpuPrecision") == "fp16":
             d["cpuPrecision"] = "fp32"
-        r = d.get("replicas")
-        if r and "min" in r and "max" in r and r["min"] > r["max"]:
-            r["min"], r["max"] = r["max"], r["min"]
+        _repair_replicas(d.get("replicas"))
     if not fleet.get("classes") and "discover" not in fleet:
         fleet["classes"] = [{"name": "xeon", "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},
                              "runtime": "openvino"}]
@@ -221,7 +217,8 @@ def repair(spec: dict) -> dict:
     if gate and "metric" in gate and gate["metric"] not in task_metrics:
         gate["metric"] = task_metrics[0]
     needs_calibration = any(c.get("precision") == "int8" for c in fleet.get("classes") or []) \
-        or (fleet.get("discover") or {}).get("cpuPrecision") == "int8" \
+        or ("discover" in fleet and "int8" in (fleet["discover"].get("cpuPrecision", "int8"),  # its default
+                                               fleet["discover"].get("gpuPrecision"))) \
         or (gate or {}).get("metric") in LABELLED_METRICS \
         or "drift" in (spec.get("analysis") or {})
     if needs_calibration:
@@ -258,6 +255,15 @@ def repair(spec: dict) -> dict:
     if ("slo" in an or "drift" in an) and "prometheus" not in an:
         an["prometheus"] = {"url": "http://127.0.0.1:9"}
     return spec
+
+
+def _repair_replicas(r: dict | None) -> None:
+    """replicas.min <= replicas.max, the unset one at its default (min 1, max 4)."""
+    if r and r.get("min", 1) > r.get("max", 4):
+        if "max" in r:
+            r["min"], r["max"] = min(r["min"], r["max"]), max(r["min"], r["max"])
+        else:
+            r["max"] = r["min"]
 
 
 def _repair_task(model: dict) -> None:

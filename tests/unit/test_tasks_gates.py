@@ -203,3 +203,12 @@ def test_summaries_of_a_segmenter_are_class_shares():
     probs[0, 0, 0, :] = 0.9
     rows = tasks.summaries(Task.SEGMENTATION, {"o": probs}, {"layout": "probability", "output": "o", "threshold": 0.5})
     assert rows[:, :2].tolist() == [[0.5, 0.5], [1.0, 0.0]]
+
+
+def test_the_fuzzers_copy_of_the_task_metrics_is_the_specs():
+    """schema_fuzz repairs generated specs from its own copy (the fuzzer reads only the CRD)."""
+    from visionfleet.api.spec import TASK_METRICS
+    from visionfleet_e2e import schema_fuzz
+
+    assert schema_fuzz.TASK_METRICS == {t.value: tuple(m.value for m in metrics) for t, (metrics, _) in TASK_METRICS.items()}
+    assert set(schema_fuzz.LABELLED_METRICS) == {m for m in gates.LABELLED}

@@ -201,7 +201,9 @@ class SegmentationOutputs(Model):
 
 
 def _names_an_output(path: str, label: str) -> dict:
-    return cel(f"!has(self.{path}) || self.outputs.exists(o, o.name == self.{path})",
+    # has() of a field under an absent object is an evaluation error ("no such key"): test the parent first.
+    parent = path.split(".")[0]
+    return cel(f"!has(self.{parent}) || !has(self.{path}) || self.outputs.exists(o, o.name == self.{path})",
                f"model.{path} must name one of model.outputs[*].name ({label})", field_path=f".{path}",
                reason="FieldValueInvalid")
 
@@ -644,7 +646,7 @@ class CompileSpec(Model):
         f"when that is set to an image of your own (one image for every class), else {COMPILE_GPU_IMAGE}. A "
         f"class's compileImage overrides either."))
     calibration: Calibration | None = Field(default=None, description=(
-        "Sample images; required for int8 precision, for accuracyGate.metric top1Accuracy and for analysis.drift. "
+        "Sample images; required for int8 precision, for the labelled gate metrics (top1Accuracy, labelMap50, labelMiou) and for analysis.drift. "
         "Unset, the gate compares on random inputs."))
     # Unset rather than an empty default object: its defaults depend on model.task.
     accuracy_gate: AccuracyGate | None = Field(default=None, description=(
@@ -681,8 +683,10 @@ class CompileSpec(Model):
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
-            cel("!(has(self.accuracyGate) && self.accuracyGate.metric == 'top1Accuracy') || has(self.calibration)",
-                "accuracyGate.metric top1Accuracy needs a labelled calibration set: set compile.calibration",
+            cel("!(has(self.accuracyGate) && has(self.accuracyGate.metric)"
+                " && self.accuracyGate.metric in ['top1Accuracy', 'labelMap50', 'labelMiou']) || has(self.calibration)",
+                "accuracyGate.metric top1Accuracy, labelMap50 and labelMiou need a labelled calibration set: set "
+                "compile.calibration",
                 field_path=".calibration", reason="FieldValueRequired"),
         )
     }
