@@ -74,7 +74,10 @@ def _ignored(model, exclude: list[str] | None):
         return None
     import nncf
 
+    # OpenVINO splits an ONNX Conv with a bias into "<name>/WithoutBiases" (the convolution) and
+    # "<name>" (the bias Add): both are the node's.
     wanted = set(exclude)
+    wanted |= {f"{name}/WithoutBiases" for name in exclude}
     names = [op.get_friendly_name() for op in model.get_ops() if op.get_friendly_name() in wanted]
     return nncf.IgnoredScope(names=names, validate=False) if names else None
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, EXIT_BAD_INPUT, EXIT_GATE, MESSAGE_MAX,
                                   TERMINATION_LOG, TERMINATION_LOG_ENV, cpu_threads, triton_config)
-from visionfleet_contract import tasks
+from visionfleet_contract import reference, tasks
 from visionfleet_contract.schema import RESULT_KEPT
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -150,18 +150,20 @@ def _target(runtime: str, precision: str | None = None):
 
 
 def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
-                   workdir: Path, parameters: dict[str, str] | None = None, exclude: list[str] | None = None):
+                   workdir: Path, parameters: dict[str, str] | None = None, exclude: list[str] | None = None,
+                   op_types: tuple[str, ...] | None = None):
     """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions); the
     runner runs under config.pbtxt's ``parameters`` (the CPU threads). ``exclude``: ONNX nodes an
-    int8 build keeps in higher precision (``_task_gate``). ``_target`` has already refused a pair this
-    node cannot build."""
+    int8 build keeps in higher precision; ``op_types``: the only operations it quantises (both from
+    ``_task_gate``'s fallbacks). ``_target`` has already refused a pair this node cannot build."""
     target = _target(runtime, precision)
     workdir.mkdir(parents=True, exist_ok=True)
     if runtime == "onnxruntime":
         import onnxruntime
 
         if precision == "int8":
-            artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name, exclude=exclude)
+            artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name, exclude=exclude,
+                                         op_types=op_types)
         else:
             artifact = target.build_fp32(src, out_dir / "model.onnx")
         return artifact, target.Runner(artifact, parameters), {"onnxruntime": onnxruntime.__version__}
@@ -169,13 +171,23 @@ def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib
         artifact = target.build(src, out_dir, precision, calib, exclude=exclude)
         return artifact, target.Runner(artifact, parameters=parameters), target.versions()
     # tensorrt: the GPU computes, no CPU thread parameters (cpu_threads gives none)
-    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir, exclude=exclude)
+    artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir, exclude=exclude,
+                            op_types=op_types)
     return artifact, target.Runner(artifact), target.versions()
 
 
-# int8 builds of detectors and segmenters that miss the gate are rebuilt with their output-side
-# layers in higher precision, one depth at a time (onnxrt.head_nodes): where int8 usually hurts.
-HEAD_DEPTHS = (1, 2)
+# int8 builds of detectors and segmenters that miss the gate are rebuilt, each step keeping more in
+# higher precision, until one passes: (quantise only the weighted operations, head depth in fp32).
+# ONNX Runtime and TensorRT (QDQ graphs) first quantise only the weighted operations (the elementwise
+# Add/Mul of a segmenter's backbone are where it lost the most), then also keep the head in fp32,
+# one convolution deep, then two (onnxrt.head_nodes); NNCF (OpenVINO) already quantises only what
+# pays, so its steps are the head ones.
+def fallback_steps(runtime: str) -> list[tuple[tuple[str, ...] | None, int]]:
+    from .onnxrt import WEIGHTED_OPS
+
+    if runtime == "openvino":
+        return [(None, 1), (None, 2)]
+    return [(WEIGHTED_OPS, 0), (WEIGHTED_OPS, 1), (WEIGHTED_OPS, 2)]
 
 
 def _reference_meta(task, model_spec: dict, outputs: dict, calib) -> dict:
@@ -213,38 +225,42 @@ def _measure(task, params, reference_runner, built, held_out, labels):
 
 
 def _task_gate(task, params, metric, least, reference_runner, built, artifact, held_out, labels, rebuild, src,
-               int8: bool):
-    """The gate of a detector, segmenter or other model → (measured, runner, artifact, nodes kept in
-    fp32). An int8 artifact that misses it is rebuilt with its head in higher precision (deeper each
-    try, ``HEAD_DEPTHS``) before the gate fails."""
+               steps: list[tuple[tuple[str, ...] | None, int]]):
+    """The gate of a detector, segmenter or other model → (measured, runner, artifact, what was kept
+    in higher precision). An int8 artifact that misses it is rebuilt through ``steps``
+    (``fallback_steps``) before the gate fails."""
     from . import onnxrt
 
-    kept: list[str] = []
-    depths = iter(HEAD_DEPTHS if int8 else ())
+    kept: dict = {}
+    remaining = iter(steps)
     while True:
         try:
             m = _measure(task, params, reference_runner, built, held_out, labels)
         except (KeyError, ValueError) as e:  # an output the spec names wrongly, a head of another shape
             raise TargetUnavailable(f"model.{task.value}", f"the outputs do not read as declared: {e}") from e
         log("accuracy", task=task.value, samples=m.samples, labelled=m.labelled, gate={"metric": metric, "min": least},
-            fp32_nodes=len(kept), **m.metrics, reference=m.reference, **m.details)
+            **kept, **m.metrics, reference=m.reference, **m.details)
         if metric not in m.metrics:
             raise TargetUnavailable("compile.accuracyGate.metric",
                                     f"{metric} needs labels for the held-out samples in the calibration .npz "
                                     f"(array {LABEL_ARRAY[task.value]!r}; see docs/compile.md)")
         if m.metrics[metric] >= least:
-            return m, built, artifact, len(kept)
-        depth = next(depths, None)
-        if depth is None:
+            return m, built, artifact, kept
+        step = next(remaining, None)
+        if step is None:
             others = ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k != metric)
             raise GateFailed(f"accuracy gate failed: {metric} {m.metrics[metric]:.4f} < {least} on {m.samples} "
                              f"held-out samples (task {task.value}; {others}"
                              + (f"; fp32 reference {', '.join(f'{k} {v:.4f}' for k, v in m.reference.items())}"
                                 if m.reference else "")
-                             + (f"; head kept in fp32: {len(kept)} nodes" if kept else "") + ")")
-        kept = onnxrt.head_nodes(src, depth)
-        log("rebuild", reason=f"{metric} {m.metrics[metric]:.4f} < {least}", fp32_nodes=len(kept), depth=depth)
-        artifact, built, _ = rebuild(kept)
+                             + (f"; int8 only on {', '.join(kept['int8OpTypes'])}" if "int8OpTypes" in kept else "")
+                             + (f"; head kept in fp32: {kept['fp32Nodes']} nodes" if kept.get("fp32Nodes") else "")
+                             + ")")
+        op_types, depth = step
+        exclude = onnxrt.head_nodes(src, depth) if depth else []
+        kept = {**({"int8OpTypes": list(op_types)} if op_types else {}), **({"fp32Nodes": len(exclude)} if exclude else {})}
+        log("rebuild", reason=f"{metric} {m.metrics[metric]:.4f} < {least}", depth=depth, **kept)
+        artifact, built, _ = rebuild(exclude, op_types)
 
 
 def check_triton_config(text: str) -> None:
@@ -296,10 +312,11 @@ def compile_request(request: dict, workdir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     log("build", runtime=runtime, precision=precision, calibration_samples=len(calib))
     started = time.monotonic()
-    def rebuild(exclude: list[str]):
-        """The artifact again with ``exclude`` (ONNX node names) kept in fp32 (int8 only)."""
+    def rebuild(exclude: list[str], op_types: tuple[str, ...] | None):
+        """The artifact again with ``exclude`` (ONNX node names) kept in fp32 and only ``op_types``
+        quantised (int8 only)."""
         return build_artifact(runtime, precision, src, out_dir, calib, model_spec["inputs"][0]["name"],
-                              workdir / "build", parameters, exclude=exclude)
+                              workdir / "build", parameters, exclude=exclude, op_types=op_types)
 
     artifact, built, versions = build_artifact(runtime, precision, src, out_dir, calib,
                                                model_spec["inputs"][0]["name"], workdir / "build", parameters)
@@ -331,18 +348,20 @@ def compile_request(request: dict, workdir: Path) -> dict:
     else:
         params = tasks.resolve(model_spec)
         m, built, artifact, kept = _task_gate(task, params, metric, least, reference_runner, built, artifact, held_out,
-                                              labels, rebuild, src, int8=precision == "int8")
+                                              labels, rebuild, src,
+                                              fallback_steps(runtime) if precision == "int8" else [])
         measured = m.metrics[metric]
         extra = {"metrics": {k: round(v, 6) for k, v in m.metrics.items()},
                  **({"referenceMetrics": {k: round(v, 6) for k, v in m.reference.items()}} if m.reference else {}),
-                 **({"fp32Nodes": kept} if kept else {})}
+                 **kept}
 
     drift_ref = None
-    if len(calib):
+    if 0 < len(calib) < reference.MIN_SAMPLES:
+        log("drift-reference", skipped=f"{len(calib)} calibration samples; a drift reference needs "
+                                       f"{reference.MIN_SAMPLES} (compile.calibration.samples)")
+    elif len(calib):
         # The drift monitor's reference: this artifact's outputs on the calibration samples (and the
         # samples reduced), next to the artifact, so each revision of each class carries its own.
-        from visionfleet_contract import reference
-
         if task == tasks.Task.CLASSIFICATION:
             ref = reference.build(calib, onnxrt.predict(built, calib))
         else:
@@ -356,7 +375,8 @@ def compile_request(request: dict, workdir: Path) -> dict:
         parameters=parameters)
     # Time per batch size: long enough for a stable p99 on a node; tests shorten it.
     points = onnxrt.profile(built, held_out, list(BATCHES),
-                            seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")))
+                            seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")),
+                            stop_above_ms=float(batching["latencyBudgetMs"]) if batching.get("mode") != "manual" else None)
     for p in points:
         log("profiled", batch=p.batch, p50_ms=round(p.p50_ms, 3), p99_ms=round(p.p99_ms, 3),
             throughput=round(p.throughput, 1))

@@ -88,7 +88,8 @@ def _fp16_onnx(src: Path, dest: Path) -> Path:
 
 
 def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, input_name: str,
-          max_batch: int, workdir: Path, exclude: list[str] | None = None) -> Path:
+          max_batch: int, workdir: Path, exclude: list[str] | None = None,
+          op_types: tuple[str, ...] | None = None) -> Path:
     """``exclude``: ONNX nodes of an int8 build left without Q/DQ, so the strongly typed network keeps
     them in fp32 (a detector's head when the gate needs it)."""
     import tensorrt as trt
@@ -103,7 +104,7 @@ def build(src: Path, out_dir: Path, precision: str, calibration: np.ndarray, inp
     if precision == "int8":
         # GPUs have no AVX2 saturation issue: full 8-bit weights.
         onnx_path = build_int8(src, workdir / "model.qdq.onnx", calibration, input_name, reduce_range=False,
-                               symmetric=True, exclude=exclude)
+                               symmetric=True, exclude=exclude, op_types=op_types)
     elif precision == "fp16":
         if hasattr(trt.BuilderFlag, "FP16"):
             config.set_flag(trt.BuilderFlag.FP16)

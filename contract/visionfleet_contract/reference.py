@@ -35,6 +35,7 @@ FORMAT = 1
 POOL = 8
 REDUCED_DIMS = 32
 MAX_REFERENCE = 2000  # samples kept: enough for KS/MMD, small enough for the monitor's memory
+MIN_SAMPLES = 20  # fewer and no test means anything: the compile program writes no reference, load refuses one
 
 
 def softmax(outputs: np.ndarray) -> np.ndarray:
@@ -162,7 +163,7 @@ def load(path: Path) -> Reference:
         if isinstance(e, ReferenceError):
             raise
         raise ReferenceError(f"{path}: not a drift reference ({type(e).__name__}: {e})") from e
-    if ref.probs.ndim != 2 or ref.reduced.ndim != 2 or len(ref.probs) != len(ref.reduced) or len(ref.probs) < 20:
+    if ref.probs.ndim != 2 or ref.reduced.ndim != 2 or len(ref.probs) != len(ref.reduced) or len(ref.probs) < MIN_SAMPLES:
         raise ReferenceError(f"{path}: malformed reference (probs {ref.probs.shape}, reduced {ref.reduced.shape}; "
-                             f"at least 20 samples needed)")
+                             f"at least {MIN_SAMPLES} samples needed)")
     return ref

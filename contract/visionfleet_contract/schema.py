@@ -52,6 +52,7 @@ class CompileResult(TypedDict, total=False):
     metrics: dict[str, float]
     referenceMetrics: dict[str, float]
     fp32Nodes: int  # int8 nodes kept in fp32 (the head) so that the gate passes; absent when none
+    int8OpTypes: list[str]  # the only operations quantised (a fallback that passed); absent: every one
     p99MsAtBatch: dict[str, float]
     batching: Batching
     runtime: dict  # name, precision, library versions, cpu

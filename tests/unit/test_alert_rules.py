@@ -16,7 +16,7 @@ RULES = REPO / "charts" / "visionfleet" / "files" / "prometheus-rules.yaml"
 RULE_TESTS = Path(__file__).with_name("alert_rules_test.yaml")
 PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
 ALERTS = {"VisionFleetRollback", "VisionFleetCompileFailed", "VisionFleetReconcileErrors", "VisionFleetOperatorDown",
-          "VisionFleetRolloutStuck", "VisionFleetInputDrift"}
+          "VisionFleetRolloutStuck", "VisionFleetInputDrift", "VisionFleetInputSpaceDrift"}
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,

@@ -44,6 +44,9 @@ MONITOR = {
     "visionfleet_drift_samples_dropped_total",
     "visionfleet_drift_tests_total",
     "visionfleet_drift_test_seconds",
+    "visionfleet_drift_input_p_value",
+    "visionfleet_drift_input_distance",
+    "visionfleet_drift_input_detected",
 }
 PROMETHEUS = {"up"}
 

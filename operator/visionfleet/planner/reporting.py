@@ -200,8 +200,9 @@ def _stable_drift(p: PassState, conds: list[Condition]) -> list[Condition]:
         return conds  # no verdict yet: what was last known stands
     seen: list[tuple[str, float]] = []  # (test, p) of the tests with a verdict
     if m.drift_p_value is not None and m.drift_window_fill is not None and m.drift_window_fill >= 1.0:
-        main = "output summaries" if drift.detector.value == "bbsd-ks" else "input space"
-        seen.append((f"{main} ({drift.detector.value})", m.drift_p_value))
+        detector = str(getattr(drift.detector, "value", drift.detector))
+        seen.append((f"{'output summaries' if detector == 'bbsd-ks' else 'input space'} ({detector})",
+                     m.drift_p_value))
     detector_known = bool(seen)
     if m.drift_input_p_value is not None:
         seen.append(("input space (input-ks)", m.drift_input_p_value))
