@@ -841,11 +841,13 @@ class DriftSpec(Model):
     """The drift monitor, a sidecar in every Triton pod (docs/drift.md)."""
 
     detector: DriftDetector = Field(default=DriftDetector.BBSD_KS, description=(
-        "bbsd-ks: KS tests on the model's softmax outputs, Bonferroni-corrected; mmd: MMD on reduced inputs. "
-        "Default bbsd-ks."))
+        "bbsd-ks: KS tests on the model's softmax outputs (a classifier) or per-image summaries of its outputs "
+        "(detection count, scores, box sizes, classes; class shares of a segmenter's pixels), Bonferroni-corrected; "
+        "mmd: MMD on reduced inputs. Default bbsd-ks."))
     p_value: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.01, description=(
         "Drift when p < this (p Bonferroni-corrected over the revision's pods): the canary's measurement fails; "
-        "on the stable, condition InputDrift. Default 0.01."))
+        "on the stable, condition InputDrift, raised by this test or by the monitor's always-on input-space test "
+        "(docs/drift.md). Default 0.01."))
     window: Annotated[int, Field(ge=20, le=100_000)] = Field(
         default=500, description="Samples per test; the canary is judged only once its window is full. Default 500.")
     max_samples_per_second: Annotated[int, Field(ge=1, le=10_000)] = Field(
