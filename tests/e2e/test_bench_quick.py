@@ -29,3 +29,16 @@ def test_rollback_bench_quick_mode():
     assert {int(w) for w, _, _ in runs} == {50, 100}, out.stdout
     assert all(float(gap) == 0.0 for _, _, gap in runs), f"a class was left without a Ready pod: {runs}"
     assert re.search(r"steady state: 0 operator writes over 3 resyncs", out.stdout), out.stdout
+
+
+@pytest.mark.timeout(300)
+def test_drift_bench_quick_mode():
+    """The drift bench's quick mode: both tests run on clean and shifted windows and report a rate
+    for each kind of shift (the rates are the bench's figures, not checked here)."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "drift.py"), "--quick"],
+                         cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    print(out.stdout)
+    assert re.search(r"false-positive rate on clean windows .*bbsd-ks [\d.]+ .*input-ks [\d.]+", out.stdout), out.stdout
+    rows = re.findall(r"^(haze|gaussian_noise|darken) +3 +([\d.]+) +([\d.]+)$", out.stdout, re.M)
+    assert {kind for kind, _, _ in rows} == {"haze", "gaussian_noise", "darken"}, out.stdout
