@@ -77,7 +77,12 @@ def test_int8_artifact_passes_its_gate_with_config_and_result(sample, tmp_path, 
     assert raw["runtime"]["precision"] == "int8" and raw["top1Agreement"] > 0.8 and raw["referenceTop1Accuracy"] > 0.8
     phases = [entry["phase"] for entry in logs]
     assert phases[:4] == ["fetch", "inspect", "build", "built"] and "accuracy" in phases and phases[-1] == "done"
-    assert sum(p == "profiled" for p in phases) == 6
+    # Every batch size from 1 up, until one alone takes longer than the budget (200 ms) at its median:
+    # no larger one could be chosen, so the profile stops there.
+    profiled = [e for e in logs if e["phase"] == "profiled"]
+    assert [e["batch"] for e in profiled] == [1, 2, 4, 8, 16, 32][:len(profiled)] and len(profiled) >= 2
+    assert all(e["p50_ms"] <= 200 for e in profiled[:-1])
+    assert len(profiled) == 6 or profiled[-1]["p50_ms"] > 200
     threads = thread_parameters(runtime, cpu_limit, 1)
     assert {k: v.string_value for k, v in cfg.parameters.items()} == threads == raw.get("parameters", {})
     assert next(e for e in logs if e["phase"] == "profile")["parameters"] == threads
