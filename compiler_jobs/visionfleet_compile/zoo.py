@@ -246,14 +246,14 @@ def compile_request(info: dict, runtime: str, precision: str, gate: dict, budget
 # -- the sample detector and segmenter ---------------------------------------------------------------
 #
 #     text detector (YOLOX)     ddddocr 1.6.1's common_det.onnx (a captcha character detector), the
-#                               YOLOX decode appended in the graph, the batch made dynamic and opset 11 → 13 by
+#                               YOLOX decode appended in the graph and the batch made dynamic by
 #                               ``export_text_detector``: input ``images`` [N,3,416,416] FP32, BGR
 #                               pixels 0..255 (letterboxed, padded with 114 right and bottom), output
 #                               ``detections`` [N,3549,6] = cx, cy, w, h (input pixels), objectness,
 #                               class score (layout objectness; one class: a character)
 #     text segmenter (DBNet)    rapidocr-onnxruntime 1.4.4's ch_PP-OCRv4_det_infer.onnx, its weights
 #                               made initializers (int8 quantisers only see those), the normalisation
-#                               (x/255 − 0.5)/0.5 put in the graph, the input fixed to 320×320 and opset 12 → 13 by
+#                               (x/255 − 0.5)/0.5 put in the graph and the input fixed to 320×320 by
 #                               ``export_text_segmenter``: input ``images`` [N,3,320,320] FP32, BGR
 #                               pixels 0..255, output ``text_probability`` [N,1,320,320]
 #
@@ -268,7 +268,6 @@ DET_SIZE, SEG_SIZE = 416, 320
 DET_INPUT, DET_OUTPUT = "images", "detections"
 SEG_INPUT, SEG_OUTPUT = "images", "text_probability"
 DET_STRIDES = (8, 16, 32)
-DET_OPSET = 13
 DET_SCORE_THRESHOLD = 0.3
 SEG_THRESHOLD = 0.3  # rapidocr's (and PP-OCR's) binarisation threshold of the probability map
 DB_SHRINK = 0.4
@@ -300,7 +299,6 @@ def export_text_detector(dest: Path) -> Path:
     """ddddocr's YOLOX → ``detections`` [N, 3549, 6] decoded in the graph, any batch; checked with
     ONNX Runtime against the source model decoded in numpy, at batch 1, 3 and 8."""
     import onnx
-    import onnx.version_converter
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -347,10 +345,6 @@ def export_text_detector(dest: Path) -> Path:
     anchors = grid.shape[1]
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(DET_OUTPUT, TensorProto.FLOAT, ["batch", anchors, 6]))
-    # Opset 11 → 13: ONNX Runtime's per-channel int8 (QDQ) writes DequantizeLinear with an axis, which
-    # opset 13 introduced; quantize_static does not upgrade, so an opset-11 model quantises to an
-    # invalid graph. Nothing else in this graph changes meaning between 11 and 13.
-    model = onnx.version_converter.convert_version(model, DET_OPSET)
     onnx.checker.check_model(model)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp.onnx")
@@ -382,7 +376,6 @@ def export_text_segmenter(dest: Path, size: int = SEG_SIZE) -> Path:
     """rapidocr's PP-OCRv4 DBNet → weights as initializers, normalisation in the graph, input
     [N, 3, size, size]; checked with ONNX Runtime against the source on normalised inputs."""
     import onnx
-    import onnx.version_converter
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -409,7 +402,6 @@ def export_text_segmenter(dest: Path, size: int = SEG_SIZE) -> Path:
     del g.input[:], g.output[:], g.value_info[:]
     g.input.append(helper.make_tensor_value_info(SEG_INPUT, TensorProto.FLOAT, ["batch", 3, size, size]))
     g.output.append(helper.make_tensor_value_info(SEG_OUTPUT, TensorProto.FLOAT, ["batch", 1, size, size]))
-    model = onnx.version_converter.convert_version(model, DET_OPSET)  # 12 → 13, as the detector (per-channel int8)
     onnx.checker.check_model(model)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp.onnx")

@@ -53,11 +53,15 @@ def segmenter_int8(segmenter, tmp_path_factory):
     Runtime's QDQ int8 of every op misses the gate on this DBNet, maskMiou ≈ 0.78: it quantises every
     Add and Mul of PP-LCNetV3's affine blocks; its first fallback quantises only the weighted ops,
     maskMiou ≈ 0.96: test_int8_segmenter_on_onnxruntime_passes_through_the_weighted_ops_fallback.)"""
-    work = tmp_path_factory.mktemp("segmenter-int8")
+    return _segmenter_int8(segmenter, "openvino", tmp_path_factory.mktemp("segmenter-int8"))
+
+
+def _segmenter_int8(segmenter, runtime, work):
+    """The segmenter compiled int8 for ``runtime``, calibrated on the first CALIBRATION images."""
     data, n = np.load(segmenter["data"]), segmenter["calibrationSamples"]
     keep = np.r_[0:CALIBRATION, n:len(data["images"])]
     np.savez(work / "calibration.npz", images=data["images"][keep], masks=data["masks"][keep])
-    req = zoo.segmenter_compile_request(segmenter, "openvino", "int8", {}, 500, "text-segmenter/openvino-int8",
+    req = zoo.segmenter_compile_request(segmenter, runtime, "int8", {}, 500, f"text-segmenter/{runtime}-int8",
                                         calibration_uri=f"file://{work / 'calibration.npz'}")
     req["compile"]["calibration"]["samples"] = CALIBRATION
     return _compile(req, work)
@@ -141,14 +145,7 @@ def test_int8_segmenter_passes_the_default_gate_on_real_images(segmenter, segmen
 
 
 def test_int8_segmenter_on_onnxruntime_passes_through_the_weighted_ops_fallback(segmenter, tmp_path):
-    work = tmp_path
-    data, n = np.load(segmenter["data"]), segmenter["calibrationSamples"]
-    keep = np.r_[0:CALIBRATION, n:len(data["images"])]
-    np.savez(work / "calibration.npz", images=data["images"][keep], masks=data["masks"][keep])
-    req = zoo.segmenter_compile_request(segmenter, "onnxruntime", "int8", {}, 500, "text-segmenter/onnxruntime-int8",
-                                        calibration_uri=f"file://{work / 'calibration.npz'}")
-    req["compile"]["calibration"]["samples"] = CALIBRATION
-    result, _ = _compile(req, work)
+    result, _ = _segmenter_int8(segmenter, "onnxruntime", tmp_path)
     assert result["metrics"]["maskMiou"] >= 0.9
     assert result["int8OpTypes"] == ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 

@@ -363,3 +363,16 @@ def test_other_models_are_gated_on_output_cosine(files, capsys):
     assert code == 0, message
     raw = json.loads(message)
     assert raw["accuracyMetric"] == "outputCosine" and 0.5 <= raw["metrics"]["outputCosine"] <= 1.0
+
+
+def test_int8_of_a_model_older_than_opset_13_is_a_loadable_graph(files):
+    """Per-channel Q/DQ needs opset 13 (DequantizeLinear's axis): an older model is converted first."""
+    from visionfleet_compile import onnxrt
+
+    model = onnx.load(tiny_classifier(files["tmp"] / "m.onnx"))
+    model.opset_import[0].version = 11
+    onnx.save(model, files["tmp"] / "m11.onnx")
+    x = np.random.default_rng(0).standard_normal((16, C, H, W)).astype(np.float32)
+    out = onnxrt.build_int8(files["tmp"] / "m11.onnx", files["tmp"] / "q.onnx", x, "images")
+    assert next(o.version for o in onnx.load(out).opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert onnxrt.Runner(out).run(x).shape == (16, CLASSES)
