@@ -48,3 +48,18 @@ DRIFT_WINDOW_FILL = "visionfleet_drift_window_fill"  # gauge: samples held / win
 # The input-space test every monitor runs next to its detector (KS per reduced input dimension).
 DRIFT_INPUT_P_VALUE = "visionfleet_drift_input_p_value"  # gauge: the last input-space test's p-value
 DRIFT_INPUT_DETECTED = "visionfleet_drift_input_detected"  # gauge: 1 when it found drift
+# The monitor asks Triton under its own model entry, <model>MONITOR_MODEL_SUFFIX (the same artifact,
+# a second name in the repository), so its requests never land in the nv_inference_* series of
+# <model> that the latency/error analysis reads.
+MONITOR_MODEL_SUFFIX = "__monitor"
+
+# -- shadow steps: the canary gets a mirror of live requests, users see only the stable ----------------
+#   gateway ──(RequestMirror to the canary's revision Service, port SHADOW_PORT)──► canary's monitor sidecar
+#   sidecar ──(every request, as received)──► its own Triton, under <model>: what the SLO analysis judges
+#   sidecar ──(a rate-limited sample, under <model>MONITOR_MODEL_SUFFIX)──► STABLE_URL_ENV: the stable's
+#            answer to the same request; the pair's agreement is counted below
+SHADOW_PORT = 8011
+STABLE_URL_ENV = "VISIONFLEET_STABLE_URL"  # e.g. http://<vd>-stable.<namespace>:8000
+LIVE_PAIRS = "visionfleet_live_pairs_total"  # counter: requests answered by both canary and stable
+LIVE_AGREEMENT = "visionfleet_live_agreement_total"  # counter: sum over pairs of their agreement (0..1)
+LIVE_PAIR_ERRORS = "visionfleet_live_pair_errors_total"  # counter {reason}: pairs that could not be made
