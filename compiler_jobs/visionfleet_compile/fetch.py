@@ -13,6 +13,12 @@ Model repositories on s3:// go both ways: ``upload_entry`` (the compile Job writ
 ``fetch_entry`` (a Triton pod's init container, ``visionfleet-compile fetch-entry``, fetches it and
 checks every file against the compile result's sha256 before Triton starts).
 
+The drift monitor asks Triton under its own entry, ``<model>__monitor`` (``MONITOR_MODEL_SUFFIX``), so
+its requests never count in the served model's SLO series. ``write_monitor_entry`` lays that entry
+out next to the served one in a local repository: its config.pbtxt (``monitor_config``: the same text
+but the name and one instance) and version directories that are symlinks to the served ones (Triton
+follows them; no second copy of the artifact).
+
 A sha256, when given, must match; a mismatch names the field and both digests. Every error is a
 ``FetchError`` carrying the spec field it concerns, which the compile program reports in its
 result and turns into exit code 2 (bad input: the Job is not retried).
@@ -28,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from visionfleet_contract import PVC_ROOT, PVC_ROOT_ENV
+from visionfleet_contract import CONFIG_FILE, PVC_ROOT, PVC_ROOT_ENV, monitor_config, monitor_model_name
 
 CHUNK = 1 << 20
 
@@ -223,3 +229,29 @@ def fetch(uri: str, sha256: str | None, field: str, workdir: Path) -> Path:
             sha_field = field.rsplit(".", 1)[0] + ".sha256"
             raise FetchError(sha_field, f"the file at {uri} has sha256 {got}, the spec says {sha256}")
     return path
+
+
+def write_monitor_entry(repo: Path, model: str) -> Path:
+    """Lay out ``<repo>/<model>__monitor`` beside ``<repo>/<model>``: config.pbtxt from the served one's
+    (``monitor_config``) and, for each version directory of the served entry, a relative symlink to it.
+    Idempotent (an entry already there is replaced). Returns the monitor entry's directory."""
+    served = repo / model
+    config = served / CONFIG_FILE
+    if not config.is_file():
+        raise FetchError(REPOSITORY_FIELD, f"{config}: no config.pbtxt to derive the monitor entry from")
+    versions = sorted(d.name for d in served.iterdir() if d.is_dir() and d.name.isdigit())
+    if not versions:
+        raise FetchError(REPOSITORY_FIELD, f"{served}: no version directory to serve the monitor entry from")
+    dest = repo / monitor_model_name(model)
+    dest.mkdir(parents=True, exist_ok=True)
+    for v in versions:
+        link = dest / v
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        link.symlink_to(Path("..") / model / v, target_is_directory=True)
+    tmp = dest / f".{CONFIG_FILE}.partial"
+    tmp.write_text(monitor_config(config.read_text(), model))
+    tmp.rename(dest / CONFIG_FILE)
+    return dest

@@ -63,3 +63,38 @@ STABLE_URL_ENV = "VISIONFLEET_STABLE_URL"  # e.g. http://<vd>-stable.<namespace>
 LIVE_PAIRS = "visionfleet_live_pairs_total"  # counter: requests answered by both canary and stable
 LIVE_AGREEMENT = "visionfleet_live_agreement_total"  # counter: sum over pairs of their agreement (0..1)
 LIVE_PAIR_ERRORS = "visionfleet_live_pair_errors_total"  # counter {reason}: pairs that could not be made
+
+
+def monitor_model_name(model: str) -> str:
+    """The monitor's Triton model entry for ``model``: ``<model>__monitor``."""
+    return model + MONITOR_MODEL_SUFFIX
+
+
+def monitor_config(config: str, model: str) -> str:
+    """config.pbtxt of ``model``'s monitor entry, from the served entry's own text (``triton_config.render``):
+    identical but for the name (``monitor_model_name``) and one instance per instance group.
+
+    Why one instance: the monitor asks at most ``--max-rate`` samples a second (50 by default), and
+    every instance of a second entry is a second copy of the weights in memory (a TensorRT engine on
+    the GPU); one instance bounds that cost to one copy. Everything else is the served entry's — the
+    same max_batch_size (the requests' shapes mean the same thing), dynamic batching (it merges the
+    monitor's concurrent requests), the same backend parameters — so the monitor sees the answers the
+    clients get. The version directory is the served one's (mounted twice, or a symlink): no copy."""
+    lines = config.splitlines()
+    want = f'name: "{model}"'
+    hits = [i for i, line in enumerate(lines) if line.rstrip() == want]  # top level: not indented
+    if len(hits) != 1:
+        raise ValueError(f"config.pbtxt has {len(hits)} top-level lines {want!r}; expected exactly one")
+    lines[hits[0]] = f'name: "{monitor_model_name(model)}"'
+    depth, in_group = 0, False
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not in_group and depth == 0 and s.startswith("instance_group"):
+            in_group = True
+        if in_group:
+            if s.startswith("count:"):
+                lines[i] = line[:len(line) - len(line.lstrip())] + "count: 1"
+            depth += s.count("[") + s.count("{") - s.count("]") - s.count("}")
+            if depth == 0:
+                in_group = False
+    return "\n".join(lines) + ("\n" if config.endswith("\n") else "")

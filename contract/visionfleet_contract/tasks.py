@@ -269,3 +269,119 @@ def summaries(task: Task, outputs: Mapping[str, np.ndarray], p: Mapping[str, Any
         x = np.asarray(outputs[name], dtype=np.float32).reshape(len(outputs[name]), -1)
         cols += [x.mean(axis=1), x.std(axis=1), x.min(axis=1), x.max(axis=1)]
     return np.stack(cols, axis=1).astype(np.float32)
+
+
+# -- live agreement: the canary's and the stable's answers to the same request (shadow steps) ---------
+
+AGREEMENT_IOU = 0.5  # a canary box agrees with a stable box of its class at IoU ≥ this (VOC's rule)
+
+
+class AgreementError(ValueError):
+    """The two answers cannot be compared (different outputs, shapes or batch sizes): the pair is
+    counted as an error by the caller, never as disagreement."""
+
+
+def _pair_tensors(canary: Mapping[str, np.ndarray], stable: Mapping[str, np.ndarray],
+                  names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    c, s = {}, {}
+    for n in names:
+        if n not in canary or n not in stable:
+            raise AgreementError(f"output {n!r} missing from the {'canary' if n not in canary else 'stable'}'s answer")
+        a, b = np.asarray(canary[n]), np.asarray(stable[n])
+        if a.shape != b.shape:
+            raise AgreementError(f"output {n!r}: canary shape {list(a.shape)}, stable shape {list(b.shape)}")
+        c[n], s[n] = a, b
+    return c, s
+
+
+def _detection_f1(a: Detections, b: Detections, iou: float) -> float:
+    """F1 of ``a`` against ``b`` taken as the truth: a box of ``a`` (highest score first) matches a
+    still-unmatched box of ``b`` of its class at IoU ≥ ``iou``; 1.0 when neither has a detection."""
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    tp = 0
+    if len(a) and len(b):
+        ious = iou_matrix(a.boxes, b.boxes)
+        ious[a.classes[:, None] != b.classes[None, :]] = 0
+        used = np.zeros(len(b), dtype=bool)
+        for i in range(len(a)):
+            row = np.where(used, 0, ious[i])
+            j = int(row.argmax())
+            if row[j] >= iou:
+                tp, used[j] = tp + 1, True
+    return 2 * tp / (len(a) + len(b))
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray, n_cls: int) -> float:
+    """Mean IoU over the foreground classes (1 … n_cls − 1) present in either map; with no foreground
+    in either, 1.0. Background is left out: a text mask covering 2 % of the image would otherwise
+    agree at 0.98 whatever it said."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    present = np.union1d(np.unique(a), np.unique(b))
+    fg = present[(present > 0) & (present < max(n_cls, 2))] if n_cls > 1 else present
+    if not len(fg):
+        return 1.0
+    ious = []
+    for k in fg:
+        inter = np.count_nonzero((a == k) & (b == k))
+        union = np.count_nonzero((a == k) | (b == k))
+        ious.append(inter / union if union else 1.0)
+    return float(np.mean(ious))
+
+
+def agreement(task: "Task | str", p: Mapping[str, Any], canary: Mapping[str, np.ndarray],
+              stable: Mapping[str, np.ndarray]) -> list[float]:
+    """Per image of the batch, how far the canary's answer agrees with the stable's, in [0, 1]:
+
+        classification  1.0 when the top-1 class is the same, else 0.0 (``p["output"]``, default the
+                        first output name both answers have, in name order)
+        detection       F1 of the canary's detections against the stable's (above scoreThreshold,
+                        same class, IoU ≥ 0.5; 1.0 when neither found anything)
+        segmentation    mean IoU of the class maps over the foreground classes either has (1.0
+                        when neither has any foreground)
+        other           cosine similarity of every output (the names both have, flattened per
+                        image, concatenated), clipped at 0; two all-zero answers agree (1.0)
+
+    ``p`` is ``resolve(model)`` for detection and segmentation (the reference's ``meta["params"]``);
+    for classification it may name the ``output``. Raises ``AgreementError`` when the answers cannot
+    be compared (an output missing or shaped differently, batch sizes differ)."""
+    task = Task(task)
+    if task == Task.DETECTION:
+        if p["layout"] == DetectionLayout.BOXES.value:
+            names = [p[k] for k in ("boxes", "scores", "classes", "count") if p.get(k)]
+        else:
+            names = [p["output"]]
+        c, s = _pair_tensors(canary, stable, names)
+        dc, ds = detections(c, p), detections(s, p)
+        return [_detection_f1(a, b, AGREEMENT_IOU) for a, b in zip(dc, ds)]
+    if task == Task.SEGMENTATION:
+        c, s = _pair_tensors(canary, stable, [p["output"]])
+        (mc, kc), (ms, ks) = masks(c, p), masks(s, p)
+        n_cls = int(p.get("numClasses") or max(kc, ks))
+        return [_mask_iou(a, b, n_cls) for a, b in zip(mc, ms)]
+    common = sorted(set(canary) & set(stable))
+    if not common:
+        raise AgreementError(f"no output in both answers (canary {sorted(canary)}, stable {sorted(stable)})")
+    if task == Task.CLASSIFICATION:
+        name = p.get("output") or common[0]
+        c, s = _pair_tensors(canary, stable, [name])
+        a, b = c[name], s[name]
+        if a.ndim == 0:
+            raise AgreementError(f"output {name!r} is a scalar: no class to compare")
+        a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+        return [float(x) for x in (a.argmax(axis=1) == b.argmax(axis=1))]
+    c, s = _pair_tensors(canary, stable, common)
+    batch = {len(v) if np.ndim(v) else 1 for v in (*c.values(), *s.values())}
+    if len(batch) != 1:
+        raise AgreementError(f"outputs have different batch sizes {sorted(batch)}")
+    n = batch.pop()
+    a = np.concatenate([np.asarray(c[k], dtype=np.float64).reshape(n, -1) for k in common], axis=1)
+    b = np.concatenate([np.asarray(s[k], dtype=np.float64).reshape(n, -1) for k in common], axis=1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    out = []
+    for i in range(n):
+        if na[i] == 0 or nb[i] == 0:
+            out.append(1.0 if na[i] == nb[i] else 0.0)
+        else:
+            out.append(float(np.clip(a[i] @ b[i] / (na[i] * nb[i]), 0.0, 1.0)))
+    return out

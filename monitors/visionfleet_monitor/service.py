@@ -10,14 +10,26 @@ binary-data extension — so any mirroring proxy works unchanged.
 
 For the default test (bbsd-ks) it needs the model's outputs: it asks its own pod's Triton
 (``--triton``, localhost) for them, at most ``--max-rate`` samples a second, through a bounded queue
-(a full queue drops the sample and counts it). Those requests show up in Triton's request count —
-at most ``--max-rate`` per pod, which the SLO analysis tolerates. A classifier's reference needs one
+(a full queue drops the sample and counts it). It asks under the model's *monitor entry*,
+``<model>__monitor`` (``--monitor-model``; the same artifact under a second name in the pod's
+repository), so its requests never land in the ``nv_inference_*`` series of ``<model>`` that the SLO
+analysis reads. A Triton without that entry is asked under ``<model>`` itself, as before, with a
+warning and ``visionfleet_drift_monitor_entry 0`` until the entry appears. A classifier's reference needs one
 output (``--output``, default the first: softmax); a detector's, segmenter's or other model's
 reference summarises every output, so all of them are asked for. The mmd test needs no Triton.
 
 Whatever the detector, every sample taken also goes, reduced to 32 dimensions, into a second window
 for the input-space test (KS per dimension, Bonferroni; ``detect.InputTest``): it sees shifts the
 model's outputs hide, needs no Triton, and costs milliseconds. With mmd both tests read one window.
+
+The mirror endpoint refuses before it reads a byte of the body: a body over ``--max-body`` (413; by
+default 6 × a full batch of the model's inputs in binary, from Triton's model config — room for the
+same batch as JSON text — and 16 MiB until that config is known) and a request that finds the rate
+limit's bucket empty (429). A chunked body is counted as it streams and refused once past the limit.
+
+With ``--shadow-listen`` it also serves shadow steps (``shadow.py``): every request mirrored to that
+port is forwarded to the pod's Triton under the model's own name, and a sample is compared with the
+stable's answer to the same inputs (``visionfleet_live_*``).
 
 Metrics (``GET /metrics``; Prometheus attaches namespace/vision_deployment/revision/class from the
 pod's labels, as for Triton):
@@ -33,6 +45,10 @@ pod's labels, as for Triton):
     visionfleet_drift_input_p_value      last input-space test's p-value (absent until its window is first full)
     visionfleet_drift_input_distance     last input-space test's largest KS statistic
     visionfleet_drift_input_detected     1 when the last input-space test found drift (p < --p-value)
+    visionfleet_drift_requests_refused_total{reason}  too_large (413) | rate_limited (429): refused unread
+    visionfleet_drift_monitor_entry      1 while Triton is asked under <model>__monitor, 0 under <model>
+    visionfleet_live_pairs_total, visionfleet_live_agreement_total, visionfleet_live_pair_errors_total{reason},
+    visionfleet_shadow_requests_total{code}           with --shadow-listen (see shadow.py)
 """
 
 from __future__ import annotations
@@ -41,6 +57,8 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import os
 import signal
 import sys
 import time
@@ -51,7 +69,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from visionfleet_contract import DRIFT_INPUT_DETECTED, DRIFT_INPUT_P_VALUE, DRIFT_P_VALUE, DRIFT_WINDOW_FILL
+from visionfleet_contract import (DRIFT_INPUT_DETECTED, DRIFT_INPUT_P_VALUE, DRIFT_P_VALUE, DRIFT_WINDOW_FILL,
+                                  MONITOR_MODEL_SUFFIX, SHADOW_PORT, STABLE_URL_ENV, monitor_model_name)
 from visionfleet_contract.reference import ReferenceError, load
 
 from .detect import DETECTORS, Detector, DetectorUnavailable, InputTest
@@ -61,7 +80,30 @@ log = logging.getLogger("visionfleet.monitor")
 
 DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
           "INT16": np.int16, "INT32": np.int32, "INT64": np.int64}
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY = 64 * 1024 * 1024  # what the app's reader would ever take (the admission limit is lower)
+MAX_BODY_FALLBACK = 16 * 1024 * 1024  # --max-body until Triton's model config says what a full batch is
+MIN_MAX_BODY = 64 * 1024  # a derived limit never goes below this (the JSON header of a small model)
+BODY_FACTOR = 6  # × a full batch in binary: the same batch as JSON text (≤ ~24 bytes a float32)
+TRITON_BYTES = {"TYPE_FP32": 4, "TYPE_FP16": 2, "TYPE_BF16": 2, "TYPE_FP64": 8, "TYPE_UINT8": 1, "TYPE_INT8": 1,
+                "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_UINT64": 8, "TYPE_INT64": 8,
+                "TYPE_BOOL": 1}
+ENTRY_RECHECK = 30.0  # seconds between looks for the monitor entry while asking under the served name
+
+
+def body_limit(config: dict) -> int | None:
+    """--max-body derived from Triton's model config (GET /v2/models/<model>/config): BODY_FACTOR × the
+    binary size of a full batch of every input; None when an input has a variable dimension or a type
+    of no fixed size (BYTES)."""
+    total = 0
+    for t in config.get("input") or []:
+        size = TRITON_BYTES.get(t.get("data_type", ""))
+        dims = [int(d) for d in t.get("dims") or []]
+        if size is None or any(d < 0 for d in dims):
+            return None
+        total += size * math.prod(dims)
+    if not total:
+        return None
+    return max(MIN_MAX_BODY, BODY_FACTOR * max(1, int(config.get("max_batch_size") or 0)) * total)
 
 
 class BadRequest(ValueError):
@@ -104,10 +146,20 @@ def parse_infer(body: bytes, header_length: str | None, input_name: str | None) 
     raise BadRequest(f"the request has no input named {input_name!r}")
 
 
+def _arg(args: argparse.Namespace, name: str):
+    """A setting by name, the parser's default when ``args`` lacks it (a Namespace built by hand)."""
+    return getattr(args, name, parser().get_default(name))
+
+
 class Monitor:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.reference = load(Path(args.reference))
+        # Where Triton is asked for outputs: the monitor entry, or the served name while it is missing.
+        self.monitor_model = _arg(args, "monitor_model") or monitor_model_name(args.model)
+        self.infer_model = self.monitor_model
+        self.max_body = _arg(args, "max_body") or MAX_BODY_FALLBACK
+        self.max_body_source = "flag" if _arg(args, "max_body") else "fallback"
         self.detector = Detector(self.reference, args.detector, args.p_value)
         self.window = Window(args.window, self.detector.dims)
         # The input-space test: its own window of reduced inputs (32 floats a sample), or mmd's own.
@@ -135,13 +187,51 @@ class Monitor:
         self.c_dropped = Counter("visionfleet_drift_samples_dropped", "samples not used", ["reason"], registry=r)
         self.c_tests = Counter("visionfleet_drift_tests", "drift tests run", registry=r)
         self.g_secs = Gauge("visionfleet_drift_test_seconds", "duration of the last drift test", registry=r)
+        self.c_refused = Counter("visionfleet_drift_requests_refused", "mirrored requests refused unread",
+                                 ["reason"], registry=r)
+        self.g_entry = Gauge("visionfleet_drift_monitor_entry",
+                             "1 while Triton is asked under the monitor entry, 0 under the served model's name",
+                             registry=r)
+        self.g_entry.set(1)
         self.g_fill.set(0)
         self.triton = None  # one client for all output workers (bbsd-ks), made in start_workers
+        self.shadow = None  # shadow.Shadow with --shadow-listen; its counters are exported with ours
 
     # -- samples ---------------------------------------------------------------------------------
 
+    async def admit(self, request: web.Request) -> bytes | web.Response:
+        """The body of a request that is admitted, or the refusal — decided before a byte of the body
+        is read: over --max-body (413, and the connection closed rather than drained), the rate
+        limit's bucket empty (429). A chunked body is counted as it arrives and refused past the limit."""
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            self.c_refused.labels("too_large").inc()
+            resp = web.json_response({"error": f"body of {length} bytes is over the monitor's limit of "
+                                               f"{self.max_body} (--max-body)"}, status=413)
+            resp.force_close()
+            return resp
+        if self.bucket.available() < 1:
+            self.c_refused.labels("rate_limited").inc()
+            return web.json_response({"error": "over the monitor's rate (--max-rate): sample not taken"}, status=429,
+                                     headers={"Retry-After": "1"})
+        if length is not None:
+            return await request.content.readexactly(length) if length else b""
+        chunks, size = [], 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > self.max_body:
+                self.c_refused.labels("too_large").inc()
+                resp = web.json_response({"error": f"body over the monitor's limit of {self.max_body} bytes "
+                                                   "(--max-body)"}, status=413)
+                resp.force_close()
+                return resp
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def mirror(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self.admit(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             name, x = parse_infer(body, request.headers.get("Inference-Header-Content-Length"), self.args.input)
         except BadRequest as e:
@@ -177,7 +267,53 @@ class Monitor:
 
             self.triton = httpclient.InferenceServerClient(url=self.args.triton.split("://", 1)[-1])
             tasks += [asyncio.create_task(self.outputs_worker()) for _ in range(max(1, self.args.workers))]
+        tasks.append(asyncio.create_task(self.watch_triton()))
         return tasks
+
+    async def watch_triton(self) -> None:
+        """Learns from the pod's Triton what it can only tell once it runs: whether the monitor entry is
+        loaded (else ask under the served name, and look again every ENTRY_RECHECK s) and, without
+        --max-body, the body limit from the model's config."""
+        from aiohttp import ClientSession, ClientTimeout
+
+        base = self.args.triton if "://" in self.args.triton else f"http://{self.args.triton}"
+        async with ClientSession(timeout=ClientTimeout(total=5)) as s:
+            async def get(path: str, method: str = "GET"):
+                try:
+                    async with s.request(method, base.rstrip("/") + path, json={} if method == "POST" else None) as r:
+                        return r.status, (await r.json(content_type=None) if r.status == 200 else None)
+                except Exception:
+                    return None, None
+
+            while True:
+                entry, _ = await get(f"/v2/models/{self.monitor_model}/ready")
+                served, _ = await get(f"/v2/models/{self.args.model}/ready")
+                loading = False
+                if entry != 200 and served == 200:  # is the entry still loading, or not there at all?
+                    _, index = await get("/v2/repository/index", "POST")
+                    loading = any(m.get("name") == self.monitor_model and m.get("state") == "LOADING"
+                                  for m in index or [] if isinstance(m, dict))
+                if entry == 200:
+                    if self.infer_model != self.monitor_model:
+                        log.info(json.dumps({"phase": "monitor-entry", "model": self.monitor_model}))
+                    self.infer_model = self.monitor_model
+                    self.g_entry.set(1)
+                elif served == 200 and not loading and self.infer_model != self.args.model \
+                        and self.detector.needs_outputs:
+                    log.warning(json.dumps({"phase": "monitor-entry-missing", "entry": self.monitor_model,
+                                            "askingUnder": self.args.model,
+                                            "effect": "the monitor's requests count in the served model's "
+                                                      "SLO series"}))
+                    self.infer_model = self.args.model
+                    self.g_entry.set(0)
+                if self.max_body_source == "fallback" and served == 200:
+                    _, config = await get(f"/v2/models/{self.args.model}/config")
+                    limit = body_limit(config or {})
+                    if limit:
+                        self.max_body, self.max_body_source = limit, "model config"
+                        log.info(json.dumps({"phase": "max-body", "bytes": limit, "from": "model config"}))
+                known = entry == 200 and self.max_body_source != "fallback"
+                await asyncio.sleep(ENTRY_RECHECK if known or (served == 200 and not loading) else 2.0)
 
     async def outputs_worker(self) -> None:
         import tritonclient.http.aio as httpclient
@@ -189,12 +325,12 @@ class Monitor:
                 inp = httpclient.InferInput(name, list(x.shape), "FP32")  # the mirrored request's own input
                 inp.set_data_from_numpy(x.astype(np.float32), binary_data=True)
                 if self.detector.needs_all_outputs:  # summaries of a detector, segmenter…: every output
-                    res = await client.infer(self.args.model, [inp], outputs=None)
+                    res = await client.infer(self.infer_model, [inp], outputs=None)
                     names = [o["name"] for o in res.get_response()["outputs"]]
                     self.add(self.detector.features(None, {n: res.as_numpy(n) for n in names}))
                     continue
                 outputs = [httpclient.InferRequestedOutput(self.args.output, binary_data=True)] if self.args.output else None
-                res = await client.infer(self.args.model, [inp], outputs=outputs)
+                res = await client.infer(self.infer_model, [inp], outputs=outputs)
                 out = self.args.output or res.get_response()["outputs"][0]["name"]
                 self.add(self.detector.features(None, res.as_numpy(out)))
             except Exception as e:  # Triton down, model unloaded, shape mismatch: count, keep going
@@ -243,7 +379,8 @@ class Monitor:
 
     async def metrics(self, _: web.Request) -> web.Response:
         text = generate_latest(self.registry) + (generate_latest(self.tested_registry) if self.last else b"") \
-            + (generate_latest(self.input_registry) if self.last_input else b"")
+            + (generate_latest(self.input_registry) if self.last_input else b"") \
+            + (generate_latest(self.shadow.registry) if self.shadow is not None else b"")
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, _: web.Request) -> web.Response:
@@ -251,6 +388,8 @@ class Monitor:
                                   "window": self.window.size, "held": self.window.count,
                                   "samplesTotal": self.window.total, "referenceSamples": self.reference.samples,
                                   "queued": self.queue.qsize(), "lastTest": self.last,
+                                  "tritonModel": self.infer_model, "maxBody": self.max_body,
+                                  "maxBodyFrom": self.max_body_source,
                                   "input": {"test": self.input_test.kind, "held": self.input_window.count,
                                             "samplesTotal": self.input_window.total, "lastTest": self.last_input}})
 
@@ -267,15 +406,33 @@ async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")  # ready as soon as it listens: the reference loaded before that
 
 
+def make_shadow(args: argparse.Namespace, mon: Monitor):
+    from .shadow import Shadow
+
+    meta = mon.reference.meta or {}
+    params = dict(meta.get("params") or {})
+    if mon.reference.task.value == "classification" and args.output:
+        params["output"] = args.output
+    return Shadow(model=args.model, triton=args.triton, stable=args.stable_url or None, task=mon.reference.task,
+                  params=params, pair_rate=args.pair_rate, pair_concurrency=args.pair_concurrency,
+                  pair_timeout=args.pair_timeout)
+
+
 async def serve(args: argparse.Namespace) -> None:
     mon = Monitor(args)
-    runner = web.AppRunner(mon.app(), access_log=None)
-    await runner.setup()
-    host, _, port = args.listen.rpartition(":")
-    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    runners = [web.AppRunner(mon.app(), access_log=None)]
+    if args.shadow_listen:
+        mon.shadow = make_shadow(args, mon)
+        runners.append(web.AppRunner(mon.shadow.app(), access_log=None))
+    for runner, listen in zip(runners, (args.listen, args.shadow_listen)):
+        await runner.setup()
+        host, _, port = listen.rpartition(":")
+        await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
     tasks = mon.start_workers()
     log.info(json.dumps({"phase": "listening", "listen": args.listen, "detector": args.detector, "window": args.window,
-                         "pValue": args.p_value, "referenceSamples": mon.reference.samples}))
+                         "pValue": args.p_value, "referenceSamples": mon.reference.samples,
+                         "tritonModel": mon.infer_model, "shadowListen": args.shadow_listen,
+                         "stableUrl": args.stable_url if args.shadow_listen else None}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -290,7 +447,8 @@ async def serve(args: argparse.Namespace) -> None:
             t.cancel()
         if mon.triton is not None:
             await mon.triton.close()
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -312,13 +470,32 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-rate", type=float, default=50.0, help="samples a second taken, the rest dropped (default 50)")
     ap.add_argument("--queue", type=int, default=16, help="mirrored requests waiting for outputs (default 16)")
     ap.add_argument("--workers", type=int, default=2, help="concurrent output requests to Triton (default 2)")
+    ap.add_argument("--monitor-model", default="", help=f"the model entry Triton is asked under for outputs "
+                                                       f"(default <model>{MONITOR_MODEL_SUFFIX}: out of the SLO's series)")
+    ap.add_argument("--max-body", type=int, default=0,
+                    help=f"largest mirrored body taken, in bytes; larger ones are refused unread with 413 (default: "
+                         f"{BODY_FACTOR} × a full batch of the model's inputs in binary, from Triton's model config; "
+                         f"{MAX_BODY_FALLBACK // 2**20} MiB until it is known)")
+    sh = ap.add_argument_group("shadow steps")
+    sh.add_argument("--shadow-listen", default="", help=f"address of the shadow listener, e.g. 0.0.0.0:{SHADOW_PORT} "
+                                                       "(default: none): every request is forwarded to --triton")
+    sh.add_argument("--stable-url", default=os.environ.get(STABLE_URL_ENV, ""),
+                    help=f"the stable revision's Triton (HTTP), asked under <model>{MONITOR_MODEL_SUFFIX} for the "
+                         f"pairs (default ${STABLE_URL_ENV}; none: forward only)")
+    sh.add_argument("--max-pair-rate", "--pair-rate", dest="pair_rate", type=float, default=10.0,
+                    help="requests a second compared with the stable's answer, the rest only forwarded (default 10; "
+                         "0: none)")
+    sh.add_argument("--pair-concurrency", type=int, default=4, help="pairs in flight at most (default 4)")
+    sh.add_argument("--pair-timeout", type=float, default=5.0, help="seconds a pair's requests may take (default 5)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for name, value, low in (("--window", args.window, 20), ("--max-rate", args.max_rate, 1), ("--queue", args.queue, 1)):
+    for name, value, low in (("--window", args.window, 20), ("--max-rate", args.max_rate, 1), ("--queue", args.queue, 1),
+                             ("--max-body", args.max_body, 0), ("--max-pair-rate", args.pair_rate, 0),
+                             ("--pair-concurrency", args.pair_concurrency, 1), ("--pair-timeout", args.pair_timeout, 0.1)):
         if value < low:
             print(f"visionfleet-monitor: {name} {value}: must be ≥ {low}", file=sys.stderr)
             return 2

@@ -55,10 +55,18 @@ class TokenBucket:
         self.rate, self.clock = rate, clock
         self.tokens, self.at = rate, clock()
 
-    def take(self, n: int) -> int:
+    def _refill(self) -> None:
         now = self.clock()
         self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
         self.at = now
+
+    def available(self) -> int:
+        """Whole tokens there now (nothing taken): whether a request is worth reading at all."""
+        self._refill()
+        return int(self.tokens)
+
+    def take(self, n: int) -> int:
+        self._refill()
         granted = min(n, int(self.tokens))
         self.tokens -= granted
         return granted

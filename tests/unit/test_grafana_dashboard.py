@@ -47,6 +47,8 @@ MONITOR = {
     "visionfleet_drift_input_p_value",
     "visionfleet_drift_input_distance",
     "visionfleet_drift_input_detected",
+    "visionfleet_drift_requests_refused_total",
+    "visionfleet_drift_monitor_entry",
 }
 PROMETHEUS = {"up"}
 
