@@ -5,11 +5,13 @@
 #   kwok, kwokctl                                                       (gomod/kwok)
 #   helm                                                                (gomod/helm)
 #   syft (SBOMs of the images, docs/operating.md)                       (gomod/syft)
+#   traefik (the fleet's Gateway API implementation, patched: see below) (gomod/traefik)
+#   visionfleet-metrics-adapter (custom.metrics.k8s.io for the HPA)     (gomod/metrics-adapter)
 #   prometheus-kubernetes-sd, on request only (see its group below)     (gomod/prometheus)
 #
 # Each group is cached under $VISIONFLEET_CACHE/bin/<group>-<hash>/, the hash covering the group's
-# go.mod + go.sum, the Go version, and the flags and packages of its build, so a pin change rebuilds
-# exactly that group and nothing else.
+# go.mod + go.sum (+ its *.patch, if any), the Go version, and the flags and packages of its build,
+# so a pin change rebuilds exactly that group and nothing else.
 # A group is only marked complete after every binary in it built and printed its version, so an
 # interrupted or broken build is redone, never trusted half-done.
 #
@@ -28,6 +30,7 @@ KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 SYFT_VERSION=v1.57.1
 PROMETHEUS_VERSION=v0.316.0   # Prometheus 3.16.0: its Go module is tagged v0.<major><minor>.<patch>
+TRAEFIK_VERSION=v3.7.13
 
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
@@ -38,10 +41,17 @@ go_version=$(go env GOVERSION)
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+cat_patches() {  # group -> the contents of its *.patch files (none for most groups)
+  local f
+  for f in "$here/gomod/$1"/*.patch; do
+    if [ -f "$f" ]; then cat "$f"; fi
+  done
+}
+
 group_dir() {  # group [ldflags pkg...] -> cache dir for what this build would produce
   local g=$1; shift
   local sum
-  sum=$( { cat "$here/gomod/$g/go.mod" "$here/gomod/$g/go.sum"; echo "$go_version $CGO_ENABLED $GOFLAGS"; echo "$@"; } \
+  sum=$( { cat "$here/gomod/$g/go.mod" "$here/gomod/$g/go.sum"; cat_patches "$g"; echo "$go_version $CGO_ENABLED $GOFLAGS"; echo "$@"; } \
          | sha256sum | cut -c1-16)
   echo "$cache/bin/$g-$sum"
 }
@@ -57,7 +67,7 @@ require_pin() {  # group module version: fail loudly when the go.mod and this sc
 version_args() {  # binary name -> the arguments that make it print its version
   case $1 in
     kubectl) echo "version --client" ;;
-    helm|etcdctl|syft) echo "version" ;;
+    helm|etcdctl|syft|traefik) echo "version" ;;
     *) echo "--version" ;;
   esac
 }
@@ -73,7 +83,8 @@ build_group() {  # group ldflags pkg...  (binaries named after the last path ele
   rm -rf "$tmp"; mkdir -p "$tmp"
   local start=$SECONDS
   log "$g: building $* (cold builds take minutes; module and build caches are reused)"
-  ( cd "$here/gomod/$g" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) >&2 &
+  # build_src (traefik): build inside that module directory instead of the group's wrapper module.
+  ( cd "${build_src:-$here/gomod/$g}" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) >&2 &
   local pid=$!
   # Progress while the compiler works: elapsed time and how much of the build cache has been written.
   local next=$((SECONDS + 30))
@@ -127,6 +138,7 @@ require_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 require_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 require_pin helm helm.sh/helm/v3 "$HELM_VERSION"
 require_pin syft github.com/anchore/syft "$SYFT_VERSION"
+require_pin traefik github.com/traefik/traefik/v3 "$TRAEFIK_VERSION"
 
 build_group etcd "-s -w" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3
 build_group kwok "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}" \
@@ -138,6 +150,96 @@ build_group syft "-s -w -X main.version=${SYFT_VERSION#v}" github.com/anchore/sy
 build_group kubernetes "$(stamp_kube "$KUBE_VERSION")" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+# Traefik, the local fleet's Gateway API implementation (e2e/visionfleet_e2e/gateway.py). Its go.mod
+# has replace directives, so neither `go install` nor a wrapper-module build works: the pinned
+# module zip is downloaded through the wrapper module (checked against gomod/traefik/go.sum), copied,
+# patched with gomod/traefik/gateway-request-mirror.patch — the only change to Traefik itself:
+# Gateway API RequestMirror filters, mapped onto Traefik's own Mirroring service (upstream fails the
+# whole rule with 500s), plus upstream's nested ext module that the zip leaves out; the patch file
+# says more — and built inside the copy with Traefik's own go.mod/go.sum. Two build-only
+# substitutions, through replace directives on patched copies, for modules the Go module proxy does
+# not serve (403): lego (ACME) without 13 DNS-challenge providers
+# (gomod/traefik/lego-unavailable-dns-providers.patch), and abbot/go-http-auth v0.4.0, the upstream
+# of the containous fork Traefik pins, with the two functions Traefik uses of the fork
+# (gomod/traefik/go-http-auth-fork-api.patch; basic/digest auth). About 12 minutes cold on two (busy) cores.
+build_traefik() {
+  local ldflags="-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=${TRAEFIK_VERSION#v}+visionfleet.mirror"
+  local dir; dir=$(group_dir traefik "$ldflags" ./cmd/traefik)
+  local src="$cache/src/traefik-$(basename "$dir" | sed 's/^traefik-//')"
+  local pins="$here/gomod/traefik"
+  # One build at a time (several sessions share the cache): a second caller waits, then reuses it.
+  mkdir -p "$cache/bin"
+  exec {traefik_lock}>"$cache/bin/.traefik.lock"
+  if ! flock -n "$traefik_lock"; then
+    log "traefik: another build of it is running; waiting for it"
+    flock "$traefik_lock"
+  fi
+  if [ ! -f "$dir/.complete" ]; then
+    apply_patch() {  # dir patch: patch(1), or git apply where patch is not installed
+      if command -v patch >/dev/null; then
+        ( cd "$1" && patch -p1 --batch --forward --quiet < "$2" ) >&2
+      else
+        git -C "$1" apply -p1 "$2" >&2
+      fi
+    }
+    mod_dir() {  # module@version -> its directory in the module cache (downloaded and verified)
+      go mod download -json "$@" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
+    }
+    local mod
+    mod=$(cd "$pins" && mod_dir "github.com/traefik/traefik/v3@$TRAEFIK_VERSION")
+    if [ -z "$mod" ] || [ ! -f "$mod/go.mod" ]; then
+      log "traefik: go mod download of github.com/traefik/traefik/v3@$TRAEFIK_VERSION failed"
+      exit 1
+    fi
+    log "traefik: patching a copy of $mod in $src"
+    rm -rf "$src" "$cache/src/traefik-"*; mkdir -p "$src"
+    cp -R "$mod/." "$src/"; chmod -R u+w "$src"
+    if ! apply_patch "$src" "$pins/gateway-request-mirror.patch"; then
+      log "traefik: gomod/traefik/gateway-request-mirror.patch does not apply to $TRAEFIK_VERSION"
+      exit 1
+    fi
+    # lego at the version Traefik pins, verified against Traefik's go.sum, patched, in _lego (a
+    # nested module, so not one of Traefik's packages).
+    local lego_version lego
+    lego_version=$(cd "$src" && go list -m -f '{{.Version}}' github.com/go-acme/lego/v5)
+    lego=$(cd "$src" && mod_dir "github.com/go-acme/lego/v5@$lego_version")
+    if [ -z "$lego" ] || [ ! -d "$lego" ]; then
+      log "traefik: go mod download of github.com/go-acme/lego/v5@$lego_version failed"
+      exit 1
+    fi
+    mkdir -p "$src/_lego"; cp -R "$lego/." "$src/_lego/"; chmod -R u+w "$src/_lego"
+    if ! apply_patch "$src/_lego" "$pins/lego-unavailable-dns-providers.patch"; then
+      log "traefik: gomod/traefik/lego-unavailable-dns-providers.patch does not apply to lego $lego_version"
+      exit 1
+    fi
+    # abbot/go-http-auth v0.4.0 (verified against gomod/traefik/go.sum), patched, in _goauth.
+    local goauth
+    goauth=$(cd "$pins" && mod_dir github.com/abbot/go-http-auth@v0.4.0)
+    if [ -z "$goauth" ] || [ ! -d "$goauth" ]; then
+      log "traefik: go mod download of github.com/abbot/go-http-auth@v0.4.0 failed"
+      exit 1
+    fi
+    mkdir -p "$src/_goauth"; cp -R "$goauth/." "$src/_goauth/"; chmod -R u+w "$src/_goauth"
+    if ! apply_patch "$src/_goauth" "$pins/go-http-auth-fork-api.patch"; then
+      log "traefik: gomod/traefik/go-http-auth-fork-api.patch does not apply to go-http-auth v0.4.0"
+      exit 1
+    fi
+    ( cd "$src" && go mod edit -replace github.com/go-acme/lego/v5=./_lego \
+        -replace github.com/abbot/go-http-auth=./_goauth )
+  fi
+  build_src=$src build_group traefik "$ldflags" ./cmd/traefik
+  rm -rf "$src"  # only needed to build
+  exec {traefik_lock}>&-
+}
+build_traefik
+
+# The fleet's custom metrics adapter (gomod/metrics-adapter/main.go, ours, on
+# sigs.k8s.io/custom-metrics-apiserver): custom.metrics.k8s.io from Prometheus for the HPA
+# (docs/local-fleet.md, e2e/visionfleet_e2e/metrics_adapter.py). Its source is stamped in as the
+# version, so the group's hash (which covers the flags) changes with main.go as with its pins.
+adapter_src=$(cat "$here/gomod/metrics-adapter"/*.go | sha256sum | cut -c1-12)
+build_group metrics-adapter "-s -w -X main.version=src-$adapter_src" .
+
 # Upstream Prometheus with Kubernetes service discovery and nothing else (its build tags): Debian's
 # package has Kubernetes discovery removed ("due to the insane amount of dependencies", its
 # NEWS.Debian), so the test of the documented kubernetes_sd_configs scrape job needs this one. Built

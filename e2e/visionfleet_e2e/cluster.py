@@ -219,10 +219,69 @@ class LocalCluster:
                 "kwokControllerBinary": str(b / "kwok"),
             },
             "componentsPatches": [
-                {"name": "kube-apiserver", "extraArgs": [{"key": "advertise-address", "value": "127.0.0.1"}]},
+                {"name": "kube-apiserver", "extraArgs": [{"key": "advertise-address", "value": "127.0.0.1"}]
+                 + self._aggregation_args()},
+                # the HPA controller (on by default) at a pace tests can wait for (metrics_adapter.py)
+                {"name": "kube-controller-manager", "extraArgs": [
+                    {"key": "horizontal-pod-autoscaler-sync-period", "value": "5s"},
+                    {"key": "horizontal-pod-autoscaler-downscale-stabilization", "value": "15s"}]},
             ],
         }
+        # Pod IPs from this cluster's range of the pod network (podnet.py: a local route away from this
+        # machine), instead of kwok's 10.0.0.0/24 for every cluster. A flag, not a KwokConfiguration
+        # document: kwok does not default the options a partial one leaves out.
+        conf["componentsPatches"].append(
+            {"name": "kwok-controller", "extraArgs": [{"key": "cidr", "value": self.pod_cidr}]})
         return yaml.safe_dump(conf, sort_keys=False) + "---\n" + STAGES_FILE.read_text()
+
+    @property
+    def pod_cidr(self) -> str:
+        """The range kwok gives this cluster's pod IPs: a /20 of podnet.POD_NETWORK chosen by name."""
+        from .podnet import pod_cidr
+
+        return pod_cidr(self.name)
+
+    # -- the Gateway API implementation: Traefik (gateway.py) ------------------------------------
+
+    def gateway(self) -> "Gateway":
+        """This cluster's Gateway (Traefik, its kubernetesGateway provider, on a loopback port): started
+        on first use, reused while its process runs (across test sessions too); ``down()`` stops it."""
+        from .gateway import Gateway
+
+        current = getattr(self, "_gateway", None)
+        if current is not None and current.running():
+            return current
+        self._gateway = Gateway.start(self)
+        return self._gateway
+
+    def _aggregation_args(self) -> list[dict[str, str]]:
+        """The front-proxy (requestheader) flags kwokctl leaves out: it gives the API server a proxy
+        client certificate (the admin's, CN kwok-admin, signed by the cluster CA) but no CA for
+        extension API servers to check it with, so they could not trust the user the aggregator
+        forwards in X-Remote-*. With these, kube-system/extension-apiserver-authentication carries
+        them (metrics_adapter.py). The CA is the client CA too, so the API server insists on allowed
+        names: only kwok-admin's certificate may assert another user through these headers."""
+        ca = str(self.cluster_dir / "pki" / "ca.crt")
+        return [{"key": "requestheader-client-ca-file", "value": ca},
+                {"key": "requestheader-allowed-names", "value": "kwok-admin"},
+                {"key": "requestheader-username-headers", "value": "X-Remote-User"},
+                {"key": "requestheader-group-headers", "value": "X-Remote-Group"},
+                {"key": "requestheader-extra-headers-prefix", "value": "X-Remote-Extra-"}]
+
+    # -- custom metrics for the HPA: visionfleet-metrics-adapter (metrics_adapter.py) ------------
+
+    def metrics_adapter(self, prometheus_url: str) -> "MetricsAdapter":
+        """The custom metrics adapter on this cluster, reading ``prometheus_url``: started (and its
+        APIService registered) on first use, restarted for another Prometheus; ``down()`` stops it."""
+        from .metrics_adapter import MetricsAdapter
+
+        current = getattr(self, "_metrics_adapter", None)
+        if current is not None and current.prometheus_url == prometheus_url and current.running():
+            return current
+        if current is not None:
+            current.stop()
+        self._metrics_adapter = MetricsAdapter(self, prometheus_url).start()
+        return self._metrics_adapter
 
     def _server(self) -> tuple[str, ssl.SSLContext | None, dict[str, str]]:
         kc = yaml.safe_load(self.kubeconfig.read_text())
