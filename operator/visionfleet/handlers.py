@@ -246,9 +246,12 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
     api = api_client()
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
     seen = gather(core, batch, apps, name, namespace, nodes=live(api, nodes) if nodes is not None else None,
-                  claims=[claim for _, claim in named_claims(spec)])
+                  claims=[claim for _, claim in named_claims(spec)], autoscaling=client.AutoscalingV2Api(api))
     canary = vd.status.canary_revision
-    measurement = measure(spec.analysis, namespace, name, canary) if canary else None
+    # The canary's own Triton entry is spec.model.name (the model is part of the revision); its live
+    # agreement is read only during a shadow step.
+    measurement = measure(spec.analysis, namespace, name, canary, model=spec.model.name,
+                          live=vd.status.canary_mirror is not None) if canary else None
     stable = vd.status.stable_revision
     stable_drift = measure_drift(spec.analysis, namespace, name, stable) if stable else None
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),

@@ -205,6 +205,10 @@ def _step_detail(obj: dict, now: datetime) -> str:
     step = steps[i] if i < len(steps) else {}
     weight = st.get("canaryWeight")
     out = f"{i + 1}/{len(steps)}   weight {weight if weight is not None else step.get('setWeight', '?')}% on the canary"
+    shadow = step.get("shadow") or {}
+    if st.get("canaryMirror") is not None or shadow:
+        out = (f"{i + 1}/{len(steps)}   shadow: {st.get('canaryMirror') or shadow.get('percent', 100)}% of requests "
+               "mirrored to the canary, users answered by the stable only")
     phase = st.get("phase")
     if phase == "Compiling":
         return out + " (once it has compiled)"
@@ -212,7 +216,7 @@ def _step_detail(obj: dict, now: datetime) -> str:
     if started is None:
         return out + " (waiting for its pods to be Ready)"
     held = human_duration((now - started).total_seconds())
-    pause = step.get("pause")
+    pause = step.get("pause") or shadow.get("duration")
     if _annotations(obj).get(ANNOTATION_PAUSED) == "true":
         return out + f", held {held} (paused by {ANNOTATION_PAUSED})"
     if phase == "Paused":
@@ -299,11 +303,18 @@ def render_status(obj: dict, now: datetime) -> str:
         dp = fmt_num(a.get("driftPValue"), ".3g")
         if drift and a.get("driftPValue") is not None:
             dp += f" (drift below {drift.get('pValue', 0.01):g})"
+        live = analysis.get("liveAgreement") or {}
+        agree = fmt_num(a.get("liveAgreement"), ".3f")
+        if a.get("liveAgreement") is not None:
+            agree += f" over {fmt_num(a.get('livePairs'), '.0f')} mirrored images"
+            if live.get("min") is not None:
+                agree += f" (min {live['min']:g})"
         when = f"{age(a.get('at'), now)} ago, {a['at']}" if a.get("at") else "time unknown"
         lines += ["", f"Analysis ({when}):"]
         lines += field_lines([
             ("Verdict", a.get("verdict", "?")), ("p99", p99), ("Error rate", err), ("Requests", reqs),
             ("Drift p-value", dp),
+            *([("Live agreement", agree)] if live or a.get("liveAgreement") is not None else []),
             ("Failures", f"{a.get('failures', 0)} of {analysis.get('failureLimit', 1)} allowed"),
             ("Inconclusive", f"{a.get('inconclusive', 0)} in a row of {analysis.get('inconclusiveLimit', 3)} allowed"),
             ("Reason", a.get("reason") or "-"),
@@ -335,8 +346,9 @@ def render_history(obj: dict, now: datetime) -> str:
                      h.get("reason")])
     if canary:
         steps = _steps(obj.get("spec") or {})
-        detail = f"{st.get('phase') or 'in flight'}: step {(st.get('step') or 0) + 1}/{len(steps)}, " \
-                 f"weight {st.get('canaryWeight') or 0}%"
+        detail = f"{st.get('phase') or 'in flight'}: step {(st.get('step') or 0) + 1}/{len(steps)}, " + \
+            (f"shadow {st['canaryMirror']}%" if st.get("canaryMirror") is not None
+             else f"weight {st.get('canaryWeight') or 0}%")
         rows.append([short(canary), "InProgress", "-", "-", "canary", detail])
     md = obj.get("metadata") or {}
     lines = [f"{SINGULAR} {md.get('namespace', '?')}/{md.get('name', '?')}: "

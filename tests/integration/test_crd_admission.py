@@ -157,6 +157,36 @@ BAD_SPECS = [
      ["spec.compile.calibration", "labelMap50 and labelMiou need a labelled calibration set"]),
     ("mask-threshold", lambda o: s(o)["model"].update(task="segmentation", segmentation={"layout": "mask", "threshold": 0.5}),
      ["spec.model.segmentation.threshold", "probability and logits"]),
+    ("shadow-without-gateway", lambda o: s(o).update(rollout={"steps": [{"shadow": {"duration": "5m"}}, {"setWeight": 50}]}),
+     ["spec.rollout.traffic.method", "shadow needs rollout.traffic.method GatewayAPI"]),
+    ("shadow-and-weight-in-one-step", lambda o: s(o).update(rollout={
+        "traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}},
+        "steps": [{"setWeight": 10, "shadow": {"duration": "5m"}}]}),
+     ["spec.rollout.steps[0].setWeight", "exactly one of rollout.steps[*].setWeight and rollout.steps[*].shadow"]),
+    ("step-without-weight-or-shadow", lambda o: s(o).update(rollout={"steps": [{"pause": "1m"}]}),
+     ["spec.rollout.steps[0].setWeight", "exactly one of"]),
+    ("shadow-with-pause", lambda o: s(o).update(rollout={
+        "traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}},
+        "steps": [{"shadow": {"duration": "5m"}, "pause": "1m"}, {"setWeight": 100}]}),
+     ["spec.rollout.steps[0].pause", "holds for shadow.duration"]),
+    ("shadow-after-weight", lambda o: s(o).update(rollout={
+        "traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}},
+        "steps": [{"setWeight": 10}, {"shadow": {"duration": "5m"}}]}),
+     ["spec.rollout.steps", "shadow steps come first"]),
+    ("live-agreement-without-shadow", lambda o: s(o).update(
+        analysis={"prometheus": {"url": "http://p:9090"}, "drift": {}, "liveAgreement": {"min": 0.99}},
+        compile={"calibration": {"uri": "pvc://models/c.npz"}}),
+     ["spec.analysis.liveAgreement", "judged during shadow steps"]),
+    ("live-agreement-without-drift", lambda o: s(o).update(
+        analysis={"prometheus": {"url": "http://p:9090"}, "liveAgreement": {"min": 0.99}}),
+     ["spec.analysis.drift", "liveAgreement needs analysis.drift"]),
+    ("autoscale-with-replica-traffic", lambda o: s(o)["fleet"]["classes"][1].update(
+        replicas={"min": 1, "max": 8, "autoscale": {"target": 20}}),
+     ["spec.rollout.traffic.method", "replicas.autoscale needs rollout.traffic.method GatewayAPI"]),
+    ("autoscale-without-target", lambda o: (s(o)["fleet"]["classes"][1].update(
+        replicas={"min": 1, "max": 8, "autoscale": {"metric": "queueTime"}}),
+        s(o).update(rollout={"traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}}})),
+     ["spec.fleet.classes[1].replicas.autoscale.target", "Required value"]),
     ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
     ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), [".spec.model.shaa256", "field not declared in schema"]),
 ]

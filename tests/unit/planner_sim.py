@@ -27,7 +27,9 @@ from visionfleet.planner.model import (
     DeleteServing,
     DeleteSnapshot,
     EnsureCompileJob,
+    EnsureAutoscaler,
     EnsureServing,
+    Mirror,
     EnsureSnapshot,
     MarkOutcome,
     Observed,
@@ -128,6 +130,8 @@ class World:
     unschedulable: dict[str, str] = field(default_factory=dict)
     claims: tuple[ObservedClaim, ...] = ()
     route: tuple[tuple[str, int], ...] = ()
+    autoscalers: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # class -> (target, min, max)
+    mirror: Mirror | None = None  # the route's shadow mirror, as the last SetRouteWeights left it
     last: Plan | None = None
     writes: int = 0
     all_events: list[tuple[str, str, str]] = field(default_factory=list)
@@ -153,6 +157,10 @@ class World:
         for (cls, _), d in self.deployments.items():
             out[cls] = out.get(cls, 0) + d.ready
         return out
+
+    def hpa_scales(self, cls: str, replicas: int) -> None:
+        """The class's HorizontalPodAutoscaler sets its target Deployment's replicas."""
+        self._scale((cls, self.autoscalers[cls][0]), replicas)
 
     def crash(self, cls: str, revision: str, n: int = 1) -> None:
         """``n`` Ready pods of a Deployment crash: Ready again ``ready_delay`` from now."""
@@ -204,7 +212,8 @@ class World:
                 self.jobs.pop((a.class_name, a.revision), None)
                 self._job_age.pop((a.class_name, a.revision), None)
             elif isinstance(a, EnsureServing):
-                self._scale((a.cls.name, a.revision), a.replicas)
+                if not (a.autoscaled and (a.cls.name, a.revision) in self.pods):
+                    self._scale((a.cls.name, a.revision), a.replicas)  # an HPA's Deployment: set at creation only
                 self.templates[(a.cls.name, a.revision)] = a.spec
             elif isinstance(a, DeleteServing):
                 self.pods.pop((a.class_name, a.revision), None)
@@ -214,8 +223,11 @@ class World:
                 self.snapshots[a.revision] = replace(self.snapshots[a.revision], outcome=a.outcome)
             elif isinstance(a, DeleteSnapshot):
                 self.snapshots.pop(a.revision, None)
+            elif isinstance(a, EnsureAutoscaler):
+                self.autoscalers[a.cls.name] = (a.revision, a.min, a.max)
             elif isinstance(a, SetRouteWeights):
                 self.route = a.weights
+                self.mirror = a.mirror
         self.ready_after = self.ready_by_class()
         self.after = self.deployments
         if p.status != self.status:

@@ -133,6 +133,7 @@ def served(manifest: dict[str, Any]) -> dict[str, Any]:
         s.update(progressDeadlineSeconds=600, revisionHistoryLimit=10)
         s["template"]["metadata"]["creationTimestamp"] = None
         _pod_defaults(s["template"]["spec"])
+        s.setdefault("replicas", 1)  # an apply without the field (an HPA's Deployment): what is there stays
         obj["status"] = {"observedGeneration": 1, "replicas": s["replicas"], "readyReplicas": s["replicas"],
                          "availableReplicas": s["replicas"], "updatedReplicas": s["replicas"],
                          "conditions": [{"type": "Available", "status": "True"}]}
@@ -281,7 +282,8 @@ class FakeApi:
         for (m, p), status in self.fail.items():
             if m == method and path.endswith(p):
                 raise ApiException(status=status, reason="fake")
-        if content_type == "application/apply-patch+yaml" and "kind" in body and not path.endswith("/status"):
+        if content_type == "application/apply-patch+yaml" and "kind" in body and not path.endswith("/status") \
+                and "template" in (body.get("spec") or {"template": 1}):
             kept = served(body)
             return self.keep(kept) if self.keep else kept
         return {}
@@ -446,3 +448,54 @@ def test_writes_are_counted_into_the_given_counter(fake):
     vd, p = view(), serving_plan(spec())
     apply_plan(None, vd, p, {}, counter)
     assert counter.applies == 5
+
+
+def autoscaled_plan(s: VisionDeploymentSpec, replicas: int = 2) -> Plan:
+    return Plan(actions=[EnsureService(), EnsureServing(cls(s), REV, replicas, RESULT, Track.STABLE, s, autoscaled=True)],
+                status=VisionDeploymentStatus(), events=[], requeue_seconds=30)
+
+
+def managed(obj: dict[str, Any], *entries: tuple[str, str, bool]) -> dict[str, Any]:
+    """The object with managedFields: (manager, operation, holds spec.replicas)."""
+    obj["metadata"]["managedFields"] = [
+        {"manager": m, "operation": op, "fieldsV1": {"f:spec": {"f:replicas": {}} if rep else {"f:template": {}}}}
+        for m, op, rep in entries]
+    return obj
+
+
+def test_an_autoscaled_deployment_is_created_sized_then_its_replicas_handed_over(fake):
+    vd, p = view(), autoscaled_plan(spec(), replicas=3)
+    apply_plan(None, vd, p, {})
+    name = serving_name(VD, "l4", REV)
+    calls = [c for c in fake.writes("PATCH") if c.path.endswith(f"/deployments/{name}")]
+    # created with its size; another manager applies the same value; ours lets go of the field
+    assert [(dict(c.query)["fieldManager"], c.body["spec"].get("replicas")) for c in calls] == \
+        [("visionfleet", 3), ("visionfleet-handover", 3), ("visionfleet", None)]
+    assert calls[1].body == {"apiVersion": "apps/v1", "kind": "Deployment",
+                             "metadata": {"name": name, "namespace": NS}, "spec": {"replicas": 3}}
+
+
+def test_the_operator_never_sets_what_the_hpa_holds(fake):
+    vd = view()
+    p = autoscaled_plan(spec(), replicas=2)
+    live = live_of(rendered(vd, p))
+    name = serving_name(VD, "l4", REV)
+    dep = live[("Deployment", name)]
+    dep["spec"]["replicas"] = 9  # the HPA scaled it
+    managed(dep, ("visionfleet", "Apply", False), ("visionfleet-handover", "Apply", True),
+            ("kube-controller-manager", "Update", True))
+    dep["metadata"]["annotations"] = {**dep["metadata"]["annotations"],
+                                      **{k: v for k, v in rendered(vd, p)[-1]["metadata"]["annotations"].items()}}
+    apply_plan(None, vd, p, live)
+    assert not [c for c in fake.writes("PATCH") if c.path.endswith(f"/deployments/{name}")
+                and "replicas" in c.body.get("spec", {})], "the operator wrote the HPA's field"
+    assert not fake.events(), "an HPA's scaling is not drift"
+
+
+def test_an_hpa_no_longer_wanted_is_deleted(fake):
+    vd, p = view(), serving_plan(spec())
+    live = live_of(rendered(vd, p))
+    live[("HorizontalPodAutoscaler", f"{VD}-l4")] = {"metadata": {"name": f"{VD}-l4"}}
+    w = apply_plan(None, vd, p, live)
+    assert w.deletes == 1
+    assert fake.writes("DELETE")[0].path.endswith(f"/horizontalpodautoscalers/{VD}-l4")

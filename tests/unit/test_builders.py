@@ -395,6 +395,66 @@ def test_drift_service_and_mirror_filter():
     assert mirror_filters(on, "doorbell", False) == [theirs]  # drift switched off: only ours removed
 
 
+def test_a_shadow_mirror_to_the_canary_beside_the_drift_mirror():
+    from visionfleet.builders.manifests import mirror_filters, shadow_target
+
+    theirs = {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "someone-elses", "port": 80}}}
+    shadow = shadow_target("doorbell", REV, 100, True)
+    assert shadow == ("doorbell-01234567", 8011, 100)  # the canary's monitor sidecars (shadow port)
+    on = mirror_filters([theirs], "doorbell", True, {"doorbell-01234567"}, shadow)
+    assert on[0] == theirs
+    assert [f["requestMirror"]["backendRef"]["name"] for f in on[1:]] == ["doorbell-drift", "doorbell-01234567"]
+    assert on[2]["requestMirror"] == {"backendRef": {"group": "", "kind": "Service", "name": "doorbell-01234567",
+                                                     "port": 8011}}  # 100 %: no percent (portable)
+    assert mirror_filters(on, "doorbell", True, {"doorbell-01234567"}, shadow) == on  # idempotent
+    # The step is over: the shadow mirror goes, the drift mirror and theirs stay.
+    off = mirror_filters(on, "doorbell", True, {"doorbell-01234567"}, None)
+    assert [f["requestMirror"]["backendRef"]["name"] for f in off] == ["someone-elses", "doorbell-drift"]
+    # A partial mirror says its percent; a canary without sidecars is mirrored to Triton itself.
+    part = mirror_filters([], "doorbell", False, set(), shadow_target("doorbell", REV, 25, False))
+    assert part == [{"type": "RequestMirror", "requestMirror": {"percent": 25, "backendRef": {
+        "group": "", "kind": "Service", "name": "doorbell-01234567", "port": 8000}}}]
+
+
+def test_the_stable_service_and_the_revision_services_shadow_port():
+    from visionfleet.builders.manifests import build_revision_service, build_stable_service
+
+    stable = build_stable_service("doorbell", "vision", "u", REV)
+    assert stable["metadata"]["name"] == "doorbell-stable"
+    assert stable["spec"]["selector"] == {"visionfleet.io/vision-deployment": "doorbell",
+                                          "app.kubernetes.io/component": "triton", "visionfleet.io/revision": REV}
+    assert {p["name"]: p["port"] for p in stable["spec"]["ports"]} == {"http": 8000, "grpc": 8001}
+    rev = build_revision_service("doorbell", "vision", "u", REV)
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in rev["spec"]["ports"]}["shadow"] == (8011, "shadow")
+
+
+def test_the_monitor_asks_triton_under_its_own_entry_and_pairs_with_the_stable():
+    s = VisionDeploymentSpec.model_validate(dict(
+        SPEC, serving={"modelRepository": "pvc://models/repo"}, compile={"calibration": {"uri": "pvc://models/c.npz"}},
+        analysis={"prometheus": {"url": "http://prom:9090"}, "drift": {"window": 300},
+                  "liveAgreement": {"min": 0.99, "maxPairsPerSecond": 7}},
+        rollout={"traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}},
+                 "steps": [{"shadow": {"duration": "5m"}}, {"setWeight": 100}]}))
+    dep = build_triton_deployment("doorbell", "vision", "u", s, classes(s)["l4"], REV, 2, RESULT, "canary")
+    triton, mon = dep["spec"]["template"]["spec"]["containers"]
+    # Triton serves a second entry, the monitor's: the same artifact mounted again, its own config.
+    assert "--load-model=effnet" in triton["args"] and "--load-model=effnet__monitor" in triton["args"]
+    mounts = {m["mountPath"]: m for m in triton["volumeMounts"]}
+    assert mounts["/models/effnet__monitor/1"]["subPath"] == mounts["/models/effnet/1"]["subPath"]
+    assert mounts["/models/effnet__monitor/config.pbtxt"]["subPath"] == "monitor-config.pbtxt"
+    cm = build_config_map("doorbell", "vision", "u", s, classes(s)["l4"], REV, RESULT)
+    assert 'name: "effnet__monitor"' in cm["data"]["monitor-config.pbtxt"]
+    assert 'name: "effnet"' in cm["data"]["config.pbtxt"]
+    # The shadow port, the pair rate, and where the stable answers.
+    assert "--shadow-listen=0.0.0.0:8011" in mon["args"] and "--max-pair-rate=7" in mon["args"]
+    assert {"name": "VISIONFLEET_STABLE_URL", "value": "http://doorbell-stable.vision:8000"} in mon["env"]
+    assert {"name": "shadow", "containerPort": 8011} in mon["ports"]
+    # Without drift: one entry, no monitor.
+    plain = build_triton_deployment("doorbell", "vision", "u", spec(), classes()["l4"], REV, 2, RESULT, "stable")
+    assert [a for a in plain["spec"]["template"]["spec"]["containers"][0]["args"] if "load-model" in a] == \
+        ["--load-model=effnet"]
+
+
 
 def test_each_class_gets_the_compile_image_its_hardware_needs():
     """A mixed fleet: the GPU image for tensorrt classes, the CPU image for the others, and a class's
@@ -431,9 +491,10 @@ def test_an_own_compile_image_serves_gpu_classes_too_until_gpu_image_is_set():
                                              ("mmd", "ghcr.io/visionfleet/monitor-mmd:0.1.0")])
 def test_the_drift_monitor_image_fits_the_detector(detector, image):
     s = drift_spec(detector=detector)
-    assert drift_monitor_container(s, [{"name": "artifact", "mountPath": f"/models/{s.model.name}/1"}])["image"] == image
+    mounts = [{"name": "artifact", "mountPath": f"/models/{s.model.name}/1"}]
+    assert drift_monitor_container(s, mounts, "vd", "ns")["image"] == image
     s2 = drift_spec(detector=detector, image="reg.example/monitor:2")
-    assert drift_monitor_container(s2, [{"name": "artifact", "mountPath": f"/models/{s2.model.name}/1"}])["image"] \
+    assert drift_monitor_container(s2, mounts, "vd", "ns")["image"] \
         == "reg.example/monitor:2"
 
 
@@ -627,3 +688,37 @@ def test_config_pbtxt_of_a_detector_with_variable_size_outputs():
                                                            ("count", [1])]
     assert cfg.output[2].data_type == model_config_pb2.TYPE_INT64 and cfg.max_batch_size == 8
     assert "detection" not in text and "task" not in text
+
+
+def test_an_autoscaled_class_gets_an_hpa_on_the_class_load_targeting_its_stable():
+    from visionfleet.builders.manifests import build_autoscaler
+
+    raw = dict(SPEC, serving={"modelRepository": "pvc://models/repo"},
+               rollout={"traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}}})
+    raw["fleet"] = {"classes": [dict(SPEC["fleet"]["classes"][1], replicas={
+        "min": 2, "max": 12, "autoscale": {"metric": "inferenceRate", "target": 22.5}})]}
+    s = VisionDeploymentSpec.model_validate(raw)
+    cls = next(iter(classes(s).values()))
+    hpa = build_autoscaler("doorbell", "vision", "u", cls, REV, 2, 12)
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["metadata"]["name"] == f"doorbell-{cls.name}"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": f"doorbell-{cls.name}-01234567"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 12)
+    # The class's load (the counted revisions' pods) over the target per pod: the pods the class needs.
+    assert hpa["spec"]["metrics"] == [{"type": "External", "external": {
+        "metric": {"name": "visionfleet_class_inference_rate",
+                   "selector": {"matchLabels": {"vision_deployment": "doorbell", "class": cls.name},
+                                "matchExpressions": [{"key": "revision", "operator": "In", "values": [REV]}]}},
+        "target": {"type": "AverageValue", "averageValue": "22500m"}}}]
+    # a weighted canary's pods count too, in a stable order
+    both = build_autoscaler("doorbell", "vision", "u", cls, REV, 2, 12, ("zz999999", REV))
+    assert both["spec"]["metrics"][0]["external"]["metric"]["selector"]["matchExpressions"][0]["values"] == \
+        sorted([REV, "zz999999"])
+    raw["fleet"]["classes"][0]["replicas"]["autoscale"] = {"metric": "queueTime", "target": 5}
+    s2 = VisionDeploymentSpec.model_validate(raw)
+    q = build_autoscaler("doorbell", "vision", "u", next(iter(classes(s2).values())), REV, 2, 12)
+    assert q["spec"]["metrics"][0]["external"]["metric"]["name"] == "visionfleet_class_queue_ms"
+    assert q["spec"]["metrics"][0]["external"]["target"] == {"type": "Value", "value": "5"}
+    dep = build_triton_deployment("doorbell", "vision", "u", s, cls, REV, 3, RESULT, "stable", autoscaled=True)
+    assert dep["metadata"]["annotations"]["visionfleet.io/autoscaled"] == "true"
+    assert dep["spec"]["replicas"] == 3  # the act layer drops it once the HPA holds the field

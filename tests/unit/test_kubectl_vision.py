@@ -231,6 +231,25 @@ def test_status_of_a_rollout_in_its_second_wave():
     assert conds[4].endswith("compile failed on a100")
 
 
+def test_status_of_a_shadow_step_says_users_see_only_the_stable():
+    gw = {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "doorbell"}}
+    raw = SPEC.to_wire()
+    raw["rollout"] = {"traffic": gw, "steps": [{"shadow": {"duration": "10m"}}, {"setWeight": 100}]}
+    raw["analysis"] = {**raw.get("analysis", {}), "prometheus": {"url": "http://p:9090"}, "drift": {},
+                       "liveAgreement": {"min": 0.99}}
+    raw.setdefault("compile", {})["calibration"] = {"uri": "pvc://m/c.npz"}
+    spec = VisionDeploymentSpec.model_validate(raw)
+    st = mid_rollout_status()
+    st.step, st.wave, st.canary_weight, st.canary_mirror = 0, 0, 0, 100
+    st.analysis.live_agreement, st.analysis.live_pairs = 0.9962, 1875
+    lines = render_status(vd(st, spec=spec), NOW).splitlines()
+    assert "Step:        1/2   shadow: 100% of requests mirrored to the canary, users answered by the stable " \
+           "only, held 35s of 10m (9m25s left)" in lines
+    assert "  Live agreement:  0.996 over 1875 mirrored images (min 0.99)" in lines
+    history = render_history(vd(st, spec=spec), NOW)
+    assert history.splitlines()[-1].endswith("step 1/2, shadow 100%")
+
+
 def test_status_header_follows_the_phase_and_the_annotations():
     st = mid_rollout_status()
     paused = render_status(vd(st, annotations={"visionfleet.io/paused": "true"}), NOW)

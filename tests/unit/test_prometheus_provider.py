@@ -95,6 +95,27 @@ def test_queries_select_the_revision_with_trition_metric_names():
     assert 'quantile="0.99"' in q.p99_ms and q.p99_ms.endswith("/ 1000)")
 
 
+def test_slo_queries_read_the_served_entry_only_and_live_agreement_is_a_ratio_of_counters():
+    q = queries("vision", "doorbell", "abc123", "30s", model="effnet")
+    sel = 'namespace="vision",vision_deployment="doorbell",revision="abc123"'
+    # The monitor asks Triton under effnet__monitor: an exact model match leaves its series out.
+    assert f'nv_inference_request_success{{{sel},model="effnet"}}[30s]' in q.requests
+    assert f'nv_inference_request_failure{{{sel},model="effnet"}}[30s]' in q.errors
+    assert f'{sel},model="effnet",quantile="0.99"' in q.p99_ms
+    assert q.live_pairs == f"sum(increase(visionfleet_live_pairs_total{{{sel}}}[30s]))"
+    assert q.live_agreement == f"(sum(increase(visionfleet_live_agreement_total{{{sel}}}[30s])) / {q.live_pairs})"
+
+
+def test_live_agreement_is_read_only_when_asked(fake_prometheus):
+    analysis = AnalysisSpec.model_validate({"prometheus": {"url": fake_prometheus, "timeout": "1s"},
+                                            "drift": {"window": 500}, "liveAgreement": {"min": 0.99}})
+    ANSWERS["next"] = (200, vector("1"), 0)
+    m = measure(analysis, "ns", "vd", "abc", model="effnet", live=True)
+    assert (m.live_pairs, m.live_agreement) == (1.0, 1.0)
+    m = measure(analysis, "ns", "vd", "abc", model="effnet")
+    assert (m.live_pairs, m.live_agreement) == (None, None)
+
+
 def drift_analysis(url):
     return AnalysisSpec.model_validate({"prometheus": {"url": url, "timeout": "1s"},
                                         "drift": {"pValue": 0.01, "window": 500}})

@@ -35,6 +35,7 @@ manifest last applied) is still kept for; it is never a reason to skip the compa
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -63,6 +64,11 @@ from visionfleet.builders.manifests import (
     build_triton_deployment,
     compile_job_name,
     mirror_filters,
+    ANNOTATION_AUTOSCALED,
+    autoscaler_name,
+    build_autoscaler,
+    shadow_target,
+    build_stable_service,
     revision_service_name,
     route_backends,
     serving_name,
@@ -70,6 +76,7 @@ from visionfleet.builders.manifests import (
     with_applied_hash,
 )
 from visionfleet.planner.model import (
+    EnsureAutoscaler,
     DeleteCompileJob,
     DeleteServing,
     DeleteSnapshot,
@@ -94,7 +101,11 @@ _PATHS = {
     "Service": "/api/v1/namespaces/{ns}/services/{name}",
     "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/{name}",
     "ControllerRevision": "/apis/apps/v1/namespaces/{ns}/controllerrevisions/{name}",
+    "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}",
 }
+# Holds a Deployment's spec.replicas for one apply while the operator lets go of it: the class's
+# HorizontalPodAutoscaler sizes it from then on (see hand_over_replicas).
+HANDOVER_MANAGER = "visionfleet-handover"
 DRIFT_REASON = "ChildDrifted"
 DRIFT_PATHS_SHOWN = 3  # differing fields named in a ChildDrifted Event
 
@@ -143,12 +154,42 @@ def apply_patch_body(obj: dict[str, Any]) -> bytes:
                                text).encode()
 
 
-def server_side_apply(api: client.ApiClient, obj: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+def server_side_apply(api: client.ApiClient, obj: dict[str, Any], subresource: str | None = None,
+                      manager: str = FIELD_MANAGER) -> dict[str, Any]:
     md = obj["metadata"]
     path = object_path(obj["kind"], md["namespace"], md["name"]) + (f"/{subresource}" if subresource else "")
     body = apply_patch_body(obj)
-    return request(api, "PATCH", path, body=body, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+    return request(api, "PATCH", path, body=body, query=[("fieldManager", manager), ("force", "true")],
                    content_type="application/apply-patch+yaml")
+
+
+def owns_replicas(live: Mapping[str, Any] | None) -> bool:
+    """The operator's field manager holds the Deployment's spec.replicas (server-side apply)."""
+    for entry in ((live or {}).get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply" \
+                and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            return True
+    return False
+
+
+def hand_over_replicas(api: client.ApiClient, obj: dict[str, Any]) -> None:
+    """Let go of a Deployment's spec.replicas without resetting it (Kubernetes' documented way to
+    hand a field to an autoscaler): another manager applies the same value, so the field has a
+    second owner, then the operator applies its manifest without the field. From then on only the
+    HorizontalPodAutoscaler (through the scale subresource) changes it; dropping the field from our
+    own apply while we were its only owner would have reset it to 1."""
+    md = obj["metadata"]
+    server_side_apply(api, {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                            "metadata": {"name": md["name"], "namespace": md["namespace"]},
+                            "spec": {"replicas": obj["spec"]["replicas"]}}, manager=HANDOVER_MANAGER)
+    without = copy.deepcopy(obj)
+    without["spec"].pop("replicas", None)
+    apply_forced(api, without)
+
+
+def autoscaled(obj: Mapping[str, Any]) -> bool:
+    return obj.get("kind") == "Deployment" and \
+        ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_AUTOSCALED) == "true"
 
 
 # -- is what we render still what the object holds? -------------------------------------------
@@ -373,6 +414,8 @@ def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], 
             apply_.append(build_metrics_service(vd.name, vd.namespace, vd.uid, vd.spec.analysis.drift is not None))
             if vd.spec.analysis.drift is not None:
                 apply_.append(build_drift_service(vd.name, vd.namespace, vd.uid))
+            if a.stable is not None:
+                apply_.append(build_stable_service(vd.name, vd.namespace, vd.uid, a.stable))
         elif isinstance(a, EnsureCompileJob):
             apply_.append(build_compile_job(vd.name, vd.namespace, vd.uid, a.spec, a.cls, a.revision))
         elif isinstance(a, DeleteCompileJob):
@@ -380,17 +423,28 @@ def render(vd: VisionDeploymentView, plan: Plan) -> tuple[list[dict[str, Any]], 
         elif isinstance(a, EnsureServing):
             apply_.append(build_config_map(vd.name, vd.namespace, vd.uid, a.spec, a.cls, a.revision, a.compile))
             apply_.append(build_triton_deployment(vd.name, vd.namespace, vd.uid, a.spec, a.cls, a.revision,
-                                                  a.replicas, a.compile, a.track))
+                                                  a.replicas, a.compile, a.track, autoscaled=a.autoscaled))
+        elif isinstance(a, EnsureAutoscaler):
+            apply_.append(build_autoscaler(vd.name, vd.namespace, vd.uid, a.cls, a.revision, a.min, a.max,
+                                           a.counted or (a.revision,)))
         elif isinstance(a, DeleteServing):
             name = serving_name(vd.name, a.class_name, a.revision)
             delete_ += [("Deployment", name), ("ConfigMap", name)]
         elif isinstance(a, SetRouteWeights):
-            apply_ += [build_revision_service(vd.name, vd.namespace, vd.uid, rev) for rev, _ in a.weights]
+            apply_ += [build_revision_service(vd.name, vd.namespace, vd.uid, rev) for rev in routed_revisions(a)]
         elif isinstance(a, DeleteSnapshot):
             snapshots.append(("ControllerRevision", snapshot_name(vd.name, a.revision)))
     # A revision's snapshot goes after its children: were the pass to stop in between, the next one
     # still has the snapshot to render them from.
     return apply_, delete_ + snapshots
+
+
+def routed_revisions(a: SetRouteWeights) -> list[str]:
+    """The revisions whose Services the route names: its weighted backends and a shadow mirror."""
+    revs = [rev for rev, _ in a.weights]
+    if a.mirror is not None and a.mirror.revision not in revs:
+        revs.append(a.mirror.revision)
+    return revs
 
 
 def _plain(outcome: Any) -> str | None:
@@ -477,7 +531,10 @@ def set_route_weights(api: client.ApiClient, vd: VisionDeploymentView, action: S
         if new != rule.get("backendRefs"):
             rule["backendRefs"] = new
             changed = True
-        filters = mirror_filters(rule.get("filters") or [], vd.name, vd.spec.analysis.drift is not None)
+        m = action.mirror
+        shadow = shadow_target(vd.name, m.revision, m.percent, m.to_monitor) if m is not None else None
+        filters = mirror_filters(rule.get("filters") or [], vd.name, vd.spec.analysis.drift is not None,
+                                 ours - {vd.name}, shadow)
         if filters != (rule.get("filters") or []):
             rule["filters"] = filters
             changed = True
@@ -517,11 +574,25 @@ def apply_plan(api: client.ApiClient, vd: VisionDeploymentView, plan: Plan,
     writes.applies += apply_snapshots(api, vd, plan, live)
     to_apply, to_delete = render(vd, plan)
     routed = {revision_service_name(vd.name, rev) for a in plan.actions if isinstance(a, SetRouteWeights)
-              for rev, _ in a.weights}
+              for rev in routed_revisions(a)}
     to_delete = [("Service", name) for name in revision_services if name not in routed] + to_delete
+    scalers = {autoscaler_name(vd.name, a.cls.name) for a in plan.actions if isinstance(a, EnsureAutoscaler)}
+    to_delete += [(kind, name) for kind, name in live if kind == "HorizontalPodAutoscaler" and name not in scalers]
     for obj in to_apply:
+        current = live.get((obj["kind"], obj["metadata"]["name"]))
+        handover = False
+        if autoscaled(obj):
+            # The class's HPA sizes this Deployment: the operator sets replicas only when it creates it
+            # (or still holds the field, e.g. a canary just promoted), then hands the field over.
+            if current is not None and not owns_replicas(current):
+                obj["spec"].pop("replicas", None)
+            else:
+                handover = True
         obj = with_applied_hash(obj)
-        written, drifted = apply_child(api, vd, obj, live.get((obj["kind"], obj["metadata"]["name"])))
+        written, drifted = apply_child(api, vd, obj, current)
+        if handover:
+            hand_over_replicas(api, obj)
+            writes.applies += 2
         if not written:
             continue
         writes.applies += 1

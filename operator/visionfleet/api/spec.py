@@ -292,6 +292,22 @@ class Toleration(Model):
     }
 
 
+class AutoscaleMetric(str, Enum):
+    INFERENCE_RATE = "inferenceRate"
+    QUEUE_TIME = "queueTime"
+
+
+class Autoscale(Model):
+    """A HorizontalPodAutoscaler per class, fed Triton's own metrics through a custom/external metrics
+    adapter (docs/serving.md): it sizes the stable; the canary gets its share from the stable's size."""
+
+    metric: AutoscaleMetric = Field(default=AutoscaleMetric.INFERENCE_RATE, description=(
+        "inferenceRate: the class's inferences per second (every revision's pods), held at target per pod; "
+        "queueTime: the class's mean queue time in ms, held at target. Default inferenceRate."))
+    target: Annotated[float, Field(gt=0, le=1_000_000)] = Field(description=(
+        "Inferences per second per pod (inferenceRate) or queue milliseconds (queueTime) the autoscaler holds."))
+
+
 class ReplicaRange(Model):
     """Triton pods of a node class: its serving size, and how far a canary split may grow."""
 
@@ -299,8 +315,13 @@ class ReplicaRange(Model):
         "Triton pods each serving revision runs on the class (at least 1, even when 0 is given); the stable never "
         "goes below it while a canary runs, except at a 100% step. Default 1."))
     max: Annotated[int, Field(ge=1, le=1000)] = Field(default=4, description=(
-        "Replica traffic only: most pods of the class in all (stable + canary) used to approximate a step's weight; "
-        "one more when min leaves no room for a canary pod. Default 4."))
+        "Replica traffic: most pods of the class in all (stable + canary) used to approximate a step's weight; "
+        "one more when min leaves no room for a canary pod. With autoscale: the most the autoscaler gives the "
+        "stable. Default 4."))
+    autoscale: Autoscale | None = Field(default=None, description=(
+        "Scale the class's stable between min and max on Triton's metrics (a HorizontalPodAutoscaler the "
+        "operator owns; the operator then never sets the stable's replicas). Needs rollout.traffic.method "
+        "GatewayAPI. Unset: the class runs min pods."))
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -721,15 +742,53 @@ class ServingSpec(Model):
     }
 
 
-class Step(Model):
-    """One canary step: a traffic weight, held for at least its pause and until a measurement passes."""
+class ShadowStep(Model):
+    """A step where the canary gets a mirror of live requests while users see only the stable."""
 
-    set_weight: Annotated[int, Field(ge=0, le=100)] = Field(description=(
+    duration: Duration = Field(description=(
+        "How long the canary serves the mirror (e.g. 10m), counted from when its pods are Ready; it is judged on "
+        "its own latency, errors and drift (and analysis.liveAgreement) meanwhile, and must pass a measurement "
+        "before the next step."))
+    percent: Annotated[int, Field(ge=1, le=100)] = Field(default=100, description=(
+        "Percent of live requests mirrored to the canary (1 to 100); the canary gets pods for that share of the "
+        "load. Default 100."))
+
+
+class Step(Model):
+    """One canary step: a traffic weight held for at least its pause, or a shadow step; each ends only once a
+    measurement passes."""
+
+    set_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(default=None, description=(
         "Percent of traffic to the canary (0 to 100) on the current wave's classes; strictly ascending over the "
-        "steps."))
+        "steps. Set exactly one of setWeight and shadow."))
     pause: Duration | None = Field(default=None, description=(
         "How long to hold the weight before the next step (duration, e.g. 2m), counted from when the canary is "
         "Ready at it; unset, no pause (a passing measurement is still needed)."))
+    shadow: ShadowStep | None = Field(default=None, description=(
+        "Mirror live requests to the canary (Gateway API RequestMirror to its revision Service) while every "
+        "user is answered by the stable: a failing canary is rolled back before any user request reaches it. "
+        "Needs rollout.traffic.method GatewayAPI; shadow steps come before every setWeight step."))
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.setWeight) != has(self.shadow)",
+                "set exactly one of rollout.steps[*].setWeight and rollout.steps[*].shadow",
+                field_path=".setWeight", reason="FieldValueRequired"),
+            cel("!has(self.shadow) || !has(self.pause)",
+                "a shadow step holds for shadow.duration: leave rollout.steps[*].pause unset",
+                field_path=".pause", reason="FieldValueForbidden"),
+        )
+    }
+
+    @property
+    def weight(self) -> int:
+        """The canary's share of user traffic at this step (0 during a shadow step)."""
+        return 0 if self.shadow is not None else (self.set_weight or 0)
+
+    @property
+    def hold(self) -> str | None:
+        """How long the step lasts at least: a shadow step's duration, else its pause."""
+        return self.shadow.duration if self.shadow is not None else self.pause
 
 
 DEFAULT_STEPS = (Step(set_weight=10, pause="1m"), Step(set_weight=50, pause="2m"), Step(set_weight=100))
@@ -786,8 +845,17 @@ class RolloutSpec(Model):
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
-            cel("self.steps.all(i, s, i == 0 || self.steps[i - 1].setWeight < s.setWeight)",
+            cel("self.steps.all(i, s, i == 0 || !has(s.setWeight) || !has(self.steps[i - 1].setWeight)"
+                " || self.steps[i - 1].setWeight < s.setWeight)",
                 "rollout.steps[*].setWeight must strictly ascend (e.g. 10, 50, 100)", field_path=".steps"),
+            cel("self.steps.all(i, s, !has(s.shadow) || i == 0 || has(self.steps[i - 1].shadow))",
+                "shadow steps come first: every rollout.steps[*].shadow must precede the setWeight steps",
+                field_path=".steps", reason="FieldValueInvalid"),
+            cel("!self.steps.exists(s, has(s.shadow))"
+                " || (has(self.traffic) && has(self.traffic.method) && self.traffic.method == 'GatewayAPI')",
+                "rollout.steps[*].shadow needs rollout.traffic.method GatewayAPI (the gateway mirrors requests "
+                "to the canary); replica traffic cannot keep users off a canary's pods",
+                field_path=".traffic.method", reason="FieldValueInvalid"),
             cel("!has(self.waves) || self.waves.all(i, w, w.all(n,"
                 " !self.waves.exists(j, v, j != i && n in v) && w.exists_one(m, m == n)))",
                 "a node class may appear in only one wave, once", field_path=".waves",
@@ -830,6 +898,7 @@ class Check(str, Enum):
     LATENCY = "latency"
     ERROR_RATE = "errorRate"
     DRIFT = "drift"
+    LIVE_AGREEMENT = "liveAgreement"
 
 
 class DriftDetector(str, Enum):
@@ -858,6 +927,21 @@ class DriftSpec(Model):
         f"(with torch, alibi-detect's backend for mmd) for detector mmd."))
 
 
+class LiveAgreement(Model):
+    """The canary's agreement with the stable on production inputs, during shadow steps: the monitor sidecar
+    of each canary pod asks the stable the same request and compares the two answers (docs/drift.md)."""
+
+    min: Annotated[float, Field(ge=0, le=1)] = Field(description=(
+        "Lowest acceptable agreement, 0 to 1: the share of images whose canary answer agrees with the stable's "
+        "(top-1 class for a classifier; detection F1 at IoU 0.5; mask IoU for a segmenter; output cosine "
+        "otherwise), as the compile Job's accuracy gate reads it against the fp32 reference."))
+    min_pairs: Annotated[int, Field(ge=1, le=1_000_000)] = Field(default=100, description=(
+        "Fewest compared images in the measurement window; with fewer the check is inconclusive. Default 100."))
+    max_pairs_per_second: Annotated[int, Field(ge=1, le=10_000)] = Field(default=20, description=(
+        "Requests per second each canary pod pairs with the stable (the extra load the stable takes); the rest "
+        "are only forwarded to the canary. Default 20."))
+
+
 class AnalysisSpec(Model):
     """How each canary step is judged. Policy, except drift (it changes the pods: part of the revision)."""
 
@@ -872,6 +956,9 @@ class AnalysisSpec(Model):
     drift: DriftSpec | None = Field(default=None, description=(
         "Input drift test by a monitor sidecar in every Triton pod; needs prometheus and compile.calibration. "
         "Setting or changing it is a new revision."))
+    live_agreement: LiveAgreement | None = Field(default=None, description=(
+        "During shadow steps, judge the canary's agreement with the stable on the mirrored live requests; needs "
+        "analysis.drift (the monitor sidecar makes the pairs) and a shadow step in rollout.steps."))
     failure_limit: Annotated[int, Field(ge=1, le=100)] = Field(
         default=1, description="Failed measurements, counted over the rollout, that trigger a rollback. Default 1."
     )
@@ -890,8 +977,8 @@ class AnalysisSpec(Model):
     initial_delay: Duration | None = Field(default=None, description=(
         "Wait after a step's weight took effect (canary Ready) before its first measurement (duration); default "
         "one interval, the query window, so a measurement holds only traffic at the step's weight."))
-    dry_run: Annotated[list[Check], Field(max_length=3)] | None = Field(default=None, description=(
-        "Checks (latency, errorRate, drift) measured and reported (status.analysis.dryRun) but never acted on: "
+    dry_run: Annotated[list[Check], Field(max_length=4)] | None = Field(default=None, description=(
+        "Checks (latency, errorRate, drift, liveAgreement) measured and reported (status.analysis.dryRun) but never acted on: "
         "trial a new SLO."))
 
     model_config = Model.model_config | {
@@ -899,6 +986,9 @@ class AnalysisSpec(Model):
             cel("!has(self.slo) || has(self.prometheus)",
                 "analysis.slo needs analysis.prometheus.url to read latency and errors from",
                 field_path=".prometheus", reason="FieldValueRequired"),
+            cel("!has(self.liveAgreement) || has(self.drift)",
+                "analysis.liveAgreement needs analysis.drift: the drift monitor sidecar of each canary pod pairs "
+                "its answers with the stable's", field_path=".drift", reason="FieldValueRequired"),
             cel("!has(self.drift) || has(self.prometheus)",
                 "analysis.drift needs analysis.prometheus.url to read the drift monitors' p-values from",
                 field_path=".prometheus", reason="FieldValueRequired"),
@@ -952,6 +1042,25 @@ class VisionDeploymentSpec(Model):
                 "(pvc://<claim>/<path> on ReadWriteMany/ReadOnlyMany storage, or s3://<bucket>/<prefix>)",
                 field_path=".serving.modelRepository",
                 reason="FieldValueRequired",
+            ),
+            cel(
+                "(has(self.rollout.traffic) && has(self.rollout.traffic.method)"
+                " && self.rollout.traffic.method == 'GatewayAPI')"
+                " || !((has(self.fleet.classes) && self.fleet.classes.exists(c, has(c.replicas)"
+                " && has(c.replicas.autoscale)))"
+                " || (has(self.fleet.discover) && has(self.fleet.discover.replicas)"
+                " && has(self.fleet.discover.replicas.autoscale)))",
+                "replicas.autoscale needs rollout.traffic.method GatewayAPI: with replica traffic the canary's "
+                "share is its share of the pods, which an autoscaler moving the stable would change",
+                field_path=".rollout.traffic.method",
+                reason="FieldValueInvalid",
+            ),
+            cel(
+                "!has(self.analysis.liveAgreement) || self.rollout.steps.exists(s, has(s.shadow))",
+                "analysis.liveAgreement is judged during shadow steps: add one to rollout.steps (e.g. "
+                "{shadow: {duration: 10m}}) or remove analysis.liveAgreement",
+                field_path=".analysis.liveAgreement",
+                reason="FieldValueInvalid",
             ),
             cel(
                 "!has(self.analysis.drift) || has(self.compile.calibration)",

@@ -164,6 +164,11 @@ class AnalysisResult(Model):
     requests: float | None = Field(default=None, description="Requests the canary served over the window.")
     drift_p_value: float | None = Field(default=None, description=(
         "The canary's drift p-value, Bonferroni-corrected over its pods; low means drift."))
+    live_agreement: float | None = Field(default=None, description=(
+        "During a shadow step: the share of mirrored images on which the canary's answer agreed with the "
+        "stable's over the window, 0 to 1 (spec.analysis.liveAgreement)."))
+    live_pairs: float | None = Field(default=None, description=(
+        "Images the canary and the stable both answered over the window (the pairs liveAgreement counts)."))
     reason: MESSAGE | None = Field(default=None, description=(
         "Why the verdict, e.g. p99 31.2 ms > 20 ms."))
     failures: Annotated[int, Field(ge=0)] = Field(default=0, description=(
@@ -222,6 +227,9 @@ class VisionDeploymentStatus(Model):
     wave: Annotated[int, Field(ge=0)] | None = Field(default=None, description="Index of the rollout wave in flight.")
     canary_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(
         default=None, description="Percent of traffic the current step asks for (on the current wave's classes).")
+    canary_mirror: Annotated[int, Field(ge=0, le=100)] | None = Field(
+        default=None, description=("During a shadow step: percent of live requests mirrored to the canary, whose "
+                                   "answers no user gets (canaryWeight is 0)."))
     effective_weight: Annotated[int, Field(ge=0, le=100)] | None = Field(
         default=None, description="Percent of the current wave's traffic the canary really gets (Ready canary share).")
     full_promotion: bool | None = Field(

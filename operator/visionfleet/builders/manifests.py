@@ -8,8 +8,14 @@
       ├─ Deployment  <vd>-<class>-<rev8>             Triton serving that artifact on the class
       ├─ Service     <vd>                            every Ready Triton pod of the VisionDeployment (http, grpc)
       ├─ Service     <vd>-metrics                    headless: each Triton pod's metrics (and drift) port
-      └─ Service     <vd>-drift                      the drift monitor sidecars (the traffic mirror's
-                                                     target), when spec.analysis.drift is set
+      ├─ Service     <vd>-drift                      the drift monitor sidecars (the traffic mirror's
+      │                                              target), when spec.analysis.drift is set
+      ├─ Service     <vd>-<rev8>                     Gateway API traffic: one revision's pods (the route's
+      │                                              weighted backends; a shadow step's mirror target)
+      ├─ Service     <vd>-stable                     Gateway API traffic: the stable revision's pods, where
+      │                                              a shadow canary's monitor asks for the stable's answers
+      └─ HorizontalPodAutoscaler <vd>-<class>        an autoscaled class's: sizes its stable Deployment on the
+                                                     class's Triton metrics (external metrics API)
 
 Names are deterministic (a restart recreates nothing) and at most 63 characters (they become label
 values); a long name is cut and given a short hash of the full name, so it stays unique. Every
@@ -43,7 +49,8 @@ from visionfleet.planner.durations import seconds
 from visionfleet.planner.model import Track
 
 from visionfleet_contract import (COMPILE_REQUEST_ENV, CONFIG_FILE, LABEL_CLASS, LABEL_REVISION, LABEL_VD,
-                                  MONITOR_PORT, PERMANENT_EXIT_CODES, PVC_ROOT, REFERENCE_FILE)
+                                  MONITOR_PORT, PERMANENT_EXIT_CODES, monitor_config, monitor_model_name, PVC_ROOT, REFERENCE_FILE, SHADOW_PORT,
+                                  STABLE_URL_ENV)
 
 from .triton_config import build_triton_config_for
 
@@ -303,12 +310,28 @@ def build_config_map(vd: str, namespace: str, uid: str, spec: VisionDeploymentSp
         "kind": "ConfigMap",
         "metadata": meta(serving_name(vd, cls.name, revision), namespace, vd, uid,
                          labels(vd, "triton-config", cls.name, revision)),
-        "data": {CONFIG_FILE: build_triton_config_for(spec.model, cls.spec.runtime, result)},
+        "data": _configs(spec, cls, result),
     }
 
 
+MONITOR_CONFIG_KEY = "monitor-" + CONFIG_FILE
+
+
+def _configs(spec: VisionDeploymentSpec, cls: ResolvedClass, result: CompileResult) -> dict[str, str]:
+    """config.pbtxt of the served entry, and with drift on the monitor's own entry's (<model>__monitor:
+    the monitor's requests stay out of the served entry's nv_inference_* series the SLO reads)."""
+    config = build_triton_config_for(spec.model, cls.spec.runtime, result)
+    out = {CONFIG_FILE: config}
+    if spec.analysis.drift is not None:
+        out[MONITOR_CONFIG_KEY] = monitor_config(config, spec.model.name)
+    return out
+
+
 def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeploymentSpec, cls: ResolvedClass,
-                            revision: str, replicas: int, result: CompileResult, track: Track | str) -> dict[str, Any]:
+                            revision: str, replicas: int, result: CompileResult, track: Track | str,
+                            autoscaled: bool = False) -> dict[str, Any]:
+    """``autoscaled``: the class's HorizontalPodAutoscaler sizes it (annotation visionfleet.io/autoscaled;
+    the act layer then sets ``replicas`` only when it creates the Deployment)."""
     name = serving_name(vd, cls.name, revision)
     model = spec.model.name
     pod_labels = labels(vd, "triton", cls.name, revision)
@@ -323,24 +346,31 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
     ]
     repo = _pvc(spec.serving.model_repository)
     init_containers = []
+    entries = [model]
+    if spec.analysis.drift is not None:
+        # The monitor's entry: the same artifact mounted a second time, its own config.pbtxt.
+        monitor = monitor_model_name(model)
+        entries.append(monitor)
+        mounts.append({"name": "config", "mountPath": f"/models/{monitor}/{CONFIG_FILE}",
+                       "subPath": MONITOR_CONFIG_KEY, "readOnly": True})
     if repo:
         volumes.append({"name": "artifact", "persistentVolumeClaim": {"claimName": repo[0], "readOnly": True}})
-        mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1",
-                       "subPath": artifact_dir(spec, cls.name, revision), "readOnly": True})
+        mounts += [{"name": "artifact", "mountPath": f"/models/{e}/1",
+                    "subPath": artifact_dir(spec, cls.name, revision), "readOnly": True} for e in entries]
     else:
         # s3:// (the CRD admits only pvc:// and s3://; an older object with another is refused before
         # anything is built): the init container fills the version directory, Triton reads it.
         if not (spec.serving.model_repository or "").startswith("s3://"):
             raise ValueError(f"serving.modelRepository {spec.serving.model_repository!r}: not pvc:// or s3://")
         volumes.append({"name": "artifact", "emptyDir": {}})
-        mounts.append({"name": "artifact", "mountPath": f"/models/{model}/1", "readOnly": True})
+        mounts += [{"name": "artifact", "mountPath": f"/models/{e}/1", "readOnly": True} for e in entries]
         init_containers.append(fetch_container(spec, cls, revision, result))
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
     container = {
         "name": "triton",
         "image": spec.serving.image,
         "args": ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
-                 f"--load-model={model}", "--strict-readiness=true", "--allow-metrics=true",
+                 *[f"--load-model={e}" for e in entries], "--strict-readiness=true", "--allow-metrics=true",
                  "--metrics-config=summary_latencies=true", "--exit-on-error=true",
                  f"--exit-timeout-secs={TRITON_EXIT_TIMEOUT}"],
         "ports": [{"name": "http", "containerPort": TRITON_HTTP}, {"name": "grpc", "containerPort": TRITON_GRPC},
@@ -361,13 +391,14 @@ def build_triton_deployment(vd: str, namespace: str, uid: str, spec: VisionDeplo
     containers = [container]
     pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(TRITON_METRICS)}
     if spec.analysis.drift is not None:
-        containers.append(drift_monitor_container(spec, mounts))
+        containers.append(drift_monitor_container(spec, mounts, vd, namespace))
         pod_annotations["visionfleet.io/drift-port"] = str(MONITOR_PORT)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta(name, namespace, vd, uid, labels(vd, "triton", cls.name, revision),
-                         {TRACK_ANNOTATION: Track(track).value, "visionfleet.io/artifact": result.artifact or ""}),
+                         {TRACK_ANNOTATION: Track(track).value, "visionfleet.io/artifact": result.artifact or "",
+                          **({ANNOTATION_AUTOSCALED: "true"} if autoscaled else {})}),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
@@ -448,10 +479,15 @@ def fetch_container(spec: VisionDeploymentSpec, cls: ResolvedClass, revision: st
     return out
 
 
-def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict[str, Any]]) -> dict[str, Any]:
+def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict[str, Any]], vd: str,
+                            namespace: str) -> dict[str, Any]:
     """The drift monitor sidecar: reads this revision's reference next to the artifact (read-only),
-    takes mirrored requests on its port, asks the pod's own Triton for outputs (bbsd-ks)."""
+    takes mirrored requests on its port, asks the pod's own Triton for outputs (bbsd-ks). On its shadow
+    port it takes a shadow step's mirror: every request goes on to the pod's Triton (what the canary
+    is judged on), a sample also to the stable (``<vd>-stable``) to pair the two answers."""
     drift, model = spec.analysis.drift, spec.model
+    live = spec.analysis.live_agreement
+    pair_rate = live.max_pairs_per_second if live is not None else 20
     artifact = next(m for m in triton_mounts if m["mountPath"] == f"/models/{model.name}/1")
     return {
         "name": "drift-monitor",
@@ -462,8 +498,11 @@ def drift_monitor_container(spec: VisionDeploymentSpec, triton_mounts: list[dict
                  f"--window={drift.window}", f"--p-value={drift.p_value}", f"--model={model.name}",
                  f"--input={model.inputs[0].name}", f"--output={model.outputs[0].name}",
                  f"--triton=http://127.0.0.1:{TRITON_HTTP}", f"--listen=0.0.0.0:{MONITOR_PORT}",
-                 f"--max-rate={drift.max_samples_per_second}"],
-        "ports": [{"name": "drift", "containerPort": MONITOR_PORT}],
+                 f"--max-rate={drift.max_samples_per_second}",
+                 f"--shadow-listen=0.0.0.0:{SHADOW_PORT}", f"--max-pair-rate={pair_rate}"],
+        "env": [{"name": STABLE_URL_ENV, "value": f"http://{stable_service_name(vd)}.{namespace}:{TRITON_HTTP}"}],
+        "ports": [{"name": "drift", "containerPort": MONITOR_PORT},
+                  {"name": "shadow", "containerPort": SHADOW_PORT}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "drift"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "drift"}, "periodSeconds": 10, "failureThreshold": 3},
         "startupProbe": {"httpGet": {"path": "/healthz", "port": "drift"}, "periodSeconds": 5, "failureThreshold": 60},
@@ -493,15 +532,25 @@ def build_drift_service(vd: str, namespace: str, uid: str) -> dict[str, Any]:
     }
 
 
-def mirror_filters(filters: list[dict[str, Any]], vd: str, drift: bool) -> list[dict[str, Any]]:
-    """A rule's filters with this VisionDeployment's RequestMirror (to its drift Service) present
-    exactly when drift is on; every other filter kept as it is."""
+def mirror_filters(filters: list[dict[str, Any]], vd: str, drift: bool, ours: set[str] | frozenset[str] = frozenset(),
+                   shadow: tuple[str, int, int] | None = None) -> list[dict[str, Any]]:
+    """A rule's filters with this VisionDeployment's RequestMirrors present exactly as wanted: to its
+    drift Service when drift is on, and a shadow step's to the canary (``shadow``: Service, port,
+    percent); every other filter kept as it is. ``ours``: the per-revision Service names (a shadow
+    mirror to one of them that is no longer wanted is removed)."""
     name = drift_service_name(vd)
+    mine = {name, *ours}
     kept = [f for f in filters if not (f.get("type") == "RequestMirror"
-                                       and (f.get("requestMirror") or {}).get("backendRef", {}).get("name") == name)]
+                                       and (f.get("requestMirror") or {}).get("backendRef", {}).get("name") in mine)]
     if drift:
         kept.append({"type": "RequestMirror", "requestMirror": {"backendRef": {
             "group": "", "kind": "Service", "name": name, "port": MONITOR_PORT}}})
+    if shadow is not None:
+        service, port, percent = shadow
+        mirror: dict[str, Any] = {"backendRef": {"group": "", "kind": "Service", "name": service, "port": port}}
+        if percent < 100:
+            mirror["percent"] = percent  # omitted at 100 %: implementations without percent mirror all
+        kept.append({"type": "RequestMirror", "requestMirror": mirror})
     return kept
 
 
@@ -546,12 +595,83 @@ def revision_service_name(vd: str, revision: str) -> str:
 
 
 def build_revision_service(vd: str, namespace: str, uid: str, revision: str) -> dict[str, Any]:
-    """One revision's Triton pods, on every class: the backends an HTTPRoute splits traffic between."""
+    """One revision's Triton pods, on every class: the backends an HTTPRoute splits traffic between,
+    and (port shadow, the pods' monitor sidecars) where a shadow step mirrors requests to."""
     svc = build_service(vd, namespace, uid)
     svc["metadata"]["name"] = revision_service_name(vd, revision)
     svc["metadata"]["labels"] = labels(vd, "triton", revision=revision)
     svc["spec"]["selector"] = {LABEL_VD: vd, LABEL_COMPONENT: "triton", LABEL_REVISION: revision}
+    svc["spec"]["ports"].append({"name": "shadow", "port": SHADOW_PORT, "targetPort": "shadow"})
     return svc
+
+
+# External metrics an autoscaled class's HPA reads (served by a metrics adapter from Triton's series,
+# docs/serving.md): selected by the labels every VisionFleet pod's series carry.
+AUTOSCALE_METRICS = {
+    "inferenceRate": "visionfleet_class_inference_rate",  # inferences/s over every pod of the class
+    "queueTime": "visionfleet_class_queue_ms",  # mean queue time (ms) of the class's requests
+}
+ANNOTATION_AUTOSCALED = "visionfleet.io/autoscaled"  # on a Deployment the class's HPA sizes
+
+
+def autoscaler_name(vd: str, class_name: str) -> str:
+    return child_name(vd, class_name)
+
+
+def _quantity(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{round(x * 1000)}m"
+
+
+def build_autoscaler(vd: str, namespace: str, uid: str, cls: ResolvedClass, revision: str, min_replicas: int,
+                     max_replicas: int, counted: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The class's HorizontalPodAutoscaler. It targets the class's stable Deployment (handed to the next
+    stable at promotion) and reads the *class's* load — the ``counted`` revisions' pods: the stable and
+    a weighted canary, not a shadow canary's mirrored copies — as an External metric with an
+    AverageValue target: desired = load / target, the pods the class needs in all. The stable keeps
+    that size through a rollout (Gateway API traffic) and the canary gets its share of it."""
+    auto = cls.spec.replicas.autoscale
+    assert auto is not None
+    metric = {"name": AUTOSCALE_METRICS[str(auto.metric)],
+              "selector": {"matchLabels": {"vision_deployment": vd, "class": cls.name},
+                           "matchExpressions": [{"key": "revision", "operator": "In",
+                                                 "values": sorted(counted or (revision,))}]}}
+    if str(auto.metric) == "queueTime":
+        target = {"type": "Value", "value": _quantity(auto.target)}
+    else:
+        target = {"type": "AverageValue", "averageValue": _quantity(auto.target)}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta(autoscaler_name(vd, cls.name), namespace, vd, uid, labels(vd, "autoscaler", cls.name)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": serving_name(vd, cls.name, revision)},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [{"type": "External", "external": {"metric": metric, "target": target}}],
+        },
+    }
+
+
+def stable_service_name(vd: str) -> str:
+    return child_name(vd, "stable")
+
+
+def build_stable_service(vd: str, namespace: str, uid: str, revision: str) -> dict[str, Any]:
+    """The stable revision's Triton pods under a name that does not change with the revision (Argo
+    Rollouts' stableService): a shadow canary's monitor asks it for the stable's answers. Its selector
+    moves at promotion, once the new stable is serving."""
+    svc = build_service(vd, namespace, uid)
+    svc["metadata"]["name"] = stable_service_name(vd)
+    svc["metadata"]["labels"] = labels(vd, "triton")
+    svc["spec"]["selector"] = {LABEL_VD: vd, LABEL_COMPONENT: "triton", LABEL_REVISION: revision}
+    return svc
+
+
+def shadow_target(vd: str, revision: str, percent: int, to_monitor: bool) -> tuple[str, int, int]:
+    """A shadow step's mirror: (Service, port, percent) — the canary's monitor sidecars when it has
+    them (they forward to Triton and pair answers), else its Triton."""
+    return revision_service_name(vd, revision), SHADOW_PORT if to_monitor else TRITON_HTTP, percent
 
 
 def route_backends(refs: list[dict[str, Any]], vd: str, ours: set[str],

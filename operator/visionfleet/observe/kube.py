@@ -278,7 +278,10 @@ def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects)
 
 
 def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
-           nodes: list[ObservedNode] | None = None, claims: Iterable[str] = ()) -> ObservedObjects:
+           nodes: list[ObservedNode] | None = None, claims: Iterable[str] = (),
+           autoscaling: Any = None) -> ObservedObjects:
+    """``autoscaling``: an AutoscalingV2Api, to see the VisionDeployment's HorizontalPodAutoscalers
+    (None: not read, for callers that never autoscale)."""
     obs = ObservedObjects(nodes=nodes if nodes is not None else gather_nodes(core))
     selector = f"{LABEL_VD}={name}"
     gather_snapshots(apps, name, namespace, obs)
@@ -314,5 +317,9 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
         obs.live[("Service", md["name"])] = svc
         if lbl.get(LABEL_COMPONENT) == "triton" and LABEL_REVISION in lbl:
             obs.revision_services[md["name"]] = lbl[LABEL_REVISION]
+    if autoscaling is not None:
+        for hpa in _raw_items(autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace,
+                              f"{selector},{LABEL_COMPONENT}=autoscaler"):
+            obs.live[("HorizontalPodAutoscaler", hpa["metadata"]["name"])] = hpa
     obs.claims = gather_claims(core, namespace, claims) if claims else []
     return obs

@@ -5,13 +5,18 @@ All queries live here. They use Triton's own metric names, and the drift monitor
 labels the scrape configuration attaches to every series of a VisionFleet pod (see
 docs/observability.md): ``namespace``, ``vision_deployment``, ``revision``, ``class``.
 
-    requests   sum(increase(nv_inference_request_success[W])) + sum(increase(nv_inference_request_failure[W]))
+    requests   sum(increase(nv_inference_request_success{model=M}[W])) + sum(increase(nv_inference_request_failure{…}[W]))
     errors     sum(increase(nv_inference_request_failure[W])) / requests
     p99        max(nv_inference_request_summary_us{quantile="0.99"}) / 1000       (worst pod, ms)
     drift      clamp_max(min(visionfleet_drift_p_value) * count(visionfleet_drift_p_value), 1)
                min(visionfleet_drift_window_fill)
     input      clamp_max(min(visionfleet_drift_input_p_value) * count(visionfleet_drift_input_p_value), 1)
                (the monitors' input-space test; stable revision only, see measure_drift)
+    live       sum(increase(visionfleet_live_agreement_total[W])) / sum(increase(visionfleet_live_pairs_total[W]))
+               (a shadow step's pairs: the canary's answers against the stable's, see docs/drift.md)
+
+The Triton series are those of the served model's own entry (``model`` = spec.model.name): the drift
+monitor asks Triton under a second entry (<model>__monitor), so its requests never count as users'.
 
 Each pod's monitor tests its own window, so a revision with k pods runs k tests: the smallest p-value
 is Bonferroni-corrected by k, which keeps the false-alarm rate at drift.pValue however many pods
@@ -37,7 +42,7 @@ from visionfleet.api.spec import AnalysisSpec
 from visionfleet.planner.analysis import Measurement
 from visionfleet.planner.durations import seconds
 
-from visionfleet_contract import DRIFT_INPUT_P_VALUE, DRIFT_P_VALUE, DRIFT_WINDOW_FILL
+from visionfleet_contract import DRIFT_INPUT_P_VALUE, DRIFT_P_VALUE, DRIFT_WINDOW_FILL, LIVE_AGREEMENT, LIVE_PAIRS
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,22 @@ class Queries:
     drift_p_value: str
     drift_window_fill: str
     drift_input_p_value: str
+    live_pairs: str
+    live_agreement: str
 
 
-def queries(namespace: str, vd: str, revision: str, window: str) -> Queries:
+def queries(namespace: str, vd: str, revision: str, window: str, model: str | None = None) -> Queries:
     sel = f'namespace="{namespace}",vision_deployment="{vd}",revision="{revision}"'
-    ok = f"sum(increase(nv_inference_request_success{{{sel}}}[{window}]))"
-    bad = f"sum(increase(nv_inference_request_failure{{{sel}}}[{window}]))"
+    served = sel + (f',model="{model}"' if model else "")  # Triton's series of the served entry only
+    ok = f"sum(increase(nv_inference_request_success{{{served}}}[{window}]))"
+    bad = f"sum(increase(nv_inference_request_failure{{{served}}}[{window}]))"
+    pairs = f"sum(increase({LIVE_PAIRS}{{{sel}}}[{window}]))"
     return Queries(
         requests=f"({ok} + {bad})",
         errors=f"({bad} / ({ok} + {bad}))",
-        p99_ms=f'(max(nv_inference_request_summary_us{{{sel},quantile="0.99"}}) / 1000)',
+        p99_ms=f'(max(nv_inference_request_summary_us{{{served},quantile="0.99"}}) / 1000)',
+        live_pairs=pairs,
+        live_agreement=f"(sum(increase({LIVE_AGREEMENT}{{{sel}}}[{window}])) / {pairs})",
         drift_p_value=f"clamp_max(min({DRIFT_P_VALUE}{{{sel}}}) * count({DRIFT_P_VALUE}{{{sel}}}), 1)",
         drift_window_fill=f"min({DRIFT_WINDOW_FILL}{{{sel}}})",
         drift_input_p_value=f"clamp_max(min({DRIFT_INPUT_P_VALUE}{{{sel}}}) * count({DRIFT_INPUT_P_VALUE}{{{sel}}}), 1)",
@@ -112,14 +123,16 @@ def measure_drift(analysis: AnalysisSpec, namespace: str, vd: str, revision: str
 
 
 def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str,
-            input_space: bool = False) -> Measurement | None:
+            input_space: bool = False, model: str | None = None, live: bool = False) -> Measurement | None:
     """The canary's numbers, or None when no analysis source is configured. ``input_space``: also the
-    monitors' input-space p-value (the stable revision's InputDrift; a canary is not judged on it)."""
+    monitors' input-space p-value (the stable revision's InputDrift; a canary is not judged on it);
+    ``model``: the served entry's name (Triton series of other entries, the monitor's, are not
+    counted); ``live``: a shadow step's agreement with the stable (when analysis.liveAgreement is set)."""
     if analysis.prometheus is None or (analysis.slo is None and analysis.drift is None):
         return None
     prom = connect(analysis.prometheus.url, seconds(analysis.prometheus.timeout))
     window = f"{max(int(seconds(analysis.interval)), 10)}s"
-    q = queries(namespace, vd, revision, window)
+    q = queries(namespace, vd, revision, window, model)
     values: dict[str, float | None] = {}
     problems: dict[str, str] = {}
     if analysis.slo is not None:
@@ -151,5 +164,14 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str,
                 problems["drift_error"] = str(e)
             except NoValue:
                 pass
+    if live and analysis.live_agreement is not None:
+        try:
+            values["live_pairs"] = instant(prom, q.live_pairs)
+            if values["live_pairs"] > 0:
+                values["live_agreement"] = instant(prom, q.live_agreement)
+        except QueryError as e:
+            problems["live_error"] = str(e)
+        except NoValue as e:
+            problems["live_unknown"] = str(e)
     prom.close()
     return Measurement(**problems, **values)

@@ -8,6 +8,8 @@ Each configured check (``latency``, ``errorRate``, ``drift``) gives its own resu
     p99 > slo.latencyP99Ms  /  errors > slo.errorRate ───────────────────► Failed
     drift window not yet full ───────────────────────────────────────────► Inconclusive
     drift p-value < drift.pValue ────────────────────────────────────────► Failed       (the inputs moved)
+    shadow step, pairs < liveAgreement.minPairs ─────────────────────────► Inconclusive
+    shadow step, agreement < liveAgreement.min ──────────────────────────► Failed       (answers differ)
     otherwise ───────────────────────────────────────────────────────────► Passed
 
 The measurement's verdict is the worst of its checks, in the order Failed > Error > Inconclusive >
@@ -43,6 +45,11 @@ class Measurement:
     # revision only: it raises InputDrift, never judges a canary (an input shift is not the canary's
     # fault). None: not read, no pod tested a full window yet, or a monitor image without the test.
     drift_input_p_value: float | None = None
+    # A shadow step's pairs (canary and stable answering the same mirrored request), over the window.
+    live_pairs: float | None = None
+    live_agreement: float | None = None  # 0..1, the mean agreement of those pairs
+    live_error: str | None = None
+    live_unknown: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,8 @@ class Assessment:
     requests: float | None = None
     drift_p_value: float | None = None
     dry_run: str | None = None  # what the dry-run checks found, for status only
+    live_agreement: float | None = None
+    live_pairs: float | None = None
 
 
 SEVERITY = {Verdict.PASSED: 0, Verdict.INCONCLUSIVE: 1, Verdict.ERROR: 2, Verdict.FAILED: 3}
@@ -63,7 +72,25 @@ def _bad(x: float | None) -> bool:
     return x is None or math.isnan(x) or math.isinf(x)
 
 
-def _checks(m: Measurement, analysis: AnalysisSpec) -> list[tuple[Check, Verdict, str]]:
+def _live(m: Measurement, analysis: AnalysisSpec) -> tuple[Verdict, str]:
+    live = analysis.live_agreement
+    assert live is not None
+    if m.live_error:
+        return Verdict.ERROR, f"live agreement: {m.live_error}"
+    if m.live_unknown:
+        return Verdict.INCONCLUSIVE, f"live agreement: {m.live_unknown}"
+    if _bad(m.live_pairs) or m.live_pairs < live.min_pairs:
+        n = 0 if _bad(m.live_pairs) else m.live_pairs
+        return Verdict.INCONCLUSIVE, f"{n:.0f} live pairs < minPairs {live.min_pairs}"
+    if _bad(m.live_agreement):
+        return Verdict.INCONCLUSIVE, "no live agreement for the canary"
+    if m.live_agreement < live.min:
+        return Verdict.FAILED, (f"live agreement with the stable {m.live_agreement:.3f} < {live.min:g} "
+                                f"({m.live_pairs:.0f} mirrored images)")
+    return Verdict.PASSED, f"live agreement {m.live_agreement:.3f}"
+
+
+def _checks(m: Measurement, analysis: AnalysisSpec, shadow: bool = False) -> list[tuple[Check, Verdict, str]]:
     out: list[tuple[Check, Verdict, str]] = []
     slo, drift = analysis.slo, analysis.drift
     if slo is not None:
@@ -105,6 +132,8 @@ def _checks(m: Measurement, analysis: AnalysisSpec) -> list[tuple[Check, Verdict
             out.append((Check.DRIFT, Verdict.FAILED, f"input drift: p={m.drift_p_value:.3g} < {drift.p_value:g}"))
         else:
             out.append((Check.DRIFT, Verdict.PASSED, f"drift p={m.drift_p_value:.3g}"))
+    if shadow and analysis.live_agreement is not None:
+        out.append((Check.LIVE_AGREEMENT, *_live(m, analysis)))
     return out
 
 
@@ -117,15 +146,18 @@ def _summary(checks: list[tuple[Check, Verdict, str]]) -> tuple[Verdict, str]:
     return worst, "; ".join(texts)
 
 
-def assess(m: Measurement, analysis: AnalysisSpec) -> Assessment:
+def assess(m: Measurement, analysis: AnalysisSpec, shadow: bool = False) -> Assessment:
+    """``shadow``: the canary is in a shadow step (the only time its live agreement is judged)."""
     dry = {Check(c) for c in analysis.dry_run or []}
-    checks = _checks(m, analysis)
+    checks = _checks(m, analysis, shadow)
     acted = [c for c in checks if c[0] not in dry]
     trial = [c for c in checks if c[0] in dry]
     numbers = dict(p99_ms=None if _bad(m.p99_ms) else m.p99_ms,
                    error_rate=None if _bad(m.error_rate) else m.error_rate,
                    requests=None if _bad(m.requests) else m.requests,
-                   drift_p_value=None if _bad(m.drift_p_value) else m.drift_p_value)
+                   drift_p_value=None if _bad(m.drift_p_value) else m.drift_p_value,
+                   live_agreement=None if _bad(m.live_agreement) or not shadow else m.live_agreement,
+                   live_pairs=None if _bad(m.live_pairs) or not shadow else m.live_pairs)
     dry_run = None
     if trial:
         dry_run = "; ".join(f"{c.value}: {v.value} ({text})" for c, v, text in trial)

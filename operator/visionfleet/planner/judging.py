@@ -21,6 +21,11 @@ from .analysis import Measurement, assess
 from .state import PassState
 
 
+def shadowing(p: PassState) -> bool:
+    """The canary is in a shadow step: it gets a mirror of live requests, users none of its answers."""
+    return p.st.canary_revision is not None and p.st.canary_mirror is not None and not p.st.full_promotion
+
+
 def held_by_analysis(p: PassState) -> bool:
     """The rollout is paused by its analysis: inconclusive (or provider errors) past their limits."""
     a, spec = p.st.analysis, p.spec.analysis
@@ -32,7 +37,7 @@ def held_by_analysis(p: PassState) -> bool:
 def judge(p: PassState, m: Measurement) -> str | None:
     """Record one measurement; returns a rollback reason when the rollout must roll back."""
     st, analysis = p.st, p.spec.analysis
-    a = assess(m, analysis)
+    a = assess(m, analysis, shadow=shadowing(p))
     prev = st.analysis
     failures = prev.failures if prev else 0
     inconclusive = prev.inconclusive if prev else 0
@@ -51,6 +56,7 @@ def judge(p: PassState, m: Measurement) -> str | None:
         inconclusive = errors = 0
     st.analysis = AnalysisResult(at=p.now_s, verdict=a.verdict, p99_ms=a.p99_ms, error_rate=a.error_rate,
                                  requests=a.requests, drift_p_value=a.drift_p_value, reason=a.reason[:2048],
+                                 live_agreement=a.live_agreement, live_pairs=a.live_pairs,
                                  failures=failures, inconclusive=inconclusive, errors=errors,
                                  dry_run=a.dry_run[:2048] if a.dry_run else None)
     rev = st.canary_revision

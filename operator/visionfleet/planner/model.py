@@ -206,6 +206,22 @@ class EnsureServing:
     compile: CompileResult
     track: Track
     spec: VisionDeploymentSpec  # the revision's frozen spec (RevisionSnapshot.spec)
+    # The class's HorizontalPodAutoscaler sizes this Deployment (the stable of an autoscaled class):
+    # ``replicas`` is its size now, set only when the Deployment is created; then the HPA owns it.
+    autoscaled: bool = False
+
+
+@dataclass(frozen=True)
+class EnsureAutoscaler:
+    """The class's HorizontalPodAutoscaler, sizing ``revision`` (the class's stable) between min and max
+    on the load of the ``counted`` revisions: those users' requests reach (the stable, and a weighted
+    canary — not a shadow canary's mirrored copies, which would count each request twice)."""
+
+    cls: ResolvedClass
+    revision: str
+    min: int
+    max: int
+    counted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,7 +232,21 @@ class DeleteServing:
 
 @dataclass(frozen=True)
 class EnsureService:
-    pass
+    """The VisionDeployment's Services; ``stable``: the revision ``<vd>-stable`` selects (where a
+    shadow step's canary asks for the stable's answers), None before the first promotion."""
+
+    stable: str | None = None
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A shadow step's RequestMirror: ``percent`` of the route's requests also go to ``revision``'s
+    Service, whose answers are dropped. ``to_monitor``: to its pods' monitor sidecars (they forward
+    to Triton and pair answers with the stable), else straight to Triton."""
+
+    revision: str
+    percent: int
+    to_monitor: bool
 
 
 @dataclass(frozen=True)
@@ -226,10 +256,11 @@ class SetRouteWeights:
 
     route: str
     weights: tuple[tuple[str, int], ...]  # (revision, weight)
+    mirror: Mirror | None = None  # a shadow step's mirror to the canary
 
 
 Action = (EnsureSnapshot | MarkOutcome | DeleteSnapshot | EnsureCompileJob | DeleteCompileJob | EnsureServing
-          | DeleteServing | EnsureService | SetRouteWeights)
+          | DeleteServing | EnsureService | SetRouteWeights | EnsureAutoscaler)
 
 
 @dataclass(frozen=True)

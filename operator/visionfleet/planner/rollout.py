@@ -26,6 +26,7 @@ from visionfleet.api.status import CompileState
 from .compiling import advance_compile, catch_up, stop_unwanted_compiles
 from .judging import held_by_analysis
 from .model import (
+    EnsureService,
     FAILED_OUTCOMES,
     DeleteServing,
     DeleteSnapshot,
@@ -40,7 +41,7 @@ from .replicas import split_replicas
 from .reporting import conditions, report_classes
 from .serving import serve
 from .state import PassState
-from .steps import advance, choose_canary, clamp_position, handle_commands, measure, paused, served_before
+from .steps import advance, choose_canary, clamp_position, gateway, handle_commands, measure, paused, served_before
 from .traffic import route, route_weights
 
 __all__ = ["FAILED_OUTCOMES", "plan", "route_weights", "split_replicas"]
@@ -97,4 +98,8 @@ def plan(vd: VisionDeploymentView, observed: Observed, now: datetime) -> Plan:
                               paused=paused(p) or held_by_analysis(p), rolling_back=rolling_back)
     if any(isinstance(a, DeleteServing) for a in p.actions):
         p.wake_in(2.0)
+    if gateway(p) and p.st.stable_revision:
+        # <vd>-stable: where a shadow step's canary asks for the stable's answers to the same requests
+        p.actions = [EnsureService(stable=p.st.stable_revision) if isinstance(a, EnsureService) else a
+                     for a in p.actions]
     return Plan(actions=p.actions, status=p.st, events=p.events, requeue_seconds=p.requeue)

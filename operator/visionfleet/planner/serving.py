@@ -26,10 +26,10 @@ from datetime import timedelta
 from visionfleet.api.status import ClassStatus, CompileResult, CompileState
 
 from .durations import seconds
-from .model import DeleteServing, EnsureServing, Outcome, Track, parse_iso
-from .replicas import gateway_canary_replicas, split_replicas
+from .model import DeleteServing, EnsureAutoscaler, EnsureServing, Outcome, Track, parse_iso
+from .replicas import split_replicas
 from .state import PassState, base_replicas
-from .steps import class_weight, first_rollout, gateway
+from .steps import autoscaled, canary_size, class_mirror, class_weight, first_rollout, gateway, stable_size
 
 
 @dataclass
@@ -63,15 +63,16 @@ def serve(p: PassState, ok: list[str] | None) -> dict[str, ClassServing]:
     wanted: dict[str, dict[str, int]] = {}
     for c in p.classes:
         cs = p.cs[c.name]
-        base = base_replicas(c)
-        in_canary = canary is not None and ok is not None and c.name in ok and class_weight(p, c) > 0
+        base = stable_size(p, c)
+        in_canary = canary is not None and ok is not None and c.name in ok and \
+            (class_weight(p, c) > 0 or class_mirror(p, c) > 0)
         stable_n, canary_n = base, 0
         if in_canary:
             weight = class_weight(p, c)
             if first_rollout(p, c):
-                canary_n = base
+                canary_n = base_replicas(c)
             elif gateway(p):
-                canary_n = gateway_canary_replicas(base, weight)
+                canary_n = canary_size(p, c)
             else:
                 want = split_replicas(base, c.spec.replicas.max, weight, True).canary
                 d = p.observed.deployment(c.name, canary)
@@ -83,8 +84,13 @@ def serve(p: PassState, ok: list[str] | None) -> dict[str, ClassServing]:
         stable_result = stable_result_of(cs)
         if cs.stable_revision and stable_result is not None:
             rev = cs.stable_revision
+            scaled = autoscaled(c)
             p.actions.append(EnsureServing(p.class_of(rev, c), rev, stable_n, stable_result, Track.STABLE,
-                                           p.spec_of(rev)))
+                                           p.spec_of(rev), autoscaled=scaled))
+            if scaled:
+                counted = {rev} | ({canary} if in_canary and canary and class_weight(p, c) > 0 else set())
+                p.actions.append(EnsureAutoscaler(c, rev, base_replicas(c), max(c.spec.replicas.max, base_replicas(c)),
+                                                  tuple(sorted(counted))))
             wanted.setdefault(c.name, {})[rev] = stable_n
         cls_out = out[c.name] = ClassServing()
         for rev, n in wanted.get(c.name, {}).items():

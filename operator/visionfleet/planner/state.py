@@ -157,4 +157,5 @@ class PassState:
     def clear_canary(self) -> None:
         st = self.st
         st.canary_revision = st.step = st.wave = st.canary_weight = st.step_started_at = None
+        st.canary_mirror = None
         st.full_promotion = st.canary_unready_since = None

@@ -25,14 +25,14 @@ from datetime import timedelta
 
 from datetime import datetime
 
-from visionfleet.api.spec import TrafficMethod
+from visionfleet.api.spec import Step, TrafficMethod
 from visionfleet.api.status import Verdict
 
 from .analysis import Measurement
 from .classes import ResolvedClass
 from .compiling import mark_retry, stop_compiles
 from .durations import seconds
-from .judging import judge
+from .judging import judge, shadowing
 from .model import ANNOTATION_ABORT, ANNOTATION_PAUSED, ANNOTATION_PROMOTE, ANNOTATION_RETRY, Outcome, parse_iso
 from .replicas import gateway_canary_replicas, split_replicas
 from .state import MIN_REQUEUE, PassState, base_replicas
@@ -67,9 +67,22 @@ def clamp_position(p: PassState) -> None:
         st.wave = len(waves(p)) - 1
     if st.step is not None and st.step >= len(steps):
         st.step = len(steps) - 1
-    if st.step is not None and st.canary_weight != steps[st.step].set_weight:
-        st.canary_weight = steps[st.step].set_weight
-        st.step_started_at = None
+    if st.step is not None and (st.canary_weight, st.canary_mirror) != position(steps[st.step]):
+        enter_step(p, st.step)
+
+
+def position(step: Step) -> tuple[int, int | None]:
+    """(canaryWeight, canaryMirror) a step asks for."""
+    return step.weight, (step.shadow.percent if step.shadow is not None else None)
+
+
+def enter_step(p: PassState, index: int) -> None:
+    """The canary moves to step ``index``: its weight (0 for a shadow step) and mirror; the step
+    starts once the canary is Ready at it."""
+    st = p.st
+    st.step = index
+    st.canary_weight, st.canary_mirror = position(p.spec.rollout.steps[index])
+    st.step_started_at = None
 
 
 # -- which revision is the canary ---------------------------------------------------------------
@@ -81,9 +94,9 @@ def start_canary(p: PassState, revision: str) -> None:
         stop_compiles(p, st.stable_revision)  # a class catching up with the stable: the canary goes first
     p.ensure_snapshot(revision)
     st.canary_revision = revision
-    st.step = st.wave = 0
-    st.canary_weight = p.spec.rollout.steps[0].set_weight
-    st.step_started_at = st.canary_unready_since = None
+    st.wave = 0
+    enter_step(p, 0)
+    st.canary_unready_since = None
     st.full_promotion = None
     st.analysis = None
     p.event("Normal", "NewRevision", f"revision {revision}: compiling for {len(p.classes)} node classes")
@@ -208,13 +221,39 @@ def gateway(p: PassState) -> bool:
     return p.spec.rollout.traffic.method == TrafficMethod.GATEWAY_API.value
 
 
+def class_mirror(p: PassState, c: ResolvedClass) -> int:
+    """Percent of class ``c``'s live requests mirrored to the canary (a shadow step, current wave)."""
+    if not shadowing(p) or first_rollout(p, c):
+        return 0
+    index = next((i for i, w in enumerate(waves(p)) if c.name in w), 0)
+    return (p.st.canary_mirror or 0) if index == (p.st.wave or 0) else 0
+
+
+def autoscaled(c: ResolvedClass) -> bool:
+    return c.spec.replicas.autoscale is not None
+
+
+def stable_size(p: PassState, c: ResolvedClass) -> int:
+    """The stable's size on class ``c``: ``replicas.min``, or for an autoscaled class what its
+    HorizontalPodAutoscaler set (the class's whole load: the autoscaler reads every revision's pods),
+    kept within min and max."""
+    base = base_replicas(c)
+    rev = p.cs[c.name].stable_revision
+    if not autoscaled(c) or rev is None:
+        return base
+    d = p.observed.deployment(c.name, rev)
+    return min(max(d.replicas if d else base, base), max(c.spec.replicas.max, base))
+
+
 def canary_size(p: PassState, c: ResolvedClass) -> int:
-    """Canary pods class ``c`` needs at its current asked weight."""
+    """Canary pods class ``c`` needs at its current asked weight (or mirror: a shadow canary takes
+    the mirrored share of the class's load), from the stable's current size (Argo Rollouts' way with
+    an HPA: the canary's share follows the autoscaled stable)."""
     base, weight = base_replicas(c), class_weight(p, c)
     if first_rollout(p, c):
         return base
     if gateway(p):
-        return gateway_canary_replicas(base, weight)
+        return gateway_canary_replicas(stable_size(p, c), max(weight, class_mirror(p, c)))
     return split_replicas(base, c.spec.replicas.max, weight, True).canary
 
 
@@ -289,7 +328,7 @@ def advance(p: PassState, ok: list[str]) -> None:
     if st.canary_revision is None or paused(p):
         return
     step = spec.rollout.steps[st.step or 0]
-    pause_end = started + timedelta(seconds=seconds(step.pause))
+    pause_end = started + timedelta(seconds=seconds(step.hold))
     last = st.analysis
     passed = last is not None and last.verdict == Verdict.PASSED.value and parse_iso(last.at) >= first_at
     if passed and p.now >= pause_end:
@@ -322,18 +361,16 @@ def measure(p: PassState, since: datetime) -> None:
 def next_step(p: PassState, ok: list[str]) -> None:
     st, spec = p.st, p.spec
     if (st.step or 0) + 1 < len(spec.rollout.steps):
-        st.step = (st.step or 0) + 1
-        st.canary_weight = spec.rollout.steps[st.step].set_weight
-        st.step_started_at = None
-        p.event("Normal", "StepAdvanced", f"step {st.step}: canary weight {st.canary_weight}%")
+        enter_step(p, (st.step or 0) + 1)
+        what = f"shadow: {st.canary_mirror}% of requests mirrored to the canary, users see only the stable" \
+            if st.canary_mirror is not None else f"canary weight {st.canary_weight}%"
+        p.event("Normal", "StepAdvanced", f"step {st.step}: {what}")
         p.wake_in(MIN_REQUEUE)
         return
     ws = waves(p)
     if (st.wave or 0) + 1 < len(ws):
         st.wave = (st.wave or 0) + 1
-        st.step = 0
-        st.canary_weight = spec.rollout.steps[0].set_weight
-        st.step_started_at = None
+        enter_step(p, 0)
         p.event("Normal", "WaveAdvanced", f"wave {st.wave} ({', '.join(ws[st.wave])}): "
                 f"canary weight {st.canary_weight}%; earlier waves stay fully on the canary")
         p.wake_in(MIN_REQUEUE)

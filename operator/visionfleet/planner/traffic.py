@@ -6,13 +6,18 @@
              in proportion to the Ready pods of the stable *and* of the leaving revisions (a canary
              rolled back at 100 % keeps its traffic until the stable can take it: make-before-break)
 
+    shadow step ─ the canary's weight is 0; once its pods are Ready a RequestMirror sends the step's
+             percent of the requests to its revision Service as well (answers dropped by the gateway):
+             to its monitor sidecars when it has them (they pair answers with the stable), else to Triton
+
 The route is written only when the weights change; the leaving revision's Deployment is deleted
 after the route has moved (the act layer writes routes before it deletes).
 """
 
 from __future__ import annotations
 
-from .model import EnsureServing, SetRouteWeights, Track
+from .judging import shadowing
+from .model import EnsureServing, Mirror, SetRouteWeights, Track
 from .serving import ClassServing
 from .state import PassState
 from .steps import gateway
@@ -50,6 +55,17 @@ def canary_route_weight(p: PassState, serving: dict[str, ClassServing]) -> int:
     return st.canary_weight or 0
 
 
+def shadow_mirror(p: PassState, serving: dict[str, ClassServing]) -> Mirror | None:
+    """A shadow step's mirror to the canary, once its pods are Ready (none before: a mirror to a
+    Service with no endpoint only makes errors)."""
+    st = p.st
+    if not shadowing(p) or st.canary_revision is None or not any(s.canary_ready > 0 for s in serving.values()):
+        return None
+    snap = p.snapshot(st.canary_revision)
+    to_monitor = snap is not None and snap.spec.analysis.drift is not None
+    return Mirror(st.canary_revision, st.canary_mirror or 100, to_monitor)
+
+
 def route(p: PassState, serving: dict[str, ClassServing]) -> int | None:
     """Add the SetRouteWeights action; returns the canary's weight on the route (None: no route)."""
     gw = p.spec.rollout.traffic.gateway_api
@@ -77,5 +93,5 @@ def route(p: PassState, serving: dict[str, ClassServing]) -> int | None:
         return 0
     weights = route_weights(canary if canary_weight else None, canary_weight, others)
     if weights:
-        p.actions.append(SetRouteWeights(gw.http_route, weights))
+        p.actions.append(SetRouteWeights(gw.http_route, weights, shadow_mirror(p, serving)))
     return dict(weights).get(canary, 0) if canary else 0
