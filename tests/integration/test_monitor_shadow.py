@@ -308,3 +308,51 @@ def test_an_unreachable_stable_is_counted_and_never_fails_the_forwarded_request(
         assert series(side.metrics(), LIVE_PAIRS) == 0
     finally:
         side.stop()
+
+
+def test_the_operator_reads_a_worse_canarys_live_agreement_through_prometheus_and_fails_it(served, tmp_path):
+    """The whole chain of the judgment: the sidecar's pair counters → a real Prometheus (scraping the
+    sidecar and Triton with the labels a pod's relabelling gives) → the operator's own provider
+    (``measure(..., live=True)``) → ``assess`` in a shadow step: the perturbed canary passes its
+    latency and errors, and fails on live agreement alone."""
+    from visionfleet.api.spec import AnalysisSpec
+    from visionfleet.observe.prometheus import measure
+    from visionfleet.planner.analysis import Verdict, assess
+    from visionfleet_e2e.prometheus import PrometheusServer
+
+    triton, _, ref = served
+    pod = {"namespace": "vision", "vision_deployment": "doorbell", "revision": "bad-rev", "class": "xeon"}
+    side = Sidecar(tmp_path, ref, triton.url, "bad", "--detector=bbsd-ks", f"--stable-url=http://{triton.url}",
+                   "--max-pair-rate=1000", "--pair-concurrency=64", "--pair-timeout=30", shadow=True)
+    prom = PrometheusServer(tmp_path / "prometheus", {"monitor": (f"127.0.0.1:{side.port}", pod),
+                                                      "triton": (triton.metrics_url.split("//")[1].split("/")[0], pod)})
+    prom.start()
+    try:
+        # Scraped before the requests (Prometheus applies its first targets ~5 s after it starts), so
+        # increase() sees the counters from before the first pair.
+        assert settle(lambda: len(prom.query("up == 1")), 2) == 2, prom.api_targets()
+        time.sleep(1.5)
+        shadow_run(triton, side, "bad", 40, seed=400)
+        settle(lambda: series(side.metrics(), LIVE_PAIRS), 40 * BATCH, timeout=60)
+        direct = series(side.metrics(), LIVE_AGREEMENT) / series(side.metrics(), LIVE_PAIRS)
+        time.sleep(3)  # the last counts scraped
+        analysis = AnalysisSpec.model_validate({
+            "interval": "30s", "prometheus": {"url": prom.url, "timeout": "5s"},
+            "slo": {"latencyP99Ms": 5000, "errorRate": 0.5, "minRequests": 10},
+            "drift": {"detector": "bbsd-ks", "pValue": 0.01, "window": 50},
+            "liveAgreement": {"min": 0.98, "minPairs": 100}})
+        m = measure(analysis, pod["namespace"], pod["vision_deployment"], pod["revision"], model="bad", live=True)
+        targets = [(t["labels"].get("job"), t["health"], t.get("lastError")) for t in prom.api_targets()["activeTargets"]]
+        assert m is not None and m.live_error is None and m.live_unknown is None, (m, targets)
+        # increase() extrapolates to the window's edges: the count a little above the true 160
+        assert 40 * BATCH <= m.live_pairs <= 40 * BATCH * 1.3, m.live_pairs
+        assert abs(m.live_agreement - direct) < 0.02, (m.live_agreement, direct)
+        a = assess(m, analysis, shadow=True)
+        print(f"\nbad canary through Prometheus: live agreement {m.live_agreement:.3f} over {m.live_pairs:.0f} pairs "
+              f"(sidecar: {direct:.3f}); p99 {m.p99_ms} ms, errors {m.error_rate}; verdict {a.verdict}: {a.reason}")
+        assert a.verdict == Verdict.FAILED and "agreement" in a.reason.lower(), a
+        # the same measurement outside a shadow step is not judged on agreement
+        assert assess(m, analysis, shadow=False).verdict != Verdict.FAILED
+    finally:
+        prom.stop()
+        side.stop()
