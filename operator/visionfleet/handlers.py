@@ -40,10 +40,12 @@ from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import VisionDeploymentStatus
 from visionfleet.metrics import METRICS
-from visionfleet.observe.kube import gather, live_node_keys, node_from_body
-from visionfleet.observe.prometheus import measure, measure_drift
+from visionfleet.observe.kube import gather, live_node_keys, node_from_body, node_index_keys, select_nodes
+from visionfleet.observe.prometheus import Measurements, measure, measure_drift
+from visionfleet.planner.analysis import measurement_due
 from visionfleet.planner.conditions import CondType, Reason, set_condition
 from visionfleet.planner.classes import ObservedNode
+from visionfleet.planner.durations import seconds
 from visionfleet.planner.model import Observed, VisionDeploymentView, iso
 from visionfleet.planner.rollout import plan
 from visionfleet.planner.storage import named_claims
@@ -54,6 +56,11 @@ CONFLICT_REQUEUE = 0.5  # seconds: a pass whose status write met a newer object 
 CONFLICT_REQUEUE_MAX = 8.0  # ... doubling while conflicts repeat (a watch that lags far behind)
 _conflicts: dict[tuple[str, str], int] = {}  # (namespace, name) -> conflicts in a row
 WRITES = WriteCounter()
+# Prometheus is read on its own threads (observe/prometheus.py), only when a measurement is due; a
+# finished one wakes its VisionDeployment's daemon through _WAKE (set by the daemon, on its loop).
+MEASUREMENTS = Measurements()
+_WAKE: dict[tuple[str, str], Any] = {}
+MEASURE_REQUEUE = 5.0  # seconds: at least this while a due measurement runs (its end wakes the daemon)
 METRICS.track_writes(WRITES)  # visionfleet_api_writes_total reads this counter
 
 
@@ -152,9 +159,10 @@ def nudge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("v1", "nodes")
-def nodes_index(body: kopf.Body, **_: Any) -> dict[None, ObservedNode]:
-    """Every node, kept current by one watch (kopf fills the index before any daemon starts)."""
-    return {None: node_from_body(body)}
+def nodes_index(body: kopf.Body, **_: Any) -> dict[Any, ObservedNode]:
+    """Every node, kept current by one watch (kopf fills the index before any daemon starts), under
+    each of its labels too: a pass takes only the nodes its classes select (observe.kube.select_nodes)."""
+    return node_index_keys(node_from_body(body))
 
 
 def api_message(e: client.ApiException) -> str:
@@ -247,17 +255,12 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
     seen = gather(core, batch, apps, name, namespace, nodes=live(api, nodes) if nodes is not None else None,
                   claims=[claim for _, claim in named_claims(spec)], autoscaling=client.AutoscalingV2Api(api))
-    canary = vd.status.canary_revision
-    # The canary's own Triton entry is spec.model.name (the model is part of the revision); its live
-    # agreement is read only during a shadow step.
-    measurement = measure(spec.analysis, namespace, name, canary, model=spec.model.name,
-                          live=vd.status.canary_mirror is not None) if canary else None
-    stable = vd.status.stable_revision
-    stable_drift = measure_drift(spec.analysis, namespace, name, stable) if stable else None
+    now = datetime.now(timezone.utc)  # the same for the measurement's due time and the plan
+    measurement, stable_drift = take_measurements(vd, now)
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
                         measurement=measurement, stable_drift=stable_drift, snapshots=tuple(seen.snapshots),
                         claims=tuple(seen.claims))
-    p = plan(vd, observed, datetime.now(timezone.utc))
+    p = plan(vd, observed, now)
     try:
         apply_plan(api, vd, p, seen.live, WRITES, seen.revision_services, resource_version=md.get("resourceVersion"))
     except StatusConflict as e:
@@ -275,7 +278,39 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
     METRICS.record(namespace, name, status, p.status)  # counted once the status write went through
     for e in p.events:
         log.info("%s/%s: %s %s", namespace, name, e.reason, e.message)
+    if MEASUREMENTS.pending((namespace, name, "canary")):
+        # The planner asks for a pass at once when its measurement is missing; the measurement's end
+        # wakes the daemon instead, so a slow Prometheus does not make a pass every second.
+        return max(p.requeue_seconds, MEASURE_REQUEUE)
     return p.requeue_seconds
+
+
+def take_measurements(vd: VisionDeploymentView, now: datetime) -> tuple[Any, Any]:
+    """(the canary's measurement, the stable's drift test) for this pass: each one finished on the
+    measurement threads, or None. The canary's is asked for only when the planner may judge it
+    (``measurement_due``), and keyed by what makes it due, so a result asked for by one step is never
+    judged in another; the stable's drift at most once an interval. A finished canary measurement
+    wakes the daemon (``_WAKE``) for the pass that judges it."""
+    spec, st, ns, name = vd.spec, vd.status, vd.namespace, vd.name
+    analysis_key = spec.analysis.model_dump_json()
+    measurement = stable_drift = None
+    canary = st.canary_revision
+    if canary and measurement_due(spec.analysis, st, now):
+        # The canary's own Triton entry is spec.model.name (the model is part of the revision); its
+        # live agreement is read only during a shadow step.
+        live = st.canary_mirror is not None
+        key = (canary, st.step, st.wave, st.step_started_at, st.analysis.at if st.analysis else None, live,
+               spec.model.name, analysis_key)
+        measurement = MEASUREMENTS.poll(
+            (ns, name, "canary"), key,
+            lambda: measure(spec.analysis, ns, name, canary, model=spec.model.name, live=live),
+            on_done=_WAKE.get((ns, name)))
+    stable = st.stable_revision
+    if stable and spec.analysis.drift is not None and spec.analysis.prometheus is not None:
+        stable_drift = MEASUREMENTS.poll((ns, name, "stable"), (stable, analysis_key),
+                                         lambda: measure_drift(spec.analysis, ns, name, stable),
+                                         every=seconds(spec.analysis.interval))
+    return measurement, stable_drift
 
 
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=10)
@@ -284,6 +319,8 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
     memo.nudge = asyncio.Event()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     METRICS.track(namespace, name)
+    loop = asyncio.get_running_loop()
+    _WAKE[(namespace, name)] = lambda: loop.call_soon_threadsafe(memo.nudge.set)
     try:
         while not stopped:
             memo.nudge.clear()
@@ -291,9 +328,11 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
                 # Snapshots taken on the event loop, where kopf updates the index and the body: kopf's
                 # daemon ``body`` is a live view whose source each watch event replaces, so this copy
                 # is the newest object the watch has delivered, and stays as it was for the whole pass
-                # (its resourceVersion is the status write's precondition).
-                nodes = list(nodes_index.get(None, ()))
-                delay = await asyncio.to_thread(run_pass, copy.deepcopy(dict(body)), nodes)
+                # (its resourceVersion is the status write's precondition). Only the nodes its classes
+                # can match: the pass costs nothing per node of other classes.
+                snapshot = copy.deepcopy(dict(body))
+                nodes = select_nodes(nodes_index, snapshot.get("spec"))
+                delay = await asyncio.to_thread(run_pass, snapshot, nodes)
             except Exception:
                 log.exception("%s/%s: reconcile pass failed; retrying", namespace, name)
                 delay = 5.0
@@ -308,3 +347,5 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
         # Deleted, no longer matching, or this replica paused or exiting: its per-object series go.
         METRICS.forget(namespace, name)
         _conflicts.pop((namespace, name), None)
+        _WAKE.pop((namespace, name), None)
+        MEASUREMENTS.forget((namespace, name, "canary"), (namespace, name, "stable"))

@@ -162,3 +162,90 @@ def test_no_input_space_series_leaves_the_detectors_verdict_alone(fake_prometheu
 
     monkeypatch.setattr(prometheus, "instant", down)
     assert "did not answer" in measure_drift(drift_analysis(fake_prometheus), "ns", "vd", "abc").drift_error
+
+
+def test_one_client_per_prometheus():
+    from visionfleet.observe.prometheus import connect
+
+    assert connect("http://prom-a:9090", 1.0) is connect("http://prom-a:9090", 1.0)
+    assert connect("http://prom-a:9090", 1.0) is not connect("http://prom-b:9090", 1.0)
+
+
+def test_a_prometheus_that_does_not_answer_is_waited_for_once_per_measurement(fake_prometheus):
+    """Every check would time out: the first timeout answers for the others (an Error each)."""
+    both = AnalysisSpec.model_validate({"prometheus": {"url": fake_prometheus, "timeout": "1s"},
+                                        "slo": {"latencyP99Ms": 20}, "drift": {"window": 500},
+                                        "liveAgreement": {"min": 0.99}})
+    ANSWERS["next"] = (200, vector("1"), 2.5)
+    t0 = time.monotonic()
+    m = measure(both, "ns", "vd", "abc", live=True)
+    assert time.monotonic() - t0 < 2.0
+    assert "did not answer in time" in m.slo_error and m.drift_error == m.slo_error == m.live_error
+
+
+def test_a_refused_query_does_not_stop_the_other_checks(fake_prometheus, monkeypatch):
+    from visionfleet.observe import prometheus
+
+    def instant(prom, query):
+        if "nv_inference" in query:
+            raise prometheus.QueryError("Prometheus refused the query: bad")
+        return 1.0
+
+    monkeypatch.setattr(prometheus, "instant", instant)
+    m = measure(drift_analysis(fake_prometheus).model_copy(update={"slo": analysis(fake_prometheus).slo}),
+                "ns", "vd", "abc")
+    assert "refused" in m.slo_error and m.drift_error is None and m.drift_p_value == 1.0
+
+
+def test_measurements_run_off_the_callers_thread_and_each_result_is_taken_once():
+    from visionfleet.observe.prometheus import Measurement, Measurements
+
+    pool = Measurements(workers=1)
+    gate, woken, calls = threading.Event(), threading.Event(), []
+
+    def slow():
+        calls.append(threading.current_thread().name)
+        gate.wait(5)
+        return Measurement(requests=1.0)
+
+    t0 = time.monotonic()
+    assert pool.poll("vd", "step-0", slow, on_done=woken.set) is None  # started, not waited for
+    assert time.monotonic() - t0 < 0.5 and pool.pending("vd")
+    assert pool.poll("vd", "step-0", slow) is None  # still running: not started twice
+    gate.set()
+    assert woken.wait(5)
+    assert pool.poll("vd", "step-0", slow) == Measurement(requests=1.0)
+    assert calls == [calls[0]] and calls[0].startswith("visionfleet-prometheus")
+    # taken: the next poll starts a new one
+    woken.clear()
+    assert pool.poll("vd", "step-0", slow, on_done=woken.set) is None
+    assert woken.wait(5) and len(calls) == 2
+
+
+def test_a_result_asked_for_by_another_step_is_never_returned():
+    from visionfleet.observe.prometheus import Measurement, Measurements
+
+    pool = Measurements(workers=1)
+    done = threading.Event()
+    pool.poll("vd", "step-0", lambda: Measurement(requests=0.0), on_done=done.set)
+    assert done.wait(5)
+    done.clear()
+    assert pool.poll("vd", "step-1", lambda: Measurement(requests=1.0), on_done=done.set) is None
+    assert done.wait(5)
+    assert pool.poll("vd", "step-1", lambda: Measurement(requests=2.0)) == Measurement(requests=1.0)
+
+
+def test_every_limits_how_often_a_slot_is_measured_and_a_bug_is_an_error():
+    from visionfleet.observe.prometheus import Measurements
+
+    pool = Measurements(workers=1)
+    done = threading.Event()
+
+    def broken():
+        raise ZeroDivisionError("oops")
+
+    pool.poll("stable", "r1", broken, every=60, on_done=done.set)
+    assert done.wait(5)
+    m = pool.poll("stable", "r1", broken, every=60)
+    assert "ZeroDivisionError" in m.slo_error and m.drift_error == m.slo_error
+    assert pool.poll("stable", "r1", broken, every=60) is None and not pool.pending("stable")  # not yet again

@@ -221,6 +221,54 @@ def node_from_body(body: Mapping[str, Any]) -> ObservedNode:
     return ObservedNode(md.get("name", ""), dict(md.get("labels") or {}), taints, gpus, ready, md.get("uid", ""))
 
 
+# Nodes are indexed by every label they carry (one kopf index, kept by the node watch): a pass reads
+# only the nodes its classes' selectors can match, so its cost does not grow with the nodes of other
+# VisionDeployments' classes (bench/scale.py). Discovery without a node selector, or a class with an
+# empty one, selects every node (the ``ALL_NODES`` key).
+ALL_NODES = None
+
+
+def node_index_keys(node: ObservedNode) -> dict[Any, ObservedNode]:
+    """The index entries of one node: under ALL_NODES and under each (label, value) it carries."""
+    return {ALL_NODES: node, **{(k, v): node for k, v in node.labels.items()}}
+
+
+def node_selectors(spec: Mapping[str, Any] | None) -> list[dict[str, str]] | None:
+    """The node selectors a raw spec's classes resolve from (read without validating it: this runs on
+    the event loop, before the pass). None: the pass needs every node (discovery without a node
+    selector, a class without one, or a spec that does not say)."""
+    fleet = (spec or {}).get("fleet") if isinstance(spec, Mapping) else None
+    if not isinstance(fleet, Mapping):
+        return None
+    classes = fleet.get("classes")
+    if classes and isinstance(classes, list):
+        out = [c.get("nodeSelector") if isinstance(c, Mapping) else None for c in classes]
+    elif isinstance(fleet.get("discover"), Mapping):
+        out = [fleet["discover"].get("nodeSelector")]
+    else:
+        return []
+    if not all(isinstance(sel, Mapping) and sel and all(isinstance(v, str) for v in sel.values()) for sel in out):
+        return None
+    return [dict(sel) for sel in out]
+
+
+def select_nodes(index: Mapping[Any, Iterable[ObservedNode]], spec: Mapping[str, Any] | None) -> list[ObservedNode]:
+    """The indexed nodes a spec's classes can match: for each selector, the nodes under its rarest
+    (label, value), filtered by the rest. The planner matches them exactly again (resolve_classes)."""
+    selectors = node_selectors(spec)
+    if selectors is None:
+        return list(index.get(ALL_NODES, ()))
+    out: dict[int, ObservedNode] = {}
+    for sel in selectors:
+        stores = [index.get((k, v)) for k, v in sel.items()]
+        if any(not store for store in stores):
+            continue  # no node carries one of the labels
+        for n in min(stores, key=len):  # type: ignore[arg-type, type-var]
+            if all(n.labels.get(k) == v for k, v in sel.items()):
+                out.setdefault(id(n), n)
+    return list(out.values())
+
+
 def live_node_keys(api: Any) -> set[tuple[str, str]]:
     """(name, uid) of every node, from one metadata-only list (no specs or statuses deserialised)."""
     params = api.param_serialize(

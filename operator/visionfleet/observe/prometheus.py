@@ -27,12 +27,27 @@ pass: Prometheus answering without one usable number (no series yet, several ser
 *unknown* (the planner judges it Inconclusive); Prometheus not answering (unreachable, refused
 query, timeout) is a provider *error* (Error: retried up to analysis.consecutiveErrorLimit times
 in a row before it counts as inconclusive).
+
+Cost and isolation (docs/operator.md, "Analysis"):
+
+    one client per Prometheus (URL, timeout) ── kept-alive connections, shared by every measurement
+    a measurement whose Prometheus did not answer (unreachable, timed out) asks nothing more: its other
+        checks carry the same error, so one measurement waits at most one ``prometheus.timeout``
+    ``Measurements`` ── the handler asks for a measurement only when the planner may judge one
+        (planner.analysis.measurement_due); it runs on this module's own threads, never on the
+        threads that run passes, and wakes its VisionDeployment when it is done: a slow Prometheus
+        delays no pass, not even its own VisionDeployment's abort or rollback
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -75,18 +90,36 @@ def queries(namespace: str, vd: str, revision: str, window: str, model: str | No
     )
 
 
+log = logging.getLogger("visionfleet.observe")
+
+
 class QueryError(Exception):
-    """Prometheus did not answer: unreachable, refused the query, timed out."""
+    """Prometheus did not answer: unreachable, refused the query, timed out. ``down``: it did not
+    answer at all (unreachable, timed out), so no other query to it this measurement is worth asking."""
+
+    def __init__(self, message: str, down: bool = False):
+        super().__init__(message)
+        self.down = down
 
 
 class NoValue(Exception):
     """Prometheus answered, without exactly one finite number."""
 
 
+_CLIENTS: dict[tuple[str, float], PrometheusConnect] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def connect(url: str, timeout: float) -> PrometheusConnect:
-    # No client-side retries: the planner's inconclusive count is the retry policy, and a pass must
-    # not stall on a Prometheus that is down.
-    return PrometheusConnect(url=url, timeout=timeout, retry=Retry(total=0, read=False))
+    """The one client of this Prometheus (and timeout), made on first use. No client-side retries:
+    the planner's inconclusive count is the retry policy, and a measurement must not stall on a
+    Prometheus that is down."""
+    with _CLIENTS_LOCK:
+        prom = _CLIENTS.get((url, timeout))
+        if prom is None:
+            prom = _CLIENTS[(url, timeout)] = PrometheusConnect(url=url, timeout=timeout,
+                                                                retry=Retry(total=0, read=False))
+        return prom
 
 
 def instant(prom: PrometheusConnect, query: str) -> float:
@@ -96,9 +129,9 @@ def instant(prom: PrometheusConnect, query: str) -> float:
     except PrometheusApiClientException as e:
         raise QueryError(f"Prometheus refused the query: {str(e)[:300]}") from e
     except requests.exceptions.Timeout as e:
-        raise QueryError(f"Prometheus at {prom.url} did not answer in time") from e
+        raise QueryError(f"Prometheus at {prom.url} did not answer in time", down=True) from e
     except requests.exceptions.RequestException as e:
-        raise QueryError(f"Prometheus unreachable at {prom.url}: {type(e).__name__}") from e
+        raise QueryError(f"Prometheus unreachable at {prom.url}: {type(e).__name__}", down=True) from e
     except (ValueError, KeyError) as e:
         raise QueryError("Prometheus answered with something that is not a query result") from e
     if len(result) == 0:
@@ -135,6 +168,13 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str,
     q = queries(namespace, vd, revision, window, model)
     values: dict[str, float | None] = {}
     problems: dict[str, str] = {}
+    down: list[str] = []  # Prometheus did not answer: the checks after it are not asked
+
+    def failed(key: str, e: QueryError) -> None:
+        problems[key] = str(e)
+        if e.down:
+            down.append(str(e))
+
     if analysis.slo is not None:
         try:
             values["requests"] = instant(prom, q.requests)
@@ -142,16 +182,18 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str,
                 values["error_rate"] = instant(prom, q.errors)
                 values["p99_ms"] = instant(prom, q.p99_ms)
         except QueryError as e:
-            problems["slo_error"] = str(e)
+            failed("slo_error", e)
         except NoValue as e:
             problems["slo_unknown"] = str(e)
-    if analysis.drift is not None:
+    if analysis.drift is not None and down:
+        problems["drift_error"] = down[0]
+    elif analysis.drift is not None:
         try:
             values["drift_window_fill"] = instant(prom, q.drift_window_fill)
             if values["drift_window_fill"] >= 1.0:  # a filling window has no p-value yet, and needs none
                 values["drift_p_value"] = instant(prom, q.drift_p_value)
         except QueryError as e:
-            problems["drift_error"] = str(e)
+            failed("drift_error", e)
         except NoValue as e:
             problems["drift_unknown"] = str(e)
         if input_space and not problems:
@@ -161,17 +203,81 @@ def measure(analysis: AnalysisSpec, namespace: str, vd: str, revision: str,
             try:
                 values["drift_input_p_value"] = instant(prom, q.drift_input_p_value)
             except QueryError as e:
-                problems["drift_error"] = str(e)
+                failed("drift_error", e)
             except NoValue:
                 pass
-    if live and analysis.live_agreement is not None:
+    if live and analysis.live_agreement is not None and down:
+        problems["live_error"] = down[0]
+    elif live and analysis.live_agreement is not None:
         try:
             values["live_pairs"] = instant(prom, q.live_pairs)
             if values["live_pairs"] > 0:
                 values["live_agreement"] = instant(prom, q.live_agreement)
         except QueryError as e:
-            problems["live_error"] = str(e)
+            failed("live_error", e)
         except NoValue as e:
             problems["live_unknown"] = str(e)
-    prom.close()
     return Measurement(**problems, **values)
+
+
+class Measurements:
+    """Measurements run on their own threads, one at a time per slot (a VisionDeployment's canary,
+    or its stable revision's drift test); a pass takes a finished one, or finds it still running.
+
+    ``poll(slot, key, fn)``:
+
+        a finished measurement of ``key`` ─► returned, and forgotten (each one is judged once)
+        one of ``key`` still running ──────► None (``on_done`` wakes the VisionDeployment later)
+        none, or one of another key ───────► ``fn`` started (unless ``every`` seconds have not passed
+                                             since the slot's last start), None; another key's
+                                             result is dropped when it comes
+
+    ``key`` says what the pass wants measured (the revision, the step, the last measurement's time):
+    a result asked for by an earlier step is never judged in a later one. The pool is small and its
+    own: a Prometheus that times out holds these threads, never the passes'.
+    """
+
+    def __init__(self, workers: int = 4):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="visionfleet-prometheus")
+        self._lock = threading.Lock()
+        self._jobs: dict[Hashable, tuple[Hashable, Future]] = {}
+        self._started: dict[Hashable, float] = {}
+
+    def poll(self, slot: Hashable, key: Hashable, fn: Callable[[], Measurement | None], *, every: float = 0.0,
+             on_done: Callable[[], None] | None = None) -> Measurement | None:
+        with self._lock:
+            job = self._jobs.get(slot)
+            if job is not None and job[0] == key:
+                if not job[1].done():
+                    return None
+                del self._jobs[slot]
+                return _result(job[1])
+            if time.monotonic() - self._started.get(slot, float("-inf")) < every:
+                return None
+            fut = self._pool.submit(fn)
+            self._jobs[slot] = (key, fut)
+            self._started[slot] = time.monotonic()
+        if on_done is not None:
+            fut.add_done_callback(lambda _: on_done())
+        return None
+
+    def pending(self, slot: Hashable) -> bool:
+        with self._lock:
+            job = self._jobs.get(slot)
+            return job is not None and not job[1].done()
+
+    def forget(self, *slots: Hashable) -> None:
+        """A VisionDeployment gone: its results are dropped (a running measurement finishes unseen)."""
+        with self._lock:
+            for slot in slots:
+                self._jobs.pop(slot, None)
+                self._started.pop(slot, None)
+
+
+def _result(fut: Future) -> Measurement | None:
+    try:
+        return fut.result()
+    except Exception as e:  # a bug, not Prometheus: an error the planner retries, not a silent pass
+        log.exception("measurement failed")
+        why = f"the measurement failed: {type(e).__name__}: {e}"[:300]
+        return Measurement(slo_error=why, drift_error=why, live_error=why)

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from visionfleet.api.spec import AnalysisSpec, Check
-from visionfleet.api.status import Verdict
+from visionfleet.api.status import Verdict, VisionDeploymentStatus
+
+from .durations import seconds
 
 
 @dataclass(frozen=True)
@@ -169,3 +172,39 @@ def assess(m: Measurement, analysis: AnalysisSpec, shadow: bool = False) -> Asse
         return Assessment(Verdict.PASSED, "; ".join(t for _, _, t in acted), dry_run=dry_run, **numbers)
     verdict, reason = _summary(acted)
     return Assessment(verdict, reason, dry_run=dry_run, **numbers)
+
+
+def measurement_due(analysis: AnalysisSpec, status: VisionDeploymentStatus, now: datetime) -> bool:
+    """Whether a pass planned at ``now`` from ``status`` may judge a measurement of the canary: the
+    handler reads Prometheus only then (not on every pass of a compile, of a step's initial delay, or
+    between two measurements).
+
+        no canary, no Prometheus, or nothing to check ───────────────────► no
+        step started: its initial delay over, and no measurement since,
+                      or the last one an interval old ───────────────────► yes
+        no step started: it starts in this pass (no initial delay),
+                      or the canary served and its last measurement is an
+                      interval old (unready, or a class joining compiles) ─► yes
+        otherwise ───────────────────────────────────────────────────────► no
+
+    That is when ``steps.measure`` judges one, but for the pass that first sees a canary turn unready
+    (or a joining class compile) inside a step's initial delay: the planner, given no measurement,
+    requeues at once and starts the step over, and the next pass's status says due. The price is
+    one pass; the gain, no read on each pass of a compile (every 2 s) or a delay.
+
+    ``now`` must be the planner's: the handler passes the same one to both.
+    """
+    from .model import parse_iso  # model imports this module
+
+    if status.canary_revision is None or analysis.prometheus is None or \
+            (analysis.slo is None and analysis.drift is None):
+        return False
+    interval = seconds(analysis.interval)
+    initial = seconds(analysis.initial_delay) if analysis.initial_delay is not None else interval
+    last = parse_iso(status.analysis.at) if status.analysis is not None else None
+    stale = last is not None and (now - last).total_seconds() >= interval
+    started = parse_iso(status.step_started_at)
+    if started is None:
+        return initial <= 0 or stale
+    first_at = started + timedelta(seconds=initial)
+    return now >= first_at and (last is None or last < first_at or stale)
