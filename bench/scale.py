@@ -12,9 +12,15 @@ its own process: apply M VisionDeployments (two classes each, cycling over the 8
     server's own apiserver_request_total, excluding resources only kwok and the controllers read) and
     its writes (its own visionfleet_api_writes_total);
   * steady state: reads and writes per resync pass once everything is Healthy (every VisionDeployment
-    nudged once; writes must be 0).
+    nudged once; writes must be 0), and the operator's CPU per pass;
+  * canaries in flight (skipped with ``--no-canaries``): every VisionDeployment gets a second revision
+    judged by Prometheus analysis (interval 10 s) against a canned Prometheus in this process, its
+    first step held by a long pause; the Prometheus queries made while the canaries compile (none
+    are due), then over ``--window`` seconds with every canary measured: CPU and API reads per pass,
+    passes and Prometheus queries per VisionDeployment and minute.
 
-Sizes are run side by side so that what grows faster than linearly shows in the per-VD columns.
+Sizes are run side by side so that what grows faster than linearly shows in the per-VD and per-pass
+columns (the per-pass CPU should not grow with the nodes).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -95,11 +103,69 @@ def apiserver_reads(cluster: LocalCluster) -> float:
     return total
 
 
-def operator_writes(url: str) -> float:
+def operator_counter(url: str, prefix: str) -> float:
     with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("visionfleet_api_writes_total{"))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def operator_writes(url: str) -> float:
+    return operator_counter(url, "visionfleet_api_writes_total{")
+
+
+def operator_passes(url: str) -> float:
+    return operator_counter(url, "visionfleet_reconcile_total{")
+
+
+class CannedPrometheus(ThreadingHTTPServer):
+    """Prometheus' instant-query API with one healthy sample per query (a canary within its SLO); it
+    counts the queries."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _PromHandler)
+        self.queries = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _PromHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        query = (parse_qs(urlsplit(self.path).query).get("query") or [""])[0]
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.queries += 1  # type: ignore[attr-defined]
+        if "quantile" in query:
+            value = "5"  # p99, ms
+        elif query.startswith("(sum(increase(nv_inference_request_failure"):
+            value = "0"  # error rate
+        else:
+            value = "1000"  # requests
+        body = json.dumps({"status": "success", "data": {"resultType": "vector",
+                                                          "result": [{"metric": {}, "value": [time.time(), value]}]}})
+        raw = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def canary_patch(prometheus_url: str) -> dict:
+    """A second revision judged by Prometheus every 10 s, held at its first step (a long pause)."""
+    return {"spec": {
+        "model": {"version": "2"},
+        "analysis": {"interval": "10s", "prometheus": {"url": prometheus_url, "timeout": "2s"},
+                     "slo": {"latencyP99Ms": 50, "errorRate": 0.05, "minRequests": 10}},
+        "rollout": {"steps": [{"setWeight": 50, "pause": "1h"}, {"setWeight": 100}]},
+    }}
 
 
 class ProcSampler(threading.Thread):
@@ -124,7 +190,7 @@ class ProcSampler(threading.Thread):
             time.sleep(0.5)
 
 
-def run_size(nodes: int, vds: int, timeout: float) -> dict:
+def run_size(nodes: int, vds: int, timeout: float, canaries: bool = True, window: float = 60.0) -> dict:
     cluster = LocalCluster("vf-scale")
     cluster.down()
     cluster.up(load_fleet("scale"), size=nodes, timeout=600)
@@ -162,8 +228,8 @@ def run_size(nodes: int, vds: int, timeout: float) -> dict:
             cluster.kubectl("annotate", "vd", f"model-{i:03d}", "-n", ns, "bench.visionfleet.io/nudge=1", "--overwrite")
         time.sleep(max(10.0, vds * 0.2))
         reads3, writes3, cpu3 = apiserver_reads(cluster), operator_writes(metrics), sampler.cpu_seconds()
-        sampler.stop_flag.set()
-        return {
+        passes3 = operator_passes(metrics)
+        row = {
             "nodes": nodes, "vds": vds, "healthy": healthy, "toHealthyS": round(to_healthy, 1),
             "peakRssMb": round(sampler.peak_mb, 1), "cpuToHealthyS": round(cpu1 - cpu0, 1),
             "readsPerVd": round((reads1 - reads0) / vds, 1), "writesPerVd": round((writes1 - writes0) / vds, 1),
@@ -171,33 +237,77 @@ def run_size(nodes: int, vds: int, timeout: float) -> dict:
             "steadyWritesPerResync": round((writes3 - writes2) / vds, 2),
             "steadyCpuPerResyncMs": round((cpu3 - cpu1) * 1000 / vds, 1),
         }
+        if canaries:
+            row.update(run_canaries(cluster, ns, vds, metrics, sampler, timeout, window))
+        sampler.stop_flag.set()
+        row["peakRssMb"] = round(sampler.peak_mb, 1)
+        return row
     finally:
         op.stop()
         cluster.down()
+
+
+def run_canaries(cluster: LocalCluster, ns: str, vds: int, metrics: str, sampler: ProcSampler, timeout: float,
+                 window: float) -> dict:
+    """Every VisionDeployment's second revision in flight, judged by Prometheus (see the docstring)."""
+    prom = CannedPrometheus()
+    try:
+        patch = json.dumps(canary_patch(prom.url))
+        for i in range(vds):
+            cluster.kubectl("patch", "vd", f"model-{i:03d}", "-n", ns, "--type=merge", "-p", patch)
+        t0, measured = time.monotonic(), 0
+        while time.monotonic() - t0 < timeout:
+            items = cluster.kubectl_json("get", "vd", "-n", ns)["items"]
+            measured = sum(1 for i in items if (i.get("status") or {}).get("canaryRevision")
+                           and ((i.get("status") or {}).get("analysis") or {}).get("verdict"))
+            if measured == vds:
+                break
+            time.sleep(2)
+        to_measured = time.monotonic() - t0
+        queries_to_measured = prom.queries
+        reads0, passes0, cpu0, q0 = apiserver_reads(cluster), operator_passes(metrics), sampler.cpu_seconds(), prom.queries
+        time.sleep(window)
+        reads1, passes1, cpu1, q1 = apiserver_reads(cluster), operator_passes(metrics), sampler.cpu_seconds(), prom.queries
+        passes = max(passes1 - passes0, 1)
+        return {
+            "canariesMeasured": measured, "toCanaryMeasuredS": round(to_measured, 1),
+            # every VisionDeployment measured about once before this point: the rest were asked while compiling
+            "promQueriesToFirstVerdictPerVd": round(queries_to_measured / vds, 1),
+            "canaryPassesPerVdMin": round(passes * 60 / window / vds, 1),
+            "canaryPromQueriesPerVdMin": round((q1 - q0) * 60 / window / vds, 1),
+            "canaryReadsPerPass": round((reads1 - reads0) / passes, 1),
+            "canaryCpuPerPassMs": round((cpu1 - cpu0) * 1000 / passes, 1),
+            "canaryCpuPerVdMinS": round((cpu1 - cpu0) * 60 / window / vds, 2),
+        }
+    finally:
+        prom.shutdown()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="250:25,1000:100", help="NODES:VDS,... (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all Healthy per size")
+    parser.add_argument("--no-canaries", action="store_true", help="first revisions and steady state only")
+    parser.add_argument("--window", type=float, default=60, help="seconds the canaries in flight are measured over")
     args = parser.parse_args()
     rows = []
     for spec in args.sizes.split(","):
         nodes, vds = (int(x) for x in spec.split(":"))
         print(f"== {nodes} nodes, {vds} VisionDeployments", file=sys.stderr, flush=True)
-        rows.append(run_size(nodes, vds, args.timeout))
+        rows.append(run_size(nodes, vds, args.timeout, canaries=not args.no_canaries, window=args.window))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    # One row per figure, one column per size: the sizes side by side.
     cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print("| figure | " + " | ".join(f"{r['nodes']} nodes / {r['vds']} VDs" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for c in cols[2:]:
+        print(f"| {c} | " + " | ".join(str(r.get(c, "")) for r in rows) + " |")
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         print(f"\nratios (largest / smallest; VDs ×{b['vds'] / a['vds']:.0f}, nodes ×{b['nodes'] / a['nodes']:.0f}):")
         for c in ("toHealthyS", "peakRssMb", "cpuToHealthyS", "readsPerVd", "writesPerVd", "steadyReadsPerResync",
-                  "steadyCpuPerResyncMs"):
-            if a[c]:
+                  "steadyCpuPerResyncMs", "canaryReadsPerPass", "canaryCpuPerPassMs", "canaryCpuPerVdMinS"):
+            if a.get(c) and c in b:
                 print(f"  {c:22} ×{b[c] / a[c]:.2f}")
     return 0
 
