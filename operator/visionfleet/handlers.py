@@ -61,6 +61,7 @@ WRITES = WriteCounter()
 MEASUREMENTS = Measurements()
 _WAKE: dict[tuple[str, str], Any] = {}
 MEASURE_REQUEUE = 5.0  # seconds: at least this while a due measurement runs (its end wakes the daemon)
+MEASURE_WAIT = 1.0  # seconds a daemon gives a measurement due now before its pass (no thread waits)
 METRICS.track_writes(WRITES)  # visionfleet_api_writes_total reads this counter
 
 
@@ -285,32 +286,74 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
     return p.requeue_seconds
 
 
+def canary_request(vd: VisionDeploymentView, now: datetime) -> tuple[Any, Any, Any] | None:
+    """(slot, key, measurement) of the canary's measurement when the planner may judge one now
+    (``measurement_due``), else None. The key is what makes it due (revision, step, the last
+    measurement's time), so a result asked for by one step is never judged in another."""
+    spec, st, ns, name = vd.spec, vd.status, vd.namespace, vd.name
+    canary = st.canary_revision
+    if not canary or not measurement_due(spec.analysis, st, now):
+        return None
+    # The canary's own Triton entry is spec.model.name (the model is part of the revision); its live
+    # agreement is read only during a shadow step.
+    live = st.canary_mirror is not None
+    key = (canary, st.step, st.wave, st.step_started_at, st.analysis.at if st.analysis else None, live,
+           spec.model.name, spec.analysis.model_dump_json())
+    return (ns, name, "canary"), key, lambda: measure(spec.analysis, ns, name, canary, model=spec.model.name,
+                                                      live=live)
+
+
 def take_measurements(vd: VisionDeploymentView, now: datetime) -> tuple[Any, Any]:
     """(the canary's measurement, the stable's drift test) for this pass: each one finished on the
-    measurement threads, or None. The canary's is asked for only when the planner may judge it
-    (``measurement_due``), and keyed by what makes it due, so a result asked for by one step is never
-    judged in another; the stable's drift at most once an interval. A finished canary measurement
-    wakes the daemon (``_WAKE``) for the pass that judges it."""
+    measurement threads, or None. The canary's is asked for only when due (``canary_request``); the
+    stable's drift at most once an interval. A finished canary measurement wakes the daemon
+    (``_WAKE``) for the pass that judges it, when it was not ready for this one."""
     spec, st, ns, name = vd.spec, vd.status, vd.namespace, vd.name
-    analysis_key = spec.analysis.model_dump_json()
     measurement = stable_drift = None
-    canary = st.canary_revision
-    if canary and measurement_due(spec.analysis, st, now):
-        # The canary's own Triton entry is spec.model.name (the model is part of the revision); its
-        # live agreement is read only during a shadow step.
-        live = st.canary_mirror is not None
-        key = (canary, st.step, st.wave, st.step_started_at, st.analysis.at if st.analysis else None, live,
-               spec.model.name, analysis_key)
-        measurement = MEASUREMENTS.poll(
-            (ns, name, "canary"), key,
-            lambda: measure(spec.analysis, ns, name, canary, model=spec.model.name, live=live),
-            on_done=_WAKE.get((ns, name)))
+    request = canary_request(vd, now)
+    if request is not None:
+        measurement = MEASUREMENTS.poll(*request, on_done=_WAKE.get((ns, name)))
     stable = st.stable_revision
     if stable and spec.analysis.drift is not None and spec.analysis.prometheus is not None:
-        stable_drift = MEASUREMENTS.poll((ns, name, "stable"), (stable, analysis_key),
+        stable_drift = MEASUREMENTS.poll((ns, name, "stable"), (stable, spec.analysis.model_dump_json()),
                                          lambda: measure_drift(spec.analysis, ns, name, stable),
                                          every=seconds(spec.analysis.interval))
     return measurement, stable_drift
+
+
+def start_measurement(body: dict[str, Any]) -> Any:
+    """The canary's measurement started (or running, or done) when one is due now, else None: what
+    the daemon gives a moment before the pass. Any spec or status it cannot read: None (the pass
+    says why)."""
+    md = body.get("metadata") or {}
+    try:
+        vd = VisionDeploymentView(name=md["name"], namespace=md["namespace"], generation=md.get("generation", 0),
+                                  spec=VisionDeploymentSpec.model_validate(body.get("spec") or {}),
+                                  status=status_from(body.get("status")))
+        request = canary_request(vd, datetime.now(timezone.utc))
+    except (ValidationError, KeyError, ValueError):
+        return None
+    return MEASUREMENTS.start(*request, on_done=_WAKE.get((vd.namespace, vd.name))) if request else None
+
+
+async def measurement_moment(body: Mapping[str, Any], memo: Any) -> bool:
+    """Before a pass: when the canary's measurement is due, start it and wait up to MEASURE_WAIT for
+    it on the event loop (no thread held), so that this pass judges it rather than the next; a
+    user's change (nudge) ends the wait at once. True when it waited (the body may have changed)."""
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    if not status.get("canaryRevision") or not (spec.get("analysis") or {}).get("prometheus"):
+        return False
+    started = await asyncio.to_thread(start_measurement, copy.deepcopy(dict(body)))
+    if started is None or started.done():
+        return False
+    nudged = asyncio.ensure_future(memo.nudge.wait())
+    await asyncio.wait({asyncio.wrap_future(started), nudged}, timeout=MEASURE_WAIT,
+                       return_when=asyncio.FIRST_COMPLETED)
+    nudged.cancel()
+    # Whatever set the nudge (the measurement's end, or a user's change) is in the copy taken next.
+    memo.nudge.clear()
+    return True
 
 
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=10)
@@ -325,6 +368,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
         while not stopped:
             memo.nudge.clear()
             try:
+                await measurement_moment(body, memo)
                 # Snapshots taken on the event loop, where kopf updates the index and the body: kopf's
                 # daemon ``body`` is a live view whose source each watch event replaces, so this copy
                 # is the newest object the watch has delivered, and stays as it was for the whole pass

@@ -72,3 +72,48 @@ def test_the_stable_drift_is_read_at_most_once_an_interval(handlers, monkeypatch
         handlers.take_measurements(view(), T0)
         time.sleep(0.01)
     assert len(asked) == 1
+
+
+def test_the_daemon_gives_a_due_measurement_a_moment_so_one_pass_judges_it(handlers, monkeypatch):
+    """A fast Prometheus: the pass that follows the due time has the measurement (no second pass);
+    the wait holds no thread and ends when the measurement does."""
+    import asyncio
+    import copy
+    from types import SimpleNamespace
+
+    from .planner_sim import SPEC
+
+    monkeypatch.setattr(handlers, "measure", lambda *a, **kw: GOOD)
+    monkeypatch.setattr(handlers, "measure_drift", lambda *a, **kw: None)
+    monkeypatch.setattr(handlers.METRICS, "track", lambda *a: None)
+    monkeypatch.setattr(handlers.METRICS, "forget", lambda *a: None)
+    started = iso(handlers.datetime.now(handlers.timezone.utc) - timedelta(minutes=5))
+    body = {"metadata": {"name": "vd", "namespace": "ns", "uid": "u", "generation": 1},
+            "spec": copy.deepcopy(SPEC),
+            "status": {"stableRevision": "11111111", "canaryRevision": "abcdef12", "step": 0,
+                       "stepStartedAt": started}}
+
+    class Stopped:
+        flag = False
+
+        def __bool__(self):
+            return self.flag
+
+        async def wait(self):
+            await asyncio.sleep(3600)
+
+    stopped, seen = Stopped(), []
+
+    def one_pass(snapshot, nodes):
+        md = snapshot["metadata"]
+        vd = VisionDeploymentView(name=md["name"], namespace=md["namespace"], generation=1,
+                                  spec=handlers.VisionDeploymentSpec.model_validate(snapshot["spec"]),
+                                  status=handlers.status_from(snapshot["status"]))
+        seen.append(handlers.take_measurements(vd, handlers.datetime.now(handlers.timezone.utc))[0])
+        stopped.flag = True
+        return 30.0
+
+    monkeypatch.setattr(handlers, "run_pass", one_pass)
+    asyncio.run(asyncio.wait_for(handlers.reconcile(body=body, memo=SimpleNamespace(), stopped=stopped,
+                                                    nodes_index={}), timeout=10))
+    assert seen == [GOOD]

@@ -234,7 +234,9 @@ class Measurements:
 
     ``key`` says what the pass wants measured (the revision, the step, the last measurement's time):
     a result asked for by an earlier step is never judged in a later one. The pool is small and its
-    own: a Prometheus that times out holds these threads, never the passes'.
+    own: a Prometheus that times out holds these threads, never the passes'. ``start`` begins one
+    without taking it: the daemon gives a fresh one a moment before the pass (observe -> plan ->
+    act) that takes it, without holding a thread.
     """
 
     def __init__(self, workers: int = 4):
@@ -247,11 +249,20 @@ class Measurements:
              on_done: Callable[[], None] | None = None) -> Measurement | None:
         with self._lock:
             job = self._jobs.get(slot)
-            if job is not None and job[0] == key:
-                if not job[1].done():
-                    return None
+            if job is not None and job[0] == key and job[1].done():
                 del self._jobs[slot]
                 return _result(job[1])
+        self.start(slot, key, fn, every=every, on_done=on_done)
+        return None
+
+    def start(self, slot: Hashable, key: Hashable, fn: Callable[[], Measurement | None], *, every: float = 0.0,
+              on_done: Callable[[], None] | None = None) -> Future | None:
+        """The measurement of ``key`` in ``slot``: the one running or finished, else ``fn`` started
+        now (None: ``every`` seconds have not passed since the slot's last start)."""
+        with self._lock:
+            job = self._jobs.get(slot)
+            if job is not None and job[0] == key:
+                return job[1]
             if time.monotonic() - self._started.get(slot, float("-inf")) < every:
                 return None
             fut = self._pool.submit(fn)
@@ -259,7 +270,7 @@ class Measurements:
             self._started[slot] = time.monotonic()
         if on_done is not None:
             fut.add_done_callback(lambda _: on_done())
-        return None
+        return fut
 
     def pending(self, slot: Hashable) -> bool:
         with self._lock:
