@@ -242,7 +242,11 @@ class MetricsAdapter:
                 pass
             if not self.running() or time.monotonic() > deadline:
                 tail = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
-                raise MetricsAdapterError(f"{NAME} did not become ready; log {self.log_path}:\n{tail}")
+                pidfile = self.cluster.state_dir / f"{NAME}.pid"
+                pid = pidfile.read_text().split()[0] if pidfile.exists() else "?"
+                state = "running" if self.running() else f"not running (pid {pid}, /proc entry " \
+                    f"{'present' if Path(f'/proc/{pid}').exists() else 'gone'})"
+                raise MetricsAdapterError(f"{NAME} did not become ready ({state}); log {self.log_path}:\n{tail}")
             time.sleep(0.3)
 
     def _wait_available(self, name: str, timeout: float) -> None:

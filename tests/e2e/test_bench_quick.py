@@ -42,3 +42,16 @@ def test_drift_bench_quick_mode():
     assert re.search(r"false-positive rate on clean windows .*bbsd-ks [\d.]+ .*input-ks [\d.]+", out.stdout), out.stdout
     rows = re.findall(r"^(haze|gaussian_noise|darken) +3 +([\d.]+) +([\d.]+)$", out.stdout, re.M)
     assert {kind for kind, _, _ in rows} == {"haze", "gaussian_noise", "darken"}, out.stdout
+
+
+@pytest.mark.timeout(600)
+def test_autoscale_bench_quick_mode():
+    """One load step on an autoscaled class with a canary: the HPA's new replicas Ready, the canary's
+    pods following, the route's weight fixed at every sample (the times are the bench's figures)."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "autoscale.py"), "--quick"],
+                         cwd=REPO, capture_output=True, text=True, timeout=580)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    print(out.stdout)
+    row = re.search(r"^ +100 \| +5\+2 +\| +[\d.]+s \| +[\d.]+s \| +[\d.]+s \| [\d.]+-[\d.]+ \(0\.29\) \| (\w+) \|",
+                    out.stdout, re.M)
+    assert row and row.group(1) == "fixed", out.stdout

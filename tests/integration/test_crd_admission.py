@@ -187,6 +187,10 @@ BAD_SPECS = [
         replicas={"min": 1, "max": 8, "autoscale": {"metric": "queueTime"}}),
         s(o).update(rollout={"traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}}})),
      ["spec.fleet.classes[1].replicas.autoscale.target", "Required value"]),
+    ("autoscale-stabilization-over-the-hpas-limit", lambda o: (s(o)["fleet"]["classes"][1].update(
+        replicas={"min": 1, "max": 8, "autoscale": {"target": 20, "scaleDownStabilization": "2h"}}),
+        s(o).update(rollout={"traffic": {"method": "GatewayAPI", "gatewayAPI": {"httpRoute": "r"}}})),
+     ["spec.fleet.classes[1].replicas.autoscale.scaleDownStabilization", "at most 1h"]),
     ("name-too-long", lambda o: o["metadata"].update(name="a" * 41), ["metadata.name", "at most 40 characters"]),
     ("unknown-field", lambda o: s(o)["model"].update(shaa256="x"), [".spec.model.shaa256", "field not declared in schema"]),
 ]

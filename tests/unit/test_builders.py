@@ -710,6 +710,8 @@ def test_an_autoscaled_class_gets_an_hpa_on_the_class_load_targeting_its_stable(
                    "selector": {"matchLabels": {"vision_deployment": "doorbell", "class": cls.name},
                                 "matchExpressions": [{"key": "revision", "operator": "In", "values": [REV]}]}},
         "target": {"type": "AverageValue", "averageValue": "22500m"}}}]
+    # scale-in holds the highest recommendation of the last 5 min (Kubernetes' default, written out)
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 300}}
     # a weighted canary's pods count too, in a stable order
     both = build_autoscaler("doorbell", "vision", "u", cls, REV, 2, 12, ("zz999999", REV))
     assert both["spec"]["metrics"][0]["external"]["metric"]["selector"]["matchExpressions"][0]["values"] == \

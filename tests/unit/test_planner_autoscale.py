@@ -133,3 +133,36 @@ def test_the_hpa_counts_the_load_users_send_not_a_shadows_mirrored_copies():
             seen.add("weighted")
     assert seen == {"shadow", "weighted"}
     assert w.status.stable_revision == v2 and counted() == (v2,)
+
+
+def test_an_hpa_scale_up_during_a_step_keeps_the_route_and_the_step_going():
+    """Canary pods added because the HPA grew the stable take time to be Ready; meanwhile the step
+    goes on and the route keeps the step's weight (it is not pulled to 0 and back at every scale-up)."""
+    w = healthy()
+    w.set_spec(auto_spec(model__version="2"))
+    v2 = revision_of(w.spec)
+    for _ in range(100):
+        w.tick(5)
+        if w.status.canary_weight == 20 and w.status.step_started_at:
+            break
+    started, route = w.status.step_started_at, dict(w.route)
+    assert route[v2] == 20
+    w.hpa_scales("xeon", 10)  # the canary now needs 2 pods; its second is Ready only after 15 s
+    for _ in range(10):
+        w.tick(2)
+        assert w.deployments[("xeon", v2)].replicas == 2
+        assert dict(w.route) == route and w.status.step_started_at == started, (w.route, w.status.step_started_at)
+    assert w.deployments[("xeon", v2)].ready == 2
+
+
+def test_a_canary_on_an_autoscaled_class_looks_at_the_stables_size_every_few_seconds():
+    from visionfleet.planner.serving import HPA_FOLLOW_SECONDS
+
+    w = healthy()
+    assert w.last.requeue_seconds > HPA_FOLLOW_SECONDS  # nothing to follow without a canary
+    w.set_spec(auto_spec(model__version="2"))
+    for _ in range(100):
+        w.tick(5)
+        if w.status.canary_weight == 20 and w.status.step_started_at:
+            break
+    assert w.last.requeue_seconds <= HPA_FOLLOW_SECONDS  # the HPA does not wake the operator

@@ -301,11 +301,26 @@ class Autoscale(Model):
     """A HorizontalPodAutoscaler per class, fed Triton's own metrics through a custom/external metrics
     adapter (docs/serving.md): it sizes the stable; the canary gets its share from the stable's size."""
 
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("!has(self.scaleDownStabilization) || duration(self.scaleDownStabilization) <= duration('1h')",
+                "scaleDownStabilization is at most 1h (the HorizontalPodAutoscaler's limit)",
+                field_path=".scaleDownStabilization"),
+        )
+    }
+
     metric: AutoscaleMetric = Field(default=AutoscaleMetric.INFERENCE_RATE, description=(
-        "inferenceRate: the class's inferences per second (every revision's pods), held at target per pod; "
+        "inferenceRate: the class's inferences per second (the stable's and a weighted canary's pods), held at "
+        "target per pod; "
         "queueTime: the class's mean queue time in ms, held at target. Default inferenceRate."))
     target: Annotated[float, Field(gt=0, le=1_000_000)] = Field(description=(
         "Inferences per second per pod (inferenceRate) or queue milliseconds (queueTime) the autoscaler holds."))
+    scale_down_stabilization: Duration = Field(default="5m", description=(
+        "The autoscaler scales in to the highest size it recommended over this window (its "
+        "behavior.scaleDown.stabilizationWindowSeconds; Kubernetes' default 5m). Keep it longer than the metric's "
+        "rate window (1m in the chart's adapter rules): at a promotion the class's load moves from the old "
+        "stable's series to the new one's, whose rate() climbs over that window, and a shorter stabilization "
+        "would scale the new stable in meanwhile. Default 5m."))
 
 
 class ReplicaRange(Model):

@@ -649,6 +649,7 @@ def build_autoscaler(vd: str, namespace: str, uid: str, cls: ResolvedClass, revi
             "minReplicas": min_replicas,
             "maxReplicas": max_replicas,
             "metrics": [{"type": "External", "external": {"metric": metric, "target": target}}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": int(seconds(auto.scale_down_stabilization))}},
         },
     }
 

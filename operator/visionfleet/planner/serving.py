@@ -32,6 +32,9 @@ from .state import PassState, base_replicas
 from .steps import autoscaled, canary_size, class_mirror, class_weight, first_rollout, gateway, stable_size
 
 
+HPA_FOLLOW_SECONDS = 5.0  # how soon a canary's size looks at an autoscaled stable's again
+
+
 @dataclass
 class ClassServing:
     """One class after this pass: Ready pods per revision, as they will be once scale-downs are done."""
@@ -73,6 +76,10 @@ def serve(p: PassState, ok: list[str] | None) -> dict[str, ClassServing]:
                 canary_n = base_replicas(c)
             elif gateway(p):
                 canary_n = canary_size(p, c)
+                if autoscaled(c):
+                    # the HPA moves the stable without telling the operator: look again soon, so the
+                    # canary's share follows within one HPA sync
+                    p.wake_in(HPA_FOLLOW_SECONDS)
             else:
                 want = split_replicas(base, c.spec.replicas.max, weight, True).canary
                 d = p.observed.deployment(c.name, canary)

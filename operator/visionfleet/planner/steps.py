@@ -271,6 +271,11 @@ def unready_classes(p: PassState, ok: list[str]) -> list[str]:
             continue
         d = p.observed.deployment(c.name, rev)
         ready = d.ready if d else 0
+        if d is not None and ready > 0 and p.st.step_started_at is not None and autoscaled(c) and gateway(p):
+            # The HPA grew the stable and the canary's share with it: its new pods join as they turn
+            # Ready, with the step going on and the route unchanged (pulling the canary's traffic at
+            # every scale-up would make the weight users get jump to 0 and back).
+            continue
         if d is None or ready < want or d.replicas < want:
             out.append(f"{c.name}: {ready}/{want} Ready")
             continue
