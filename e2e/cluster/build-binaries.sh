@@ -83,22 +83,36 @@ build_group() {  # group ldflags pkg...  (binaries named after the last path ele
   rm -rf "$tmp"; mkdir -p "$tmp"
   local start=$SECONDS
   log "$g: building $* (cold builds take minutes; module and build caches are reused)"
-  # build_src (traefik): build inside that module directory instead of the group's wrapper module.
-  ( cd "${build_src:-$here/gomod/$g}" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) >&2 &
-  local pid=$!
-  # Progress while the compiler works: elapsed time and how much of the build cache has been written.
-  local next=$((SECONDS + 30))
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
-    if [ "$SECONDS" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
-      log "$g: still building ($((SECONDS - start))s, go build cache $(du -sh "$GOCACHE" 2>/dev/null | cut -f1))"
-      next=$((SECONDS + 30))
+  # A module download that fails on the network (a DNS answer refused, a proxy timing out) is tried
+  # again after a pause, up to three times in all; any other failure ends the build at once.
+  local attempt out="$dir.build.log"
+  for attempt in 1 2 3; do
+    # build_src (traefik): build inside that module directory instead of the group's wrapper module.
+    ( cd "${build_src:-$here/gomod/$g}" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) > "$out" 2>&1 &
+    local pid=$!
+    # Progress while the compiler works: elapsed time and how much of the build cache has been written.
+    local next=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null; do
+      sleep 1
+      if [ "$SECONDS" -ge "$next" ] && kill -0 "$pid" 2>/dev/null; then
+        log "$g: still building ($((SECONDS - start))s, go build cache $(du -sh "$GOCACHE" 2>/dev/null | cut -f1))"
+        next=$((SECONDS + 30))
+      fi
+    done
+    if wait "$pid"; then
+      cat "$out" >&2; rm -f "$out"
+      break
     fi
-  done
-  if ! wait "$pid"; then
+    cat "$out" >&2
+    if [ "$attempt" -lt 3 ] && grep -qE 'dial tcp|lookup .* on|i/o timeout|TLS handshake timeout|connection (refused|reset)|unexpected EOF|502 Bad Gateway|503 Service Unavailable' "$out"; then
+      log "$g: a module download failed on the network (attempt $attempt of 3); trying again in $((attempt * 30))s"
+      sleep $((attempt * 30))
+      continue
+    fi
+    rm -f "$out"
     log "$g: go build failed"
     exit 1
-  fi
+  done
   # go names a binary after its package's last path element: etcd's server package is ".../server/v3".
   [ "$g" = etcd ] && [ -f "$tmp/server" ] && mv "$tmp/server" "$tmp/etcd"
   # Upstream Prometheus must never shadow Debian's (which the suite and the demo run) on PATH.
