@@ -8,6 +8,7 @@
 #   traefik (the fleet's Gateway API implementation, patched: see below) (gomod/traefik)
 #   visionfleet-metrics-adapter (custom.metrics.k8s.io for the HPA)     (gomod/metrics-adapter)
 #   prometheus-kubernetes-sd, on request only (see its group below)     (gomod/prometheus)
+# and fetches (no build) the Gateway API and prometheus-operator modules, whose CRDs the suite installs.
 #
 # Each group is cached under $VISIONFLEET_CACHE/bin/<group>-<hash>/, the hash covering the group's
 # go.mod + go.sum (+ its *.patch, if any), the Go version, and the flags and packages of its build,
@@ -265,6 +266,23 @@ if [ "${VISIONFLEET_BUILD_PROMETHEUS:-0}" = 1 ]; then
   build_group prometheus "-s -w -X github.com/prometheus/common/version.Version=$prom_version" \
     -tags=remove_all_sd,enable_kubernetes_sd github.com/prometheus/prometheus/cmd/prometheus
 fi
+
+# Modules the suite reads files from, not builds (the Gateway API's and prometheus-operator's CRDs,
+# e2e/visionfleet_e2e/cli.py and chart.py): fetched here, with the same retries, into the module cache,
+# so that no test depends on the network.
+fetch_module() {  # gomod module
+  local attempt
+  for attempt in 1 2 3; do
+    if ( cd "$here/gomod/$1" && go mod download "$2" ) >&2; then
+      return 0
+    fi
+    [ "$attempt" -lt 3 ] && { log "$1: fetching $2 failed (attempt $attempt of 3); trying again in $((attempt * 30))s"; sleep $((attempt * 30)); }
+  done
+  log "$1: could not fetch $2 through the module proxy"
+  exit 1
+}
+fetch_module gateway-api sigs.k8s.io/gateway-api
+fetch_module prometheus-operator github.com/prometheus-operator/prometheus-operator
 
 # One directory of links, so callers can put it first on PATH (Debian's kubectl must not win).
 links="$cache/bin/current"

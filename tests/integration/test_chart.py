@@ -36,6 +36,8 @@ ALLOWED = {
     ("", "events"): {"create"},
     ("", "nodes"): {"list", "watch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "update"},
+    # an autoscaled class's HorizontalPodAutoscaler (act/apply.py; observe/kube.py lists them)
+    ("autoscaling", "horizontalpodautoscalers"): {"list", "create", "patch", "delete"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
 }
