@@ -81,11 +81,11 @@ def _tolerations_for(nodes: list[ObservedNode]) -> list[Toleration]:
 
 def resolve_classes(spec: VisionDeploymentSpec, nodes: list[ObservedNode]) -> list[ResolvedClass]:
     if spec.fleet.classes:
-        return [
-            ResolvedClass(spec=c, nodes=sum(1 for n in nodes if _matches(n.labels, c.node_selector)),
-                          node_names=tuple(n.name for n in nodes if _matches(n.labels, c.node_selector)))
-            for c in spec.fleet.classes
-        ]
+        out = []
+        for c in spec.fleet.classes:
+            names = tuple(n.name for n in nodes if _matches(n.labels, c.node_selector))  # one match per node
+            out.append(ResolvedClass(spec=c, nodes=len(names), node_names=names))
+        return out
     discover = spec.fleet.discover
     if discover is None:
         return []
