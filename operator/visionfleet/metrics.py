@@ -211,8 +211,8 @@ class OperatorMetrics:
                                  "error (the pass raised; retried in 5 s), invalid_spec (the spec does not validate; "
                                  "nothing is rolled out).", ["result"], registry=r)
         self.reconcile_duration = Histogram(PREFIX + "reconcile_duration_seconds",
-                                            "Duration of one reconcile pass, including the Prometheus analysis "
-                                            "queries and the API writes.", buckets=RECONCILE_BUCKETS, registry=r)
+                                            "Duration of one reconcile pass, including the API writes (the "
+                                            "Prometheus queries run on their own threads, outside it).", buckets=RECONCILE_BUCKETS, registry=r)
         self.rollouts_started = Counter(PREFIX + "rollouts_started", "Canary rollouts started (a new revision "
                                         "became the canary).", registry=r)
         self.promotions = Counter(PREFIX + "promotions", "Revisions promoted to stable (every step passed, the "
