@@ -17,7 +17,8 @@ its own process: apply M VisionDeployments (two classes each, cycling over the 8
     judged by Prometheus analysis (interval 10 s) against a canned Prometheus in this process, its
     first step held by a long pause; the Prometheus queries made while the canaries compile (none
     are due), then over ``--window`` seconds with every canary measured: CPU and API reads per pass,
-    passes and Prometheus queries per VisionDeployment and minute.
+    passes and Prometheus queries per VisionDeployment and minute; then, with every answer of that
+    Prometheus taking 1.9 s (its timeout 2 s), the time one VisionDeployment's abort takes.
 
 Sizes are run side by side so that what grows faster than linearly shows in the per-VD and per-pass
 columns (the per-pass CPU should not grow with the nodes).
@@ -44,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import OperatorProcess  # noqa: E402
 from visionfleet_e2e.cli import install_crds  # noqa: E402
-from visionfleet_e2e.cluster import LocalCluster  # noqa: E402
+from visionfleet_e2e.cluster import LocalCluster, ensure_binaries  # noqa: E402
 from visionfleet_e2e.fleet import load_fleet  # noqa: E402
 from visionfleet_e2e.local_process import free_port  # noqa: E402
 
@@ -126,6 +127,7 @@ class CannedPrometheus(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _PromHandler)
         self.queries = 0
+        self.delay = 0.0  # seconds before each answer: a slow Prometheus
         self.lock = threading.Lock()
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -139,6 +141,7 @@ class _PromHandler(BaseHTTPRequestHandler):
         query = (parse_qs(urlsplit(self.path).query).get("query") or [""])[0]
         with self.server.lock:  # type: ignore[attr-defined]
             self.server.queries += 1  # type: ignore[attr-defined]
+        time.sleep(self.server.delay)  # type: ignore[attr-defined]
         if "quantile" in query:
             value = "5"  # p99, ms
         elif query.startswith("(sum(increase(nv_inference_request_failure"):
@@ -190,8 +193,24 @@ class ProcSampler(threading.Thread):
             time.sleep(0.5)
 
 
+_BIN: list[Path] = []
+
+
+def private_binaries() -> Path:
+    """The fleet's binaries through links of this run's own: another run of build-binaries.sh (any
+    test session starting) re-creates the shared ``current`` directory, and a kubectl started from it
+    at that moment is not found."""
+    if not _BIN:
+        shared = ensure_binaries()
+        mine = Path(tempfile.mkdtemp(prefix="vf-scale-bin-"))
+        for f in shared.iterdir():
+            (mine / f.name).symlink_to(f.resolve())
+        _BIN.append(mine)
+    return _BIN[0]
+
+
 def run_size(nodes: int, vds: int, timeout: float, canaries: bool = True, window: float = 60.0) -> dict:
-    cluster = LocalCluster("vf-scale")
+    cluster = LocalCluster("vf-scale", bin_dir=private_binaries())
     cluster.down()
     cluster.up(load_fleet("scale"), size=nodes, timeout=600)
     install_crds(cluster)
@@ -269,6 +288,21 @@ def run_canaries(cluster: LocalCluster, ns: str, vds: int, metrics: str, sampler
         time.sleep(window)
         reads1, passes1, cpu1, q1 = apiserver_reads(cluster), operator_passes(metrics), sampler.cpu_seconds(), prom.queries
         passes = max(passes1 - passes0, 1)
+        # A slow Prometheus (each answer 1.9 s, the timeout 2 s) while every canary is measured: how
+        # long one VisionDeployment's abort takes to be acted on (its canary rolled back in status).
+        prom.delay = 1.9
+        time.sleep(15)
+        victim = f"model-{vds - 1:03d}"
+        t1 = time.monotonic()
+        cluster.kubectl("annotate", "vd", victim, "-n", ns, "visionfleet.io/abort=bench", "--overwrite")
+        aborted = None
+        while time.monotonic() - t1 < 300:
+            st = cluster.kubectl_json("get", "vd", victim, "-n", ns).get("status") or {}
+            if (st.get("history") or [{}])[-1].get("outcome") == "Aborted":
+                aborted = time.monotonic() - t1
+                break
+            time.sleep(0.5)
+        prom.delay = 0.0
         return {
             "canariesMeasured": measured, "toCanaryMeasuredS": round(to_measured, 1),
             # every VisionDeployment measured about once before this point: the rest were asked while compiling
@@ -278,6 +312,7 @@ def run_canaries(cluster: LocalCluster, ns: str, vds: int, metrics: str, sampler
             "canaryReadsPerPass": round((reads1 - reads0) / passes, 1),
             "canaryCpuPerPassMs": round((cpu1 - cpu0) * 1000 / passes, 1),
             "canaryCpuPerVdMinS": round((cpu1 - cpu0) * 60 / window / vds, 2),
+            "abortWithSlowPrometheusS": round(aborted, 1) if aborted is not None else "over 300",
         }
     finally:
         prom.shutdown()
