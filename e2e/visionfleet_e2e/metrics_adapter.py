@@ -147,7 +147,16 @@ class MetricsAdapter:
                 f"--authorization-kubeconfig={kubeconfig}", f"--config={self.config}",
                 f"--prometheus-url={self.prometheus_url}", "--v=2"]
         c.start_companion(NAME, argv)
-        self._wait_healthy(timeout)
+        try:
+            self._wait_healthy(timeout)
+        except MetricsAdapterError as e:
+            # Seen a few times in the full suite and not understood yet: the process ends at once, before
+            # writing a line (the message says how it ended). Started once more; a second end is an error.
+            if "not running" not in str(e) or time.monotonic() - t0 > 20:
+                raise
+            c.log(f"{NAME} ended at once ({str(e).splitlines()[0]}); starting it again")
+            c.start_companion(NAME, argv)
+            self._wait_healthy(timeout)
         service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": NAME, "namespace": NAMESPACE},
                    "spec": {"type": "ExternalName", "externalName": "127.0.0.1",
                             "ports": [{"name": "https", "port": self.port, "protocol": "TCP"}]}}
@@ -245,9 +254,24 @@ class MetricsAdapter:
                 pidfile = self.cluster.state_dir / f"{NAME}.pid"
                 pid = pidfile.read_text().split()[0] if pidfile.exists() else "?"
                 state = "running" if self.running() else f"not running (pid {pid}, /proc entry " \
-                    f"{'present' if Path(f'/proc/{pid}').exists() else 'gone'})"
+                    f"{'present' if Path(f'/proc/{pid}').exists() else 'gone'}{self._reap(pid)})"
                 raise MetricsAdapterError(f"{NAME} did not become ready ({state}); log {self.log_path}:\n{tail}")
             time.sleep(0.3)
+
+    @staticmethod
+    def _reap(pid: str) -> str:
+        """How a child of ours that ended did end (its exit status or signal), for the error."""
+        import os
+
+        try:
+            got, status = os.waitpid(int(pid), os.WNOHANG)
+        except (ChildProcessError, ValueError):
+            return ""
+        if got == 0:
+            return ""
+        if os.WIFSIGNALED(status):
+            return f"; killed by signal {os.WTERMSIG(status)}"
+        return f"; exited with status {os.WEXITSTATUS(status)}"
 
     def _wait_available(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + max(timeout, 10)
