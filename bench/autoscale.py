@@ -22,6 +22,7 @@ route's weights, as Traefik does: tests/e2e/test_gateway.py). For each load in -
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -35,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from tests.e2e.conftest import OperatorProcess  # noqa: E402
 from tests.e2e.test_autoscaling import LOW, ROUTE, TARGET, Fleet, autoscaled  # noqa: E402
 from tests.e2e.test_operator_rollout import Given  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
 from visionfleet_e2e.cli import install_crds, install_gateway_api_crds  # noqa: E402
 from visionfleet_e2e.cluster import LocalCluster  # noqa: E402
 from visionfleet_e2e.fleet import load_fleet  # noqa: E402
@@ -44,15 +46,7 @@ from visionfleet_e2e.triton_sim import TritonMetricsSim  # noqa: E402
 MAX = 12
 
 
-def wait(predicate, timeout=300, interval=0.5, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait = functools.partial(wait_for, timeout=300)  # the bench's steps take minutes, not the tests' 90 s
 
 
 def main() -> int:

@@ -165,15 +165,9 @@ class DataPlane:
 
     def answered(self) -> dict[str, int]:
         """Successful inferences each revision's Triton served (nv_inference_request_success)."""
-        import urllib.request
-
-        out = {}
-        for rev, s in self.servers.items():
-            with urllib.request.urlopen(s.metrics_url, timeout=5) as r:
-                text = r.read().decode()
-            out[rev] = int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                               if line.startswith("nv_inference_request_success{")))
-        return out
+        return {rev: int(sum(float(line.rsplit(" ", 1)[1]) for line in s.metrics().splitlines()
+                             if line.startswith("nv_inference_request_success{")))
+                for rev, s in self.servers.items()}
 
     def _write_targets(self) -> None:
         groups = [{"targets": [s.metrics_url.split("//")[1].split("/")[0]],

@@ -31,6 +31,16 @@ def healthy() -> World:
     return w
 
 
+def canary_started_at(w: World, weight: int) -> str:
+    """Apply v2 to a healthy world and run until its step at ``weight`` has started; v2's revision."""
+    w.set_spec(auto_spec(model__version="2"))
+    for _ in range(100):
+        w.tick(5)
+        if w.status.canary_weight == weight and w.status.step_started_at:
+            break
+    return revision_of(w.spec)
+
+
 def test_the_hpa_targets_the_stable_between_min_and_max():
     w = healthy()
     v1 = w.status.stable_revision
@@ -72,12 +82,7 @@ def test_the_canary_gets_its_weight_of_the_stables_current_size(stable_size):
 
 def test_the_share_follows_the_hpa_during_a_step():
     w = healthy()
-    w.set_spec(auto_spec(model__version="2"))
-    v2 = revision_of(w.spec)
-    for _ in range(100):
-        w.tick(5)
-        if w.status.canary_weight == 50 and w.status.step_started_at:
-            break
+    v2 = canary_started_at(w, 50)
     assert w.deployments[("xeon", v2)].replicas == 1  # 50 % of 2
     w.hpa_scales("xeon", 8)  # load rose: the HPA grows the stable
     w.tick(5)
@@ -139,12 +144,7 @@ def test_an_hpa_scale_up_during_a_step_keeps_the_route_and_the_step_going():
     """Canary pods added because the HPA grew the stable take time to be Ready; meanwhile the step
     goes on and the route keeps the step's weight (it is not pulled to 0 and back at every scale-up)."""
     w = healthy()
-    w.set_spec(auto_spec(model__version="2"))
-    v2 = revision_of(w.spec)
-    for _ in range(100):
-        w.tick(5)
-        if w.status.canary_weight == 20 and w.status.step_started_at:
-            break
+    v2 = canary_started_at(w, 20)
     started, route = w.status.step_started_at, dict(w.route)
     assert route[v2] == 20
     w.hpa_scales("xeon", 10)  # the canary now needs 2 pods; its second is Ready only after 15 s
@@ -160,9 +160,5 @@ def test_a_canary_on_an_autoscaled_class_looks_at_the_stables_size_every_few_sec
 
     w = healthy()
     assert w.last.requeue_seconds > HPA_FOLLOW_SECONDS  # nothing to follow without a canary
-    w.set_spec(auto_spec(model__version="2"))
-    for _ in range(100):
-        w.tick(5)
-        if w.status.canary_weight == 20 and w.status.step_started_at:
-            break
+    canary_started_at(w, 20)
     assert w.last.requeue_seconds <= HPA_FOLLOW_SECONDS  # the HPA does not wake the operator
