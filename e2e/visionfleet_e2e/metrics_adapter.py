@@ -147,16 +147,7 @@ class MetricsAdapter:
                 f"--authorization-kubeconfig={kubeconfig}", f"--config={self.config}",
                 f"--prometheus-url={self.prometheus_url}", "--v=2"]
         c.start_companion(NAME, argv)
-        try:
-            self._wait_healthy(timeout)
-        except MetricsAdapterError as e:
-            # Seen a few times in the full suite and not understood yet: the process ends at once, before
-            # writing a line (the message says how it ended). Started once more; a second end is an error.
-            if "not running" not in str(e) or time.monotonic() - t0 > 20:
-                raise
-            c.log(f"{NAME} ended at once ({str(e).splitlines()[0]}); starting it again")
-            c.start_companion(NAME, argv)
-            self._wait_healthy(timeout)
+        self._wait_healthy(timeout)
         service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": NAME, "namespace": NAMESPACE},
                    "spec": {"type": "ExternalName", "externalName": "127.0.0.1",
                             "ports": [{"name": "https", "port": self.port, "protocol": "TCP"}]}}
@@ -242,6 +233,7 @@ class MetricsAdapter:
     def _wait_healthy(self, timeout: float) -> None:
         ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
         deadline = time.monotonic() + timeout
+        gone_since: float | None = None
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2, context=ctx) as r:
@@ -249,7 +241,10 @@ class MetricsAdapter:
                         return
             except Exception:
                 pass
-            if not self.running() or time.monotonic() > deadline:
+            # Not running for 2 s in a row, not once: a just-started adapter was seen alive (our child,
+            # serving soon after) while one look at /proc said otherwise.
+            gone_since = None if self.running() else (gone_since or time.monotonic())
+            if (gone_since is not None and time.monotonic() - gone_since > 2) or time.monotonic() > deadline:
                 tail = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
                 pidfile = self.cluster.state_dir / f"{NAME}.pid"
                 pid = pidfile.read_text().split()[0] if pidfile.exists() else "?"
@@ -268,7 +263,12 @@ class MetricsAdapter:
         except (ChildProcessError, ValueError):
             return ""
         if got == 0:
-            return ""
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()[:120]
+            except OSError:
+                return "; still our child"
+            return f"; still our child, state {stat}, cmdline {cmd!r}"
         if os.WIFSIGNALED(status):
             return f"; killed by signal {os.WTERMSIG(status)}"
         return f"; exited with status {os.WEXITSTATUS(status)}"
