@@ -158,6 +158,26 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 MIN_QDQ_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
 
 
+def with_node_names(src: Path, workdir: Path) -> Path:
+    """``src``, or a copy of it whose unnamed nodes are named ``<op_type>_<index>`` (as ``head_nodes``
+    names them): the fallbacks keep layers in fp32 by node name, and an exporter may leave names out."""
+    model = onnx.load(str(src))
+    if all(n.name for n in model.graph.node):
+        return src
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dest = workdir / f"{src.stem}.named.onnx"
+    onnx.save(model, str(dest))
+    return dest
+
+
 def _opset_for_qdq(src: Path, workdir: Path) -> Path:
     """``src``, converted to opset 13 when it is older: ONNX Runtime's quantiser writes per-channel
     Q/DQ with an axis, which older opsets refuse at load ("Unrecognized attribute: axis")."""

@@ -86,11 +86,15 @@ class Runner:
     """Synchronous inference on the CPU plugin; the first output as a numpy array.
 
     ``parameters`` are config.pbtxt's, read as Triton's openvino backend reads them (its README,
-    "Parameters": INFERENCE_NUM_THREADS, NUM_STREAMS): the whole model's threads split into
-    streams, one per instance. One synchronous request runs on one stream, so the profile measures
-    one instance's share, as served."""
+    "Parameters": INFERENCE_NUM_THREADS, NUM_STREAMS, HINT_BF16): the whole model's threads split
+    into streams, one per instance. One synchronous request runs on one stream, so the profile
+    measures one instance's share, as served. ``precision``: fp32 pins the plugin's inference
+    precision to f32 and bf16 to bf16 (the compile program refuses either where Triton would run
+    another); int8 keeps the plugin's default for the layers left in float, as Triton does.
+    ``inference_precision`` is what the plugin reports it runs."""
 
-    def __init__(self, xml: Path, hint: str = "LATENCY", parameters: Mapping[str, str] | None = None):
+    def __init__(self, xml: Path, hint: str = "LATENCY", parameters: Mapping[str, str] | None = None,
+                 precision: str | None = None):
         import openvino as ov
 
         from visionfleet_contract.cpu_threads import OV_STREAMS, OV_THREADS
@@ -99,7 +103,12 @@ class Runner:
         for key in (OV_THREADS, OV_STREAMS):  # explicit values win over the hint's (OpenVINO's rule)
             if (parameters or {}).get(key):
                 props[key] = int(parameters[key])
+        if precision in ("fp32", "bf16"):
+            props["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16"}[precision]
         self.compiled = ov.Core().compile_model(str(xml), "CPU", props)
+        runs = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = runs.get_type_name() if hasattr(runs, "get_type_name") else str(runs)
+        self.inference_precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
 

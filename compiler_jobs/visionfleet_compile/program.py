@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,7 +45,12 @@ class TargetUnavailable(Exception):
 
 
 class GateFailed(Exception):
-    pass
+    """An artifact below its gate: ``measured`` (the gate metric's value) and what was kept in higher
+    precision (``kept``: the result fields) travel with the message, for ``precision: auto``'s list."""
+
+    def __init__(self, message: str, measured: float | None = None, kept: dict | None = None):
+        super().__init__(message)
+        self.measured, self.kept = measured, kept or {}
 
 
 def log(phase: str, **fields: Any) -> None:
@@ -127,7 +132,42 @@ def _samples(request: dict, workdir: Path):
     return images[:n].astype(np.float32), held_out.astype(np.float32), _held_out_labels(data, task, n, len(images))
 
 
-PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "int8"), "tensorrt": ("fp16", "int8")}
+# What each runtime builds. ``auto``: the candidates this node supports (``candidates``), each gated,
+# the fastest survivor kept. OpenVINO's bf16 and fp32 depend on the CPU (``_precision_here``).
+PRECISIONS = {"onnxruntime": ("fp32", "int8", "auto"), "openvino": ("fp32", "bf16", "int8", "auto"),
+              "tensorrt": ("fp16", "int8", "auto")}
+HINT_BF16 = "HINT_BF16"  # Triton's openvino backend: "YES" runs the model in bf16 (the only value it reads)
+
+
+def _precision_here(runtime: str, precision: str) -> None:
+    """The precision named must be the precision that runs (TargetUnavailable otherwise).
+
+    OpenVINO's CPU plugin computes an fp32 model in bf16 on a CPU with AVX-512 BF16 or AMX (its
+    INFERENCE_PRECISION_HINT default), and Triton's openvino backend has no parameter that pins f32
+    (it reads HINT_BF16=YES only): on such a CPU an openvino fp32 artifact would be served in bf16.
+    bf16 needs a CPU that has it."""
+    if runtime != "openvino" or precision not in ("fp32", "bf16"):
+        return
+    from . import cpu
+
+    has = cpu.features()["bf16"]
+    if precision == "fp32" and has:
+        raise TargetUnavailable("fleet.classes[].precision", f"openvino computes fp32 models in bf16 on this CPU "
+                                f"({cpu.model_name()}: AVX-512 BF16/AMX) and Triton's openvino backend cannot pin "
+                                f"f32: choose bf16 (what runs here), auto, or runtime onnxruntime for fp32")
+    if precision == "bf16" and not has:
+        raise TargetUnavailable("fleet.classes[].precision", f"bf16 needs a CPU with AVX-512 BF16 or AMX; this "
+                                f"node's ({cpu.model_name()}) has neither: choose fp32, int8 or auto")
+
+
+def candidates(runtime: str, calibrated: bool) -> list[str]:
+    """``precision: auto``'s candidates on this node, fastest-first by kind: int8 (with calibration
+    images only), then the runtime's float format (OpenVINO: bf16 where the CPU has it, else fp32)."""
+    from . import cpu
+
+    floats = {"onnxruntime": "fp32", "tensorrt": "fp16",
+              "openvino": "bf16" if cpu.features()["bf16"] else "fp32"}
+    return (["int8"] if calibrated else []) + [floats[runtime]]
 
 
 def _target(runtime: str, precision: str | None = None):
@@ -140,22 +180,27 @@ def _target(runtime: str, precision: str | None = None):
                                                            f"(one of {', '.join(targets)})")
     if precision is not None and precision not in PRECISIONS[runtime]:
         where = "on GPU" if runtime == "tensorrt" else "on CPU"
+        built = [p for p in PRECISIONS[runtime] if p != "auto"]
         raise TargetUnavailable("fleet.classes[].precision", f"{runtime} {where} builds "
-                                                             f"{' or '.join(PRECISIONS[runtime])}, not {precision}")
+                                                             f"{', '.join(built[:-1])} or {built[-1]} (or auto), "
+                                                             f"not {precision}")
     missing = targets[runtime].available() if runtime != "onnxruntime" else None
     if missing:
         hint = " (use onnxruntime or openvino on CPU classes)" if runtime == "tensorrt" else ""
         raise TargetUnavailable("fleet.classes[].runtime", f"{runtime} cannot run on this node: {missing}{hint}")
+    if precision is not None:
+        _precision_here(runtime, precision)
     return targets[runtime]
 
 
 def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib, input_name: str,
                    workdir: Path, parameters: dict[str, str] | None = None, exclude: list[str] | None = None,
-                   op_types: tuple[str, ...] | None = None):
+                   op_types: tuple[str, ...] | None = None, calibration_cache: Path | None = None):
     """Build the artifact for ``runtime``/``precision`` → (artifact path, runner, versions); the
     runner runs under config.pbtxt's ``parameters`` (the CPU threads). ``exclude``: ONNX nodes an
     int8 build keeps in higher precision; ``op_types``: the only operations it quantises (both from
-    ``_task_gate``'s fallbacks). ``_target`` has already refused a pair this node cannot build."""
+    the fallbacks); ``calibration_cache``: ONNX Runtime's calibration ranges, written by the first
+    build and reused by later ones. ``_target`` has already refused a pair this node cannot build."""
     target = _target(runtime, precision)
     workdir.mkdir(parents=True, exist_ok=True)
     if runtime == "onnxruntime":
@@ -163,13 +208,14 @@ def build_artifact(runtime: str, precision: str, src: Path, out_dir: Path, calib
 
         if precision == "int8":
             artifact = target.build_int8(src, out_dir / "model.onnx", calib, input_name, exclude=exclude,
-                                         op_types=op_types)
+                                         op_types=op_types, calibration_cache=calibration_cache)
         else:
             artifact = target.build_fp32(src, out_dir / "model.onnx")
         return artifact, target.Runner(artifact, parameters), {"onnxruntime": onnxruntime.__version__}
     if runtime == "openvino":
         artifact = target.build(src, out_dir, precision, calib, exclude=exclude)
-        return artifact, target.Runner(artifact, parameters=parameters), target.versions()
+        runner = target.Runner(artifact, parameters=parameters, precision=precision)
+        return artifact, runner, {**target.versions(), "inferencePrecision": runner.inference_precision}
     # tensorrt: the GPU computes, no CPU thread parameters (cpu_threads gives none)
     artifact = target.build(src, out_dir, precision, calib, input_name, max(BATCHES), workdir, exclude=exclude,
                             op_types=op_types)
@@ -255,7 +301,7 @@ def _task_gate(task, params, metric, least, reference_runner, built, artifact, h
                                 if m.reference else "")
                              + (f"; int8 only on {', '.join(kept['int8OpTypes'])}" if "int8OpTypes" in kept else "")
                              + (f"; head kept in fp32: {kept['fp32Nodes']} nodes" if kept.get("fp32Nodes") else "")
-                             + ")")
+                             + ")", measured=m.metrics[metric])
         op_types, depth = step
         exclude = onnxrt.head_nodes(src, depth) if depth else []
         kept = {**({"int8OpTypes": list(op_types)} if op_types else {}), **({"fp32Nodes": len(exclude)} if exclude else {})}
@@ -290,9 +336,148 @@ def thread_parameters(request: dict, instances: int) -> dict[str, str]:
         raise TargetUnavailable("fleet.classes[].resources.limits.cpu", str(e)) from e
 
 
-def compile_request(request: dict, workdir: Path) -> dict:
-    from . import gates, onnxrt
+def _classification_gate(reference_runner, built, held_out, labels, metric: str, least: float,
+                          what: str) -> tuple[float, dict]:
+    """(measured, result fields) of a classifier's artifact, or GateFailed with the numbers."""
+    from . import onnxrt
+
+    acc = onnxrt.compare(reference_runner, built, held_out, labels)
+    measured = acc.top1_agreement if metric == "top1Agreement" else acc.top1_accuracy
+    log("accuracy", top1_agreement=acc.top1_agreement, top1_accuracy=acc.top1_accuracy,
+        reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, labelled=acc.labelled,
+        gate={"metric": metric, "min": least}, candidate=what)
+    if measured is None:
+        raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels (≥ 0) for the "
+                                                               "held-out samples in the calibration .npz")
+    if measured < least:
+        raise GateFailed(f"accuracy gate failed: {metric} {measured:.4f} < {least} "
+                         f"on {acc.samples} held-out samples ({what}; top-1 agreement {acc.top1_agreement:.4f}"
+                         + (f", top-1 accuracy {acc.top1_accuracy:.4f} vs fp32 {acc.reference_accuracy:.4f})"
+                            if acc.top1_accuracy is not None else ")"), measured=measured)
+    return measured, {"top1Agreement": round(acc.top1_agreement, 6),
+                      **({"top1Accuracy": round(acc.top1_accuracy, 6),
+                          "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
+                         if acc.top1_accuracy is not None else {})}
+
+
+def _fallback_settings(compile_spec: dict) -> tuple[float, float]:
+    from . import fallback
+
+    f = compile_spec.get("int8Fallback") or {}
+    return (float(f.get("budgetSeconds", fallback.DEFAULT_BUDGET_SECONDS)),
+            float(f.get("maxLayersFraction", fallback.MAX_FRACTION)))
+
+
+def _mixed_int8(runtime: str, src: Path, cdir: Path, calib, held_out, labels, input_name: str, workdir: Path,
+                parameters: dict, reference_runner, metric: str, least: float, compile_spec: dict,
+                cache: Path, plain: GateFailed, plain_artifact: Path):
+    """Accuracy-aware int8 for a classifier whose plain int8 artifact missed the gate (``plain``):
+    rank and search on ONNX Runtime's QDQ graph rebuilt from the cached calibration ranges
+    (``fallback.accuracy_aware``), then build this runtime's artifact with the found layers kept in
+    fp32 (ONNX Runtime and TensorRT: left without Q/DQ; OpenVINO: NNCF's ignored scope) and gate it
+    on the held-out images. → (artifact, runner, versions, measured, result fields) or GateFailed."""
+    import onnx
+
+    from . import fallback, onnxrt
+
+    budget, fraction = _fallback_settings(compile_spec)
+    started = time.monotonic()
+    fb_dir = workdir / "fallback"
+    fb_dir.mkdir(parents=True, exist_ok=True)
+    symmetric = runtime == "tensorrt"  # the proxy quantises as the engine's QDQ graph does
+    reduce_range = False if symmetric else None
+    if runtime == "onnxruntime" and cache.is_file():
+        proxy = plain_artifact  # the plain int8 artifact, calibrated with its ranges cached
+    else:  # OpenVINO (NNCF) and TensorRT: ONNX Runtime's QDQ graph stands in for the search
+        proxy = onnxrt.build_int8(src, fb_dir / "proxy.onnx", calib, input_name, symmetric=symmetric,
+                                  reduce_range=reduce_range, calibration_cache=cache)
+    fp32 = onnx.load(str(onnxrt._opset_for_qdq(src, fb_dir)))
+    trial_path = fb_dir / "trial.onnx"
+
+    def build(exclude: list[str]):
+        onnxrt.build_int8(src, trial_path, calib[:0], input_name, symmetric=symmetric, reduce_range=reduce_range,
+                          exclude=exclude, calibration_cache=cache)
+        return onnxrt.Runner(trial_path, parameters if runtime == "onnxruntime" else None)
+
+    images = calib[:fallback.SEARCH_SAMPLES]
+    log("fallback", reason=str(plain), budget_seconds=budget, max_layers_fraction=fraction, images=len(images))
+    outcome = fallback.accuracy_aware(fp32, onnx.load(str(proxy)), build, images,
+                                      onnxrt.predict(reference_runner, images), least, budget, fraction)
+    summary = outcome.as_result()
+    log("fallback-search", **summary)
+    what = f"runtime {runtime}, int8 with {len(outcome.kept)} of {outcome.layers} layers in fp32"
+    if not outcome.passed:
+        best = max(outcome.search.trials, key=lambda t: t.score, default=None)
+        raise GateFailed(f"{plain}; accuracy-aware int8 found no passing mix: {outcome.search.stopped}"
+                         + (f" (best {best.score:.4f} with {best.layers} of {outcome.layers} layers in fp32 on "
+                            f"calibration images)" if best else ""), measured=None,
+                         kept={"fallback": summary, **({"fp32Layers": best.layers, "searchAgreement": best.score}
+                                                       if best else {})})
+    # The held-out check (other images than the search's): a mix that misses it keeps twice the
+    # layers, up to the limit, while the budget lasts.
+    k = len(outcome.kept)
+    while True:
+        what = f"runtime {runtime}, int8 with {k} of {outcome.layers} layers in fp32"
+        artifact, built, versions = build_artifact(runtime, "int8", src, cdir, calib, input_name, workdir / "build",
+                                                   parameters, exclude=outcome.keep(fp32, k),
+                                                   calibration_cache=cache if runtime == "onnxruntime" else None)
+        summary.update(fp32Layers=k, int8Layers=outcome.layers - k, seconds=round(time.monotonic() - started, 2))
+        try:
+            measured, extra = _classification_gate(reference_runner, built, held_out, labels, metric, least, what)
+            return artifact, built, versions, measured, {**extra, "fp32Layers": k, "fallback": summary}
+        except GateFailed as e:
+            summary.setdefault("heldOut", []).append({"fp32Layers": k, "accuracy": round(e.measured, 6)})
+            if k >= outcome.limit or time.monotonic() - started > budget:
+                raise GateFailed(f"{e} (the mix of {len(outcome.kept)} layers reached {outcome.search.score:.4f} on "
+                                 f"calibration images; {'the most allowed' if k >= outcome.limit else 'the budget'} "
+                                 f"stopped the held-out retries at {k})",
+                                 measured=e.measured, kept={"fallback": summary, "fp32Layers": k,
+                                                            "searchAgreement": outcome.search.score}) from e
+            k = min(outcome.limit, 2 * k)
+            log("rebuild", reason=f"held-out {metric} {e.measured:.4f} < {least}", fp32_layers=k)
+
+
+def _name(entry: dict) -> str:
+    """A candidate as the choice names it: int8, int8 mixed (8 layers fp32), bf16, …"""
+    return entry["precision"] + (f" mixed ({entry['fp32Layers']} layers fp32)" if entry.get("mixed") and
+                                 entry.get("fp32Layers") is not None else " mixed" if entry.get("mixed") else "")
+
+
+def _describe(entry: dict, metric: str) -> str:
+    """A candidate that failed the gate, with its numbers."""
+    if entry.get("accuracy") is not None:
+        return f"{_name(entry)} {metric} {entry['accuracy']:.4f}"
+    if entry.get("searchAgreement") is not None:
+        return f"{_name(entry)} at best {entry['searchAgreement']:.4f} on calibration images"
+    return f"{_name(entry)} not measured"
+
+
+def _profile_and_choose(built, held_out, batching: dict, instances: int) -> tuple[list, dict, str, float]:
+    """Latency per batch size on this node and the batching choice → (points, chosen, reason,
+    throughput at the chosen batching: what ``precision: auto`` compares)."""
+    from . import onnxrt
     from .batching import choose_batching
+
+    points = onnxrt.profile(built, held_out, list(BATCHES),
+                            seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")),
+                            stop_above_ms=float(batching["latencyBudgetMs"]) if batching.get("mode") != "manual" else None)
+    if batching.get("mode") == "manual":
+        chosen = {k: batching[k] for k in ("maxBatchSize", "preferredBatchSizes", "maxQueueDelayMicroseconds",
+                                           "instanceCount") if batching.get(k) is not None}
+        size = max([p.batch for p in points if p.batch <= max(1, chosen.get("maxBatchSize") or 1)] or [1])
+        return points, chosen, "manual settings from the spec", next(p.throughput for p in points if p.batch == size)
+    c = choose_batching(points, float(batching["latencyBudgetMs"]))
+    chosen = {"maxBatchSize": c.max_batch_size, "preferredBatchSizes": list(c.preferred_batch_sizes),
+              "maxQueueDelayMicroseconds": c.max_queue_delay_microseconds, "instanceCount": c.instance_count}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if (chosen.get("instanceCount") or 1) != instances:  # the profile ran under another instance's threads
+        raise RuntimeError(f"batching chose {chosen.get('instanceCount')} instances, the threads were derived "
+                           f"and profiled for {instances}")
+    return points, chosen, c.reason, c.throughput if c.within_budget else 0.0
+
+
+def compile_request(request: dict, workdir: Path) -> dict:
+    from . import cpu, gates, onnxrt
     from .fetch import fetch, sha256_of
 
     runtime, precision = request["runtime"], request["precision"]
@@ -307,53 +492,115 @@ def compile_request(request: dict, workdir: Path) -> dict:
     log("inspect", file=src.name)
     onnxrt.check_io(onnxrt.load_model(src), model_spec)
     calib, held_out, labels = _samples(request, workdir)
+    reference_runner = onnxrt.Runner(src)
+    src = onnxrt.with_node_names(src, workdir / "build")  # what the builds read: every node addressable
 
     out_dir, out_uri = _output_dir(request, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log("build", runtime=runtime, precision=precision, calibration_samples=len(calib))
-    started = time.monotonic()
-    def rebuild(exclude: list[str], op_types: tuple[str, ...] | None):
-        """The artifact again with ``exclude`` (ONNX node names) kept in fp32 and only ``op_types``
-        quantised (int8 only)."""
-        return build_artifact(runtime, precision, src, out_dir, calib, model_spec["inputs"][0]["name"],
-                              workdir / "build", parameters, exclude=exclude, op_types=op_types)
-
-    artifact, built, versions = build_artifact(runtime, precision, src, out_dir, calib,
-                                               model_spec["inputs"][0]["name"], workdir / "build", parameters)
-    log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
-        seconds=round(time.monotonic() - started, 1), **versions)
-
     task = tasks.task_of(model_spec)
     metric, least = gates.gate_of(task, compile_spec.get("accuracyGate"))
-    gate = {"metric": metric, "min": least}
-    reference_runner = onnxrt.Runner(src)
-    if task == tasks.Task.CLASSIFICATION:
-        acc = onnxrt.compare(reference_runner, built, held_out, labels)
-        measured = acc.top1_agreement if metric == "top1Agreement" else acc.top1_accuracy
-        log("accuracy", top1_agreement=acc.top1_agreement, top1_accuracy=acc.top1_accuracy,
-            reference_top1_accuracy=acc.reference_accuracy, samples=acc.samples, labelled=acc.labelled, gate=gate)
-        if measured is None:
-            raise TargetUnavailable("compile.accuracyGate.metric", "top1Accuracy needs labels (≥ 0) for the "
-                                                                   "held-out samples in the calibration .npz")
-        if measured < least:
-            raise GateFailed(f"accuracy gate failed: {metric} {measured:.4f} < {least} "
-                             f"on {acc.samples} held-out samples (runtime {runtime}, precision {precision}; "
-                             f"top-1 agreement {acc.top1_agreement:.4f}"
-                             + (f", top-1 accuracy {acc.top1_accuracy:.4f} vs fp32 {acc.reference_accuracy:.4f})"
-                                if acc.top1_accuracy is not None else ")"))
-        extra = {"top1Agreement": round(acc.top1_agreement, 6),
-                 **({"top1Accuracy": round(acc.top1_accuracy, 6),
-                     "referenceTop1Accuracy": round(acc.reference_accuracy, 6)}
-                    if acc.top1_accuracy is not None else {})}
+    input_name = model_spec["inputs"][0]["name"]
+    auto = precision == "auto"
+    wanted = candidates(runtime, len(calib) > 0) if auto else [precision]
+    compile_started = time.monotonic()
+    tried: list[dict] = []  # one entry per candidate, for the result
+    passed: list[dict] = []  # the candidates that passed: artifact, runner, numbers
+    failures: list[GateFailed] = []
+    fallback_summary = None  # the accuracy-aware int8 search, when one ran
+    for p in wanted:
+        cdir = workdir / "candidates" / p if auto else out_dir
+        cdir.mkdir(parents=True, exist_ok=True)
+        params = {**parameters, **({HINT_BF16: "YES"} if p == "bf16" else {})}
+        cache = workdir / "build" / f"calibration-{p}.json"
+        log("build", runtime=runtime, precision=p, calibration_samples=len(calib), candidate=auto)
+        started = time.monotonic()
+
+        def rebuild(exclude: list[str], op_types: tuple[str, ...] | None, p=p, cdir=cdir, params=params):
+            """The artifact again with ``exclude`` (ONNX node names) kept in fp32 and only ``op_types``
+            quantised (int8 only)."""
+            return build_artifact(runtime, p, src, cdir, calib, input_name, workdir / "build", params,
+                                  exclude=exclude, op_types=op_types)
+
+        artifact, built, versions = build_artifact(
+            runtime, p, src, cdir, calib, input_name, workdir / "build", params,
+            calibration_cache=cache if runtime == "onnxruntime" and p == "int8" and task == tasks.Task.CLASSIFICATION
+            else None)
+        log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
+            seconds=round(time.monotonic() - started, 1), **versions)
+        entry: dict = {"precision": p}
+        try:
+            if task == tasks.Task.CLASSIFICATION:
+                try:
+                    measured, extra = _classification_gate(reference_runner, built, held_out, labels, metric, least,
+                                                           f"runtime {runtime}, precision {p}")
+                except GateFailed as plain:
+                    if p != "int8" or not len(calib) or _fallback_settings(compile_spec)[0] <= 0:
+                        raise
+                    tried.append({**entry, "accuracy": round(plain.measured, 6), "passed": False,
+                                  "seconds": round(time.monotonic() - started, 1)})
+                    entry, started = {"precision": "int8", "mixed": True}, time.monotonic()
+                    artifact, built, versions, measured, extra = _mixed_int8(
+                        runtime, src, cdir, calib, held_out, labels, input_name, workdir, params, reference_runner,
+                        metric, least, compile_spec, cache, plain, artifact)
+                    fallback_summary = extra["fallback"]
+                    entry["fp32Layers"] = extra["fp32Layers"]
+            else:
+                m, built, artifact, kept = _task_gate(task, tasks.resolve(model_spec), metric, least, reference_runner,
+                                                      built, artifact, held_out, labels, rebuild, src,
+                                                      fallback_steps(runtime) if p == "int8" else [])
+                measured = m.metrics[metric]
+                extra = {"metrics": {k: round(v, 6) for k, v in m.metrics.items()},
+                         **({"referenceMetrics": {k: round(v, 6) for k, v in m.reference.items()}} if m.reference else {}),
+                         **kept}
+        except GateFailed as e:
+            fallback_summary = e.kept.get("fallback", fallback_summary)
+            if not auto:
+                raise
+            failures.append(e)
+            tried.append({**entry, "accuracy": round(e.measured, 6) if e.measured is not None else None,
+                          "passed": False, "seconds": round(time.monotonic() - started, 1),
+                          **{k: e.kept[k] for k in ("fp32Layers", "searchAgreement") if k in e.kept}})
+            continue
+        entry.update({"accuracy": round(measured, 6), "passed": True, "seconds": round(time.monotonic() - started, 1)})
+        tried.append(entry)
+        passed.append({"precision": p, "dir": cdir, "artifact": artifact, "built": built, "versions": versions,
+                       "measured": measured, "extra": extra, "params": params, "entry": entry})
+    if not passed:
+        raise GateFailed(f"no candidate passed the accuracy gate ({metric} ≥ {least}): "
+                         + "; ".join(_describe(t, metric) for t in tried) + " | " + " | ".join(str(e) for e in failures),
+                         kept={"fallback": fallback_summary} if fallback_summary else None)
+
+    for c in passed:
+        log("profile", batches=list(BATCHES), cpu_limit=request.get("cpuLimit"), instances=instances,
+            parameters=c["params"], precision=c["precision"])
+        points, chosen, reason, rate = _profile_and_choose(c["built"], held_out, batching, instances)
+        for pt in points:
+            log("profiled", batch=pt.batch, p50_ms=round(pt.p50_ms, 3), p99_ms=round(pt.p99_ms, 3),
+                throughput=round(pt.throughput, 1), precision=c["precision"])
+        c.update(points=points, chosen=chosen, reason=reason, rate=rate)
+        size = chosen.get("maxBatchSize") or 1
+        c["entry"].update({"throughput": round(rate, 1), "batch": size,
+                           "p99Ms": next((round(pt.p99_ms, 3) for pt in points if pt.batch == size), None)})
+    win = max(passed, key=lambda c: c["rate"])
+    if auto:
+        others = [f"{_name(c['entry'])} {c['rate']:.1f}/s" for c in passed if c is not win]
+        failed = [_describe(t, metric) for t in tried if not t["passed"]]
+        choice = (f"{win['precision']}: fastest that passed, {win['rate']:.1f} inferences/s at batch "
+                  f"{win['chosen'].get('maxBatchSize') or 1} within {batching.get('latencyBudgetMs', '-')} ms"
+                  + (f"; vs {', '.join(others)}" if others else "") + (f"; failed the gate: {', '.join(failed)}"
+                                                                        if failed else ""))
+        for f in win["dir"].iterdir():  # the winner's files become the entry
+            if f.is_file():
+                shutil.copy2(f, out_dir / f.name)
+        artifact = out_dir / win["artifact"].name
     else:
-        params = tasks.resolve(model_spec)
-        m, built, artifact, kept = _task_gate(task, params, metric, least, reference_runner, built, artifact, held_out,
-                                              labels, rebuild, src,
-                                              fallback_steps(runtime) if precision == "int8" else [])
-        measured = m.metrics[metric]
-        extra = {"metrics": {k: round(v, 6) for k, v in m.metrics.items()},
-                 **({"referenceMetrics": {k: round(v, 6) for k, v in m.reference.items()}} if m.reference else {}),
-                 **kept}
+        choice, artifact = None, win["artifact"]
+    precision = win["precision"]
+    built, versions, measured, extra, parameters = win["built"], win["versions"], win["measured"], win["extra"], win["params"]
+    points, chosen, reason = win["points"], win["chosen"], win["reason"]
+    for t in tried:
+        t["chosen"] = t is win["entry"]
+    log("batching", choice=chosen, reason=reason, precision=precision, **({"why": choice} if choice else {}))
 
     drift_ref = None
     if 0 < len(calib) < reference.MIN_SAMPLES:
@@ -371,29 +618,6 @@ def compile_request(request: dict, workdir: Path) -> dict:
         log("drift-reference", file=drift_ref.name, samples=ref.samples, features=ref.classes,
             reduced_dims=ref.reduced.shape[1], task=task.value)
 
-    log("profile", batches=list(BATCHES), cpu_limit=request.get("cpuLimit"), instances=instances,
-        parameters=parameters)
-    # Time per batch size: long enough for a stable p99 on a node; tests shorten it.
-    points = onnxrt.profile(built, held_out, list(BATCHES),
-                            seconds_per_point=float(os.environ.get("VISIONFLEET_PROFILE_SECONDS", "1.0")),
-                            stop_above_ms=float(batching["latencyBudgetMs"]) if batching.get("mode") != "manual" else None)
-    for p in points:
-        log("profiled", batch=p.batch, p50_ms=round(p.p50_ms, 3), p99_ms=round(p.p99_ms, 3),
-            throughput=round(p.throughput, 1))
-    if batching.get("mode") == "manual":
-        chosen = {k: batching[k] for k in ("maxBatchSize", "preferredBatchSizes", "maxQueueDelayMicroseconds",
-                                           "instanceCount") if batching.get(k) is not None}
-        reason = "manual settings from the spec"
-    else:
-        c = choose_batching(points, float(batching["latencyBudgetMs"]))
-        chosen = {"maxBatchSize": c.max_batch_size, "preferredBatchSizes": list(c.preferred_batch_sizes),
-                  "maxQueueDelayMicroseconds": c.max_queue_delay_microseconds, "instanceCount": c.instance_count}
-        chosen = {k: v for k, v in chosen.items() if v is not None}
-        reason = c.reason
-    log("batching", choice=chosen, reason=reason)
-    if (chosen.get("instanceCount") or 1) != instances:  # the profile ran under another instance's threads
-        raise RuntimeError(f"batching chose {chosen.get('instanceCount')} instances, the threads were derived "
-                           f"and profiled for {instances}")
     config = triton_config.render(model_spec, runtime, chosen, parameters)
     check_triton_config(config)
     (out_dir / CONFIG_FILE).write_text(config)
@@ -407,18 +631,24 @@ def compile_request(request: dict, workdir: Path) -> dict:
 
         log("upload", to=out_uri, files=sorted(sums))
         upload_entry(out_dir, out_uri, sums)
+    features = cpu.features()
     return {
         "artifact": f"{out_uri}/{artifact.name}",
         "sha256": sums[artifact.name],
         "accuracy": round(measured, 6),
         "p99MsAtBatch": {str(p.batch): round(p.p99_ms, 3) for p in points},
         "batching": chosen,
+        "precision": precision,
         "runtime": {"name": runtime, "precision": precision, **versions,
-                    "cpu": platform.processor() or platform.machine()},
+                    "cpu": cpu.model_name(), "cpuFeatures": sorted(k for k, v in features.items() if v)},
         "files": files,
         "throughputAtBatch": {str(p.batch): round(p.throughput, 1) for p in points},
         "driftReference": f"{out_uri}/{drift_ref.name}" if drift_ref else None,
         "accuracyMetric": metric,
+        "candidates": tried,
+        **({"choice": choice[:480]} if choice else {}),
+        **({"fallback": fallback_summary} if fallback_summary else {}),
+        "compileSeconds": round(time.monotonic() - compile_started, 1),
         **extra,
         # Only when there are any: a result without the field renders exactly the config.pbtxt of before.
         **({"parameters": parameters} if parameters else {}),

@@ -33,7 +33,7 @@ class CompileRequest(TypedDict, total=False):
     revision: str
     # "class" is a Python keyword: the request carries it as the key "class".
     runtime: str  # tensorrt | onnxruntime | openvino
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # fp32 | fp16 | bf16 | int8 | auto (the program builds the candidates and keeps one)
     model: dict  # spec.model (name, version, uri, sha256, inputs: [Tensor], outputs: [Tensor])
     compile: dict  # spec.compile (calibration, accuracyGate, batching, timeout)
     output: Output
@@ -52,6 +52,13 @@ class CompileResult(TypedDict, total=False):
     metrics: dict[str, float]
     referenceMetrics: dict[str, float]
     fp32Nodes: int  # int8 nodes kept in fp32 (the head) so that the gate passes; absent when none
+    precision: str  # the precision of the artifact kept (auto: the winner)
+    fp32Layers: int  # a classifier's int8 layers the accuracy-aware fallback kept in fp32; absent when none
+    candidates: list[dict]  # each built and gated: precision, mixed, fp32Layers, accuracy, searchAgreement,
+    #                         passed, throughput, batch, p99Ms, seconds, chosen
+    choice: str  # precision auto: why the winner won
+    fallback: dict  # the accuracy-aware search: layers, trials, ranking, why it stopped
+    compileSeconds: float
     int8OpTypes: list[str]  # the only operations quantised (a fallback that passed); absent: every one
     p99MsAtBatch: dict[str, float]
     batching: Batching
@@ -73,4 +80,5 @@ class CompileResult(TypedDict, total=False):
 RESULT_REQUIRED = ("artifact", "sha256", "accuracy", "p99MsAtBatch", "batching", "files")
 # What a truncated message keeps: the required fields and every other one the operator renders
 # config.pbtxt from, or its ConfigMap would differ from the file the compile Job wrote.
-RESULT_KEPT = (*RESULT_REQUIRED, "parameters", "accuracyMetric", "metrics")
+RESULT_KEPT = (*RESULT_REQUIRED, "parameters", "accuracyMetric", "metrics", "precision", "fp32Layers", "candidates",
+               "choice", "compileSeconds")

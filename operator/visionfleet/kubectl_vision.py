@@ -163,6 +163,26 @@ def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
             for r in cells]
 
 
+def candidates_line(comp: dict) -> str:
+    """The compile Job's candidates in one line: precision, gate metric, passed or not, speed."""
+    parts = []
+    for k in comp.get("candidates") or []:
+        name = k.get("precision", "?")
+        if k.get("mixed"):
+            name += f" mixed ({k['fp32Layers']} layers fp32)" if k.get("fp32Layers") is not None else " mixed"
+        if k.get("accuracy") is not None:
+            name += f" {k['accuracy']:.4f}"
+        elif k.get("searchAgreement") is not None:
+            name += f" ≤{k['searchAgreement']:.4f}"
+        name += " passed" if k.get("passed") else " failed"
+        if k.get("throughput") is not None:
+            name += f" {k['throughput']:g}/s at batch {k.get('batch', '?')}"
+        parts.append(name + (" (chosen)" if k.get("chosen") else ""))
+    if not parts and comp.get("fp32Layers"):
+        parts.append(f"int8 with {comp['fp32Layers']} layers kept in fp32")
+    return ", ".join(parts)
+
+
 def field_lines(pairs: list[tuple[str, str]], indent: str = "") -> list[str]:
     width = max(len(k) for k, _ in pairs) + 3  # "Key:" and at least two spaces, as kubectl describe
     return [f"{indent}{(k + ':').ljust(width)}{v}" for k, v in pairs]
@@ -265,6 +285,8 @@ def render_status(obj: dict, now: datetime) -> str:
             batching = comp.get("batching") or {}
             stable_n, canary_n, ready = c.get("stableReplicas", 0), c.get("canaryReplicas", 0), c.get("ready", 0)
             runtime = "/".join(x for x in (c.get("runtime"), c.get("precision")) if x)
+            if comp.get("precision") and comp["precision"] != c.get("precision"):
+                runtime += f"→{comp['precision']}"  # what precision auto chose
             rows.append([c.get("name"), runtime, c.get("nodes"), comp.get("state"),
                          fmt_num(comp.get("accuracy"), ".4f"), batching.get("maxBatchSize"),
                          fmt_us(batching.get("maxQueueDelayMicroseconds")), stable_n, canary_n,
@@ -272,6 +294,9 @@ def render_status(obj: dict, now: datetime) -> str:
             if comp.get("message"):
                 notes.append(f"  {c.get('name')}: compile {comp.get('state', '?')} ({short(comp.get('revision'))}): "
                              f"{comp['message']}")
+            if len(comp.get("candidates") or []) > 1 or comp.get("fp32Layers"):
+                notes.append(f"  {c.get('name')}: candidates {candidates_line(comp)}"
+                             + (f"; chose {comp['choice']}" if comp.get("choice") else ""))
             # The class's own message (a serving pod that waits, a weight its replicas cannot give, no
             # nodes), less the compile message it repeats.
             rest = "; ".join(p for p in (c.get("message") or "").split("; ")

@@ -96,14 +96,43 @@ def test_gate_rejects_an_artifact_made_worse_on_purpose(sample, tmp_path):
     images[: sample["calibrationSamples"]] *= 0.05
     bad = tmp_path / "bad-calibration.npz"
     np.savez(bad, images=images, labels=data["labels"])
-    code, message, logs = compile_(tmp_path, request(sample, "onnxruntime", "int8",
-                                                     {"metric": "top1Agreement", "min": 0.85},
-                                                     calibration_uri=f"file://{bad}"))
+    req = request(sample, "onnxruntime", "int8", {"metric": "top1Agreement", "min": 0.85},
+                  calibration_uri=f"file://{bad}")
+    req["compile"]["int8Fallback"] = {"budgetSeconds": 0}  # the plain artifact's gate (the fallback: below)
+    code, message, logs = compile_(tmp_path, req)
     assert code == 3, message
     assert message.startswith("accuracy gate failed: top1Agreement ") and "< 0.85 on 400 held-out samples" in message
     measured = next(e for e in logs if e["phase"] == "accuracy")
     assert measured["top1_agreement"] < 0.5 and f"{measured['top1_agreement']:.4f}" in message
     assert not any(e["phase"] == "profile" for e in logs), "nothing is profiled or written after a failed gate"
+
+
+def test_precision_auto_keeps_the_fastest_artifact_that_passes(sample, tmp_path):
+    """The default gate (top-1 agreement ≥ 0.99) on the real model: plain int8 misses it (≈ 0.93), the
+    accuracy-aware search keeps layers in fp32 within its budget, and whatever passes (fp32 at least)
+    is profiled and the fastest kept, with every candidate and the reason in the result."""
+    req = request(sample, "onnxruntime", "auto", {})
+    req["compile"]["int8Fallback"] = {"budgetSeconds": 60}
+    code, message, logs = compile_(tmp_path, req)
+    assert code == 0, message
+    raw = json.loads(message)
+    result, why = parse_result(message)
+    assert why is None and result.precision == raw["precision"] == raw["runtime"]["precision"]
+    tried = raw["candidates"]
+    plain, *rest = tried
+    assert plain["precision"] == "int8" and not plain.get("mixed") and plain["accuracy"] < 0.99 and not plain["passed"]
+    mixed = next(c for c in rest if c.get("mixed"))
+    search = raw["fallback"]
+    assert search["trials"] and search["int8Layers"] + search["fp32Layers"] == 60 and search["target"] == 0.9925
+    assert mixed["passed"] == (mixed.get("accuracy") is not None and mixed["accuracy"] >= 0.99)
+    fp32 = next(c for c in tried if c["precision"] == "fp32")
+    assert fp32["passed"] and fp32["accuracy"] == 1.0
+    chosen = next(c for c in tried if c.get("chosen"))
+    assert chosen["throughput"] == max(c["throughput"] for c in tried if c["passed"])
+    assert raw["choice"].startswith(f"{chosen['precision']}") and "failed the gate: int8 top1Agreement" in raw["choice"]
+    assert "vnni" in raw["runtime"]["cpuFeatures"] or "avx2" in raw["runtime"]["cpuFeatures"]
+    phases = [e["phase"] for e in logs]
+    assert "fallback" in phases and "fallback-search" in phases and phases[-1] == "done"
 
 
 @pytest.mark.skipif(tensorrt_target.available() is not None,

@@ -79,6 +79,19 @@ BAD_SPECS = [
      [".spec.fleet.classes", 'duplicate entries for key [name="xeon"]']),
     ("fp16-on-cpu", lambda o: s(o)["fleet"]["classes"][1].update(precision="fp16"),
      ["spec.fleet.classes[1].precision", "fp16 needs runtime tensorrt"]),
+    ("bf16-on-onnxruntime", lambda o: s(o)["fleet"]["classes"][1].update(precision="bf16"),
+     ["spec.fleet.classes[1].precision", "bf16 needs runtime openvino"]),
+    ("bf16-on-tensorrt", lambda o: s(o)["fleet"]["classes"][0].update(precision="bf16"),
+     ["spec.fleet.classes[0].precision", "bf16 needs runtime openvino"]),
+    ("discover-bf16-on-onnxruntime", lambda o: s(o).update(fleet={"discover": {
+        "groupBy": ["pool"], "cpuRuntime": "onnxruntime", "cpuPrecision": "bf16"}}),
+     ["spec.fleet.discover.cpuPrecision", "bf16 needs cpuRuntime openvino"]),
+    ("discover-gpu-fp32", lambda o: s(o).update(fleet={"discover": {"groupBy": ["pool"], "gpuPrecision": "fp32"}}),
+     ["spec.fleet.discover.gpuPrecision", "fp16, int8 or auto"]),
+    ("fallback-fraction-zero", lambda o: s(o).update(compile={"int8Fallback": {"maxLayersFraction": 0}}),
+     ["spec.compile.int8Fallback.maxLayersFraction", "greater than 0"]),
+    ("fallback-budget-over-an-hour", lambda o: s(o).update(compile={"int8Fallback": {"budgetSeconds": 7200}}),
+     ["spec.compile.int8Fallback.budgetSeconds", "less than or equal to 3600"]),
     ("tensorrt-without-gpu", lambda o: s(o)["fleet"]["classes"][0].pop("resources"),
      ["spec.fleet.classes[0].resources", "nvidia.com/gpu"]),
     ("replicas-min-above-max", lambda o: s(o)["fleet"]["classes"][0].update(replicas={"min": 5, "max": 2}),
@@ -242,6 +255,19 @@ def test_every_example_applies(crd, namespace, example):
     assert stored["spec"]["model"] == doc["spec"]["model"]
 
 
+def test_precision_auto_needs_no_calibration_and_bf16_applies_on_openvino(crd, namespace):
+    def auto(o):
+        s(o)["fleet"]["classes"][1].update(precision="auto")
+        s(o)["fleet"]["classes"].append({"name": "spr", "nodeSelector": {"pool": "spr"}, "runtime": "openvino",
+                                         "precision": "bf16"})
+        s(o)["fleet"]["classes"][0].update(precision="auto")
+    obj = mutate(auto)
+    obj["metadata"]["name"] = "precision-auto"
+    assert "serverside-applied" in apply(crd, namespace, obj).stdout
+    got = crd.kubectl_json("get", "vd", "precision-auto", "-n", namespace)["spec"]["fleet"]["classes"]
+    assert [c["precision"] for c in got] == ["auto", "auto", "bf16"]
+
+
 def test_server_fills_defaults(crd, namespace):
     apply(crd, namespace, BASE)
     spec = crd.kubectl_json("get", "vd", "probe", "-n", namespace)["spec"]
@@ -254,6 +280,7 @@ def test_server_fills_defaults(crd, namespace):
     # The gate's defaults depend on model.task: left unset, the compile program resolves them.
     assert "accuracyGate" not in spec["compile"]
     assert spec["compile"]["batching"] == {"mode": "auto", "latencyBudgetMs": 50}
+    assert spec["compile"]["int8Fallback"] == {"budgetSeconds": 120, "maxLayersFraction": 0.5}
     xeon = spec["fleet"]["classes"][1]
     assert xeon["precision"] == "fp32" and xeon["replicas"] == {"min": 1, "max": 4}
 

@@ -1,5 +1,6 @@
 """The accuracy-aware int8 fallback's parts on tiny graphs: the search over a ranked list, the layers
-a kept one takes along, the sensitivity ranking, and the CPU features it is chosen by."""
+a kept one takes along, the ranking by output divergence, the whole fallback, and the CPU features
+it is chosen by."""
 
 from __future__ import annotations
 
@@ -79,14 +80,72 @@ def test_search_target_leaves_room_above_the_gate():
     assert fallback.search_target(1.0) == 1.0
 
 
-def test_sensitivity_ranks_the_layer_int8_hurts_most_first(tmp_path):
-    src = chain(tmp_path / "m.onnx", noisy=50)
-    x = np.random.default_rng(1).standard_normal((32, C, H, W)).astype(np.float32)
+def test_divergence_is_zero_for_the_same_outputs_and_grows_with_the_change():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((16, 10))
+    noise = rng.standard_normal((16, 10))
+    assert fallback.divergence(ref, ref) == pytest.approx(0.0, abs=1e-12)
+    assert 0 < fallback.divergence(ref, ref + 0.1 * noise) < fallback.divergence(ref, ref + noise)
+
+
+def test_rank_puts_the_largest_divergence_first_and_stops_at_its_budget():
+    now = [0.0]
+
+    def alone(name):
+        now[0] += 10
+        return {"a": 0.1, "b": 0.5, "c": 0.3, "d": 0.9}[name]
+
+    ranked, note = fallback.rank(["a", "b", "c", "d"], alone, budget_s=100, clock=lambda: now[0])
+    assert [n for n, _ in ranked] == ["d", "b", "c", "a"] and "4 layers ranked" in note
+    now[0] = 0.0
+    ranked, note = fallback.rank(["a", "b", "c", "d"], alone, budget_s=15, clock=lambda: now[0])
+    # a and b measured (the budget is checked before each), c and d follow unranked in graph order
+    assert [n for n, _ in ranked] == ["b", "a", "c", "d"] and "2 of 4" in note
+
+
+class FakeInt8:
+    """Logits = images · M, plus noise from each quantised layer not kept in fp32 (conv2's the worst)."""
+
+    NOISE = {"conv1": 0.02, "conv2": 3.0, "add": 0.05}
+
+    def __init__(self, excluded):
+        rng = np.random.default_rng(7)
+        self.m = rng.standard_normal((C * H * W, 10)).astype(np.float32)
+        self.n = rng.standard_normal((C * H * W, 10)).astype(np.float32)
+        self.scale = sum(v for k, v in self.NOISE.items() if k not in set(excluded))
+
+    def run(self, x):
+        flat = x.reshape(len(x), -1)
+        return flat @ self.m + self.scale * (flat @ self.n)
+
+
+def test_accuracy_aware_keeps_the_layer_that_moves_the_output_most(tmp_path):
+    src = chain(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((64, C, H, W)).astype(np.float32)
     q = onnxrt.build_int8(src, tmp_path / "q.onnx", x, "images", reduce_range=False)
-    ranked = fallback.sensitivity(onnx.load(src), onnx.load(q), x, "images")
-    names = [n for n, _ in ranked]
-    assert set(names) <= {"conv1", "conv2", "add"} and "conv2" in names
-    assert names[0] == "conv2" and all(v >= 0 for _, v in ranked)
+    assert fallback.quantised_nodes(onnx.load(q)) == ["conv1", "conv2", "add"]
+    reference = FakeInt8(["conv1", "conv2", "add"]).run(x)
+    built = []
+
+    def build(exclude):
+        built.append(sorted(exclude))
+        return FakeInt8(exclude)
+
+    out = fallback.accuracy_aware(onnx.load(src), onnx.load(q), build, x, reference, least=0.99, max_fraction=1.0)
+    assert out.passed and out.kept == ["conv2"] and out.exclude == ["conv2", "pad2"]  # with the Pad before it
+    assert out.layers == 3 and out.as_result()["fp32Layers"] == 1 and out.as_result()["int8Layers"] == 2
+    assert [t["fp32Layers"] for t in out.as_result()["trials"]] == [1]
+    # ranking: each layer alone in int8, every other (with its closure) excluded
+    assert built[:3] == [["add", "conv2", "pad2"], ["add", "conv1"], ["conv1", "conv2", "pad2"]]
+    # at most a third of the layers: conv2 alone still fits; none at all passes → no mix
+    assert fallback.accuracy_aware(onnx.load(src), onnx.load(q), build, x, reference, least=0.99,
+                                   max_fraction=0.34).kept == ["conv2"]
+    FakeInt8.NOISE = {"conv1": 3.0, "conv2": 3.0, "add": 3.0}
+    try:
+        none = fallback.accuracy_aware(onnx.load(src), onnx.load(q), build, x, reference, least=0.99, max_fraction=0.34)
+    finally:
+        FakeInt8.NOISE = {"conv1": 0.02, "conv2": 3.0, "add": 0.05}
+    assert not none.passed and none.exclude == [] and "most allowed" in none.search.stopped
 
 
 def test_excluding_a_layer_with_the_calibration_cache_skips_the_calibration(tmp_path):

@@ -12,9 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from visionfleet.observe.kube import parse_result
-from visionfleet_compile import program, tensorrt_target
+from visionfleet_compile import cpu, program, tensorrt_target
 
 C, H, W, CLASSES = 3, 8, 8, 10
+HOST = cpu.features()  # this CPU's own (the ``files`` fixture hides its bf16)
 
 
 def tiny_classifier(path, seed=0):
@@ -52,6 +53,9 @@ def files(tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONFLEET_PVC_ROOT", str(root))
     monkeypatch.setenv("VISIONFLEET_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("VISIONFLEET_PROFILE_SECONDS", "0.05")
+    # The same answers on every CPU: no bf16 (openvino fp32 is allowed and pinned to f32), unless a
+    # test says otherwise (``with_bf16``).
+    monkeypatch.setattr(cpu, "features", lambda: {**HOST, "bf16": False})
     return {"root": root, "sha": hashlib.sha256(model.read_bytes()).hexdigest(), "tmp": tmp_path}
 
 
@@ -110,6 +114,8 @@ def test_compiles_and_reports_a_result_the_operator_reads(files, capsys, precisi
         assert (out / "model.bin").stat().st_size > 0 and raw["files"]["model.bin"]
         xml = (out / "model.xml").read_text()
         assert ("FakeQuantize" in xml or "FakeConvert" in xml) == (precision == "int8"), "int8 IR iff int8"
+        if precision == "fp32":  # pinned: the gate and profile measured f32, not the plugin's default
+            assert raw["runtime"]["inferencePrecision"] == "fp32"
 
 
 def test_accuracy_gate_failure_exits_3_with_the_numbers(files, capsys):
@@ -141,7 +147,11 @@ def test_manual_batching_overrides_the_profile(files, capsys):
                      "tensorrt cannot run on this node: no NVIDIA GPU is visible", id="no-gpu",
                      marks=pytest.mark.skipif(tensorrt_target.gpu() is not None, reason="this machine has a GPU")),
         pytest.param(lambda r: r.update(runtime="openvino", precision="fp16"), "fleet.classes[].precision",
-                     "openvino on CPU builds fp32 or int8, not fp16", id="openvino-fp16"),
+                     "openvino on CPU builds fp32, bf16 or int8 (or auto), not fp16", id="openvino-fp16"),
+        pytest.param(lambda r: r.update(runtime="onnxruntime", precision="bf16"), "fleet.classes[].precision",
+                     "onnxruntime on CPU builds fp32 or int8 (or auto), not bf16", id="onnxruntime-bf16"),
+        pytest.param(lambda r: r.update(runtime="openvino", precision="bf16"), "fleet.classes[].precision",
+                     "bf16 needs a CPU with AVX-512 BF16 or AMX", id="bf16-without-bf16"),
         pytest.param(lambda r: r["compile"].pop("calibration") and r.update(precision="int8"), "compile.calibration",
                      "int8 needs calibration data", id="int8-without-calibration"),
     ],
@@ -151,6 +161,109 @@ def test_bad_input_exits_2_naming_the_field(files, capsys, change, field, text):
     change(req)
     code, message = run(files, req, capsys)
     assert code == 2 and message.startswith(field + ":") and text in message
+
+
+def test_openvino_fp32_is_refused_where_the_plugin_would_run_bf16(files, capsys, monkeypatch):
+    """Triton's openvino backend cannot pin f32: on a CPU with bf16 an fp32 artifact would be served in
+    bf16, so the compile Job refuses it and names what runs."""
+    monkeypatch.setattr(cpu, "features", lambda: {**HOST, "bf16": True})
+    code, message = run(files, request(files, "fp32", "openvino"), capsys)
+    assert code == 2 and message.startswith("fleet.classes[].precision:") and "choose bf16" in message
+
+
+@pytest.mark.skipif(not HOST["bf16"], reason="this CPU has no AVX-512 BF16 or AMX")
+def test_openvino_bf16_runs_bf16_and_tells_triton_so(files, capsys, monkeypatch):
+    monkeypatch.setattr(cpu, "features", lambda: HOST)
+    code, message = run(files, request(files, "bf16", "openvino"), capsys)
+    assert code == 0, message
+    raw = json.loads(message)
+    assert raw["precision"] == "bf16" and raw["runtime"]["inferencePrecision"] == "bf16"
+    assert raw["parameters"] == {"HINT_BF16": "YES"} and "bf16" in raw["runtime"]["cpuFeatures"]
+    out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
+    assert 'key: "HINT_BF16"' in (out / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_auto_gates_every_candidate_and_keeps_the_fastest_that_passes(files, capsys, runtime):
+    code, message = run(files, request(files, "auto", runtime), capsys)
+    assert code == 0, message
+    result, why = parse_result(message)
+    assert why is None
+    raw = json.loads(message)
+    tried = raw["candidates"]
+    assert [c["precision"] for c in tried] == ["int8", "fp32"] and all(c["passed"] for c in tried)
+    chosen = [c for c in tried if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["throughput"] == max(c["throughput"] for c in tried)
+    assert raw["precision"] == raw["runtime"]["precision"] == chosen[0]["precision"] == result.precision
+    assert raw["choice"].startswith(f"{chosen[0]['precision']}: fastest that passed")
+    assert [c.precision for c in result.candidates] == ["int8", "fp32"] and result.compile_seconds > 0
+    # the entry holds the winner's files, and only those
+    out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
+    artifact = out / ARTIFACT[runtime]
+    assert raw["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+    if runtime == "onnxruntime":
+        ops = {n.op_type for n in onnx.load(artifact).graph.node}
+        assert ("QuantizeLinear" in ops) == (raw["precision"] == "int8")
+
+
+def test_auto_without_calibration_images_tries_the_float_format_only(files, capsys):
+    req = request(files, "auto")
+    req["compile"].pop("calibration")
+    code, message = run(files, req, capsys)
+    assert code == 0, message
+    assert [c["precision"] for c in json.loads(message)["candidates"]] == ["fp32"]
+
+
+def test_auto_with_no_candidate_passing_exits_3_naming_each(files, capsys):
+    code, message = run(files, request(files, "auto", accuracyGate={"metric": "top1Agreement", "min": 1.01},
+                                       int8Fallback={"budgetSeconds": 0}), capsys)
+    assert code == 3 and message.startswith("no candidate passed the accuracy gate (top1Agreement ≥ 1.01): int8 ")
+    assert "; fp32 top1Agreement 1.0000" in message
+
+
+def narrow_calibration(files):
+    """The calibration images scaled to a thousandth: every activation range too narrow, int8 saturates."""
+    data = np.load(files["root"] / "models" / "calib.npz")
+    images = data["images"].copy()
+    images[:64] *= 0.001
+    np.savez(files["root"] / "models" / "narrow.npz", images=images, labels=data["labels"])
+    return {"uri": "pvc://models/narrow.npz", "samples": 64}
+
+
+def test_int8_that_misses_the_gate_keeps_its_most_sensitive_layers_in_fp32(files, capsys):
+    req = request(files, "int8", calibration=narrow_calibration(files), int8Fallback={"maxLayersFraction": 1.0},
+                  accuracyGate={"metric": "top1Agreement", "min": 0.97})
+    code, message = run(files, req, capsys)
+    assert code == 0, message
+    raw = json.loads(message)
+    result, _ = parse_result(message)
+    assert raw["accuracy"] >= 0.97 and raw["precision"] == "int8" and raw["fp32Layers"] >= 1
+    assert result.fp32_layers == raw["fp32Layers"] == raw["fallback"]["fp32Layers"]
+    plain, mixed = raw["candidates"]
+    assert plain == {**plain, "precision": "int8", "passed": False} and plain["accuracy"] < 0.97
+    assert mixed["mixed"] and mixed["passed"] and mixed["fp32Layers"] == raw["fp32Layers"]
+    assert raw["fallback"]["trials"][-1]["agreement"] >= raw["fallback"]["target"] or len(raw["fallback"]["trials"]) > 1
+    # the artifact served is the mix: some compute layers read no int8 tensor
+    out = files["root"] / "models" / "repository" / "tiny" / "0123456789ab-xeon"
+    model = onnx.load(out / "model.onnx")
+    prod = {o: n for n in model.graph.node for o in n.output}
+    plain_compute = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")
+                     and not any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert len(plain_compute) >= 1
+
+
+def test_the_fallback_off_or_at_its_limit_fails_the_gate_with_what_it_tried(files, capsys):
+    calibration = narrow_calibration(files)
+    code, message = run(files, request(files, "int8", calibration=calibration, int8Fallback={"budgetSeconds": 0},
+                                       accuracyGate={"metric": "top1Agreement", "min": 0.97}), capsys)
+    assert code == 3 and "accuracy-aware" not in message
+    code, message = run(files, request(files, "int8", calibration=calibration,
+                                       int8Fallback={"maxLayersFraction": 0.01},
+                                       accuracyGate={"metric": "top1Agreement", "min": 0.97}), capsys)
+    # one layer at most (a fraction never rounds below one): the mix passes the search's images (the
+    # narrow calibration ones) but not the held-out ones, and may keep no more
+    assert code == 3 and message.startswith("accuracy gate failed: top1Agreement ")
+    assert "the most allowed stopped the held-out retries at 1" in message
 
 
 def test_a_runtime_crash_still_reaches_the_operator(files, capsys, monkeypatch):

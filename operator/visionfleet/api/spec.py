@@ -75,7 +75,9 @@ class Runtime(str, Enum):
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"
     INT8 = "int8"
+    AUTO = "auto"
 
 
 class TensorSpec(Model):
@@ -346,11 +348,18 @@ class ReplicaRange(Model):
     }
 
 
-# The precisions each runtime builds. ONNX Runtime and OpenVINO serve on CPUs here, where only fp32
-# and int8 (static quantization with the calibration set) are worth building; fp16 is a GPU format.
+# The precisions each runtime builds: fp16 is TensorRT's (a GPU format), bf16 OpenVINO's (on CPUs with
+# AVX-512 BF16 or AMX; the compile Job refuses it elsewhere, and refuses openvino fp32 on such CPUs,
+# where Triton's openvino backend cannot keep the plugin from computing in bf16).
 PRECISION_RULE = cel(
     "self.runtime == 'tensorrt' || self.precision != 'fp16'",
-    "precision fp16 needs runtime tensorrt; onnxruntime and openvino build fp32 or int8",
+    "precision fp16 needs runtime tensorrt; onnxruntime builds fp32, int8 or auto, openvino fp32, bf16, int8 or auto",
+    field_path=".precision",
+    reason="FieldValueInvalid",
+)
+BF16_RULE = cel(
+    "self.runtime == 'openvino' || self.precision != 'bf16'",
+    "precision bf16 needs runtime openvino (on a CPU with AVX-512 BF16 or AMX); tensorrt builds fp16, int8 or auto",
     field_path=".precision",
     reason="FieldValueInvalid",
 )
@@ -473,8 +482,12 @@ class NodeClass(Model):
         "Runtime the model is compiled for and served with: tensorrt (GPU; needs resources.limits nvidia.com/gpu), "
         "onnxruntime or openvino (CPU)."))
     precision: Precision = Field(default=Precision.FP32, description=(
-        "Precision of the artifact: fp32 (onnxruntime, openvino), fp16 (tensorrt only) or int8 (needs "
-        "compile.calibration); tensorrt builds fp16 or int8 only. Default fp32."))
+        "Precision of the artifact: fp32 (onnxruntime; openvino on a CPU without bf16), bf16 (openvino on a CPU "
+        "with AVX-512 BF16 or AMX), fp16 (tensorrt), int8 (needs compile.calibration; a classifier that misses "
+        "the gate keeps its most sensitive layers in fp32, see compile.int8Fallback) or auto: the compile Job "
+        "builds every candidate this class's hardware runs (int8 with calibration images, and the runtime's float "
+        "format), gates each and keeps the fastest that passes within the latency budget; the result and status "
+        "say which won and why. tensorrt builds fp16, int8 or auto. Default fp32."))
     resources: Resources | None = Field(default=None, description=(
         "Requests and limits of the class's Triton container and compile Job container; unset, none."))
     compile_image: Annotated[str, Field(min_length=1, max_length=IMAGE_MAX)] | None = Field(default=None, description=(
@@ -497,6 +510,7 @@ class NodeClass(Model):
     model_config = Model.model_config | {
         "json_schema_extra": validations(
             PRECISION_RULE,
+            BF16_RULE,
             cel(
                 "self.runtime != 'tensorrt' || (has(self.resources) && has(self.resources.limits)"
                 " && 'nvidia.com/gpu' in self.resources.limits)",
@@ -522,11 +536,12 @@ class Discover(Model):
         "Only nodes with these labels are grouped; unset, every node."))
     gpu_precision: Precision = Field(default=Precision.FP16, description=(
         "Precision for GPU classes (a node of the group has nvidia.com/gpu capacity; they run tensorrt with "
-        "1 GPU): fp16 or int8. Default fp16."))
+        "1 GPU): fp16, int8 or auto. Default fp16."))
     cpu_runtime: Runtime = Field(default=Runtime.OPENVINO, description=(
         "Runtime for CPU classes: onnxruntime or openvino. Default openvino."))
     cpu_precision: Precision = Field(default=Precision.INT8, description=(
-        "Precision for CPU classes: fp32 or int8 (int8 needs compile.calibration). Default int8."))
+        "Precision for CPU classes: fp32, bf16 (cpuRuntime openvino), int8 (needs compile.calibration) or auto "
+        "(as fleet.classes[].precision). Default int8."))
     gpu_runtime_class_name: NAME_REF | None = Field(default=None, description=(
         "RuntimeClass of the Triton and compile pods of GPU classes (e.g. nvidia); unset, the node's default."))
     priority_class_name: NAME_REF | None = Field(default=None, description=(
@@ -539,8 +554,12 @@ class Discover(Model):
         "json_schema_extra": validations(
             cel("self.cpuRuntime != 'tensorrt'", "cpuRuntime must be onnxruntime or openvino",
                 field_path=".cpuRuntime", reason="FieldValueInvalid"),
-            cel("self.cpuPrecision != 'fp16'", "cpuPrecision must be fp32 or int8 (fp16 is a GPU format)",
+            cel("self.cpuPrecision != 'fp16'", "cpuPrecision must be fp32, bf16, int8 or auto (fp16 is a GPU format)",
                 field_path=".cpuPrecision", reason="FieldValueInvalid"),
+            cel("self.cpuPrecision != 'bf16' || self.cpuRuntime == 'openvino'",
+                "cpuPrecision bf16 needs cpuRuntime openvino", field_path=".cpuPrecision", reason="FieldValueInvalid"),
+            cel("self.gpuPrecision in ['fp16', 'int8', 'auto']", "gpuPrecision must be fp16, int8 or auto (tensorrt)",
+                field_path=".gpuPrecision", reason="FieldValueInvalid"),
         )
     }
 
@@ -630,6 +649,17 @@ class AccuracyGate(Model):
         "not get the revision. Default 0.99 (classification, other) or 0.9 (detection, segmentation)."))
 
 
+class Int8Fallback(Model):
+    """Accuracy-aware int8 of a classifier whose int8 artifact misses the gate (docs/compile.md)."""
+
+    budget_seconds: Annotated[int, Field(ge=0, le=3600)] = Field(default=120, description=(
+        "Most seconds the search may take (ranking the layers by how much int8 moves the output, then the "
+        "fewest kept in fp32 that pass); 0 turns the fallback off. Default 120."))
+    max_layers_fraction: Annotated[float, Field(gt=0, le=1)] = Field(default=0.5, description=(
+        "Most of the quantised layers that may be kept in fp32 (0 to 1); past it the int8 artifact has lost its "
+        "point and the candidate fails. Default 0.5."))
+
+
 class BatchingMode(str, Enum):
     AUTO = "auto"
     MANUAL = "manual"
@@ -689,6 +719,10 @@ class CompileSpec(Model):
         "Accuracy check of each artifact against the fp32 reference; a class whose artifact fails it does not get "
         "the revision. Unset: the task's metric (top1Agreement, detectionF1, maskMiou, outputCosine) at least "
         "0.99 (classification, other) or 0.9 (detection, segmentation)."))
+    int8_fallback: Annotated[Int8Fallback, Field(description=(
+        "Accuracy-aware int8 (classification): when the int8 artifact misses the gate, its layers are ranked by "
+        "how far int8 moves the model's output and the fewest are kept in fp32 until it passes, within a time "
+        "budget. Default budgetSeconds 120, maxLayersFraction 0.5."))] = default_object(Int8Fallback)
     batching: Annotated[Batching, Field(description=(
         "Triton dynamic batching of the compiled model, written into its config.pbtxt. "
         "Default mode auto with latencyBudgetMs 50."))] = default_object(lambda: Batching(latency_budget_ms=50))

@@ -72,6 +72,30 @@ class ChosenBatching(Model):
         "Model instances per Triton pod (instance_group count; 1 when unset)."))
 
 
+class CompileCandidate(Model):
+    """One artifact a compile Job built and gated (precision auto tries several; a single precision is one)."""
+
+    precision: Precision = Field(description="Precision of the candidate: int8, fp16, bf16 or fp32.")
+    mixed: bool | None = Field(default=None, description=(
+        "True for the accuracy-aware int8 (fp32Layers of its layers kept in fp32)."))
+    fp32_layers: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "Mixed int8: layers kept in fp32 (the best the search found when none passed)."))
+    accuracy: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description=(
+        "The gate's metric on the held-out images; unset when the candidate never reached the held-out check."))
+    search_agreement: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description=(
+        "Mixed int8: the best top-1 agreement its search reached on calibration images."))
+    passed: bool = Field(description="Whether the candidate passed the accuracy gate.")
+    throughput: Annotated[float, Field(ge=0)] | None = Field(default=None, description=(
+        "Inferences per second at the batching chosen for it (within the latency budget); 0 when no batch fits."))
+    batch: Annotated[int, Field(ge=0, le=1024)] | None = Field(default=None, description=(
+        "The max batch size chosen for it."))
+    p99_ms: Annotated[float, Field(ge=0)] | None = Field(default=None, description=(
+        "Profiled p99 latency in ms at that batch."))
+    seconds: Annotated[float, Field(ge=0)] | None = Field(default=None, description=(
+        "Seconds it took to build and gate (the search included)."))
+    chosen: bool | None = Field(default=None, description="True for the candidate the class serves.")
+
+
 class CompileResult(Model):
     """What one class's compile Job produced for one revision (read from its termination message)."""
 
@@ -114,6 +138,17 @@ class CompileResult(Model):
         "derived from the class's resources.limits.cpu (onnxruntime: intra_op_thread_count, "
         "inter_op_thread_count; openvino: INFERENCE_NUM_THREADS, NUM_STREAMS). Unset: none (no CPU limit, "
         "runtime tensorrt, or a result from before this field)."))
+    precision: Precision | None = Field(default=None, description=(
+        "Precision of the artifact the compile Job kept: with precision auto, the winner among candidates. Unset in "
+        "results from before this field (the class's precision)."))
+    fp32_layers: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
+        "int8 artifacts: layers the accuracy-aware fallback kept in fp32 so that the gate passes; unset when none."))
+    candidates: Annotated[list[CompileCandidate], Field(max_length=8)] | None = Field(default=None, description=(
+        "Every candidate built and gated, with its accuracy and, for those that passed, speed at its batching."))
+    choice: MESSAGE | None = Field(default=None, description=(
+        "precision auto: why the winner won (its speed against the others' and which failed the gate)."))
+    compile_seconds: Annotated[float, Field(ge=0)] | None = Field(default=None, description=(
+        "Seconds the compile Job spent building, gating and profiling the candidates."))
     message: MESSAGE | None = Field(default=None, description=(
         "Why the compile failed, or what it waits for (an unschedulable pod, no matching node)."))
 
@@ -125,7 +160,8 @@ class ClassStatus(Model):
     runtime: Runtime | None = Field(default=None, description=(
         "Runtime of the class: tensorrt, onnxruntime or openvino."))
     precision: Precision | None = Field(default=None, description=(
-        "Precision of the class's artifacts: fp32, fp16 or int8."))
+        "Precision of the class as the spec asks: fp32, fp16, bf16, int8 or auto (compile.precision says which "
+        "auto chose)."))
     nodes: Annotated[int, Field(ge=0)] | None = Field(default=None, description=(
         "Nodes that match the class now; at 0 the class keeps serving what it served and Degraded names it."))
     stable_revision: REVISION | None = Field(default=None, description="The revision this class serves as stable.")

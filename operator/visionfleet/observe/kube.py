@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 
-from visionfleet.api.status import ChosenBatching, CompileResult
+from visionfleet.api.status import ChosenBatching, CompileCandidate, CompileResult
 from visionfleet.builders.manifests import (
     ANNOTATION_OUTCOME,
     COMPONENT_REVISION,
@@ -79,6 +79,11 @@ class ObservedObjects:
     revision_services: dict[str, str] = field(default_factory=dict)  # per-revision Service name -> revision
 
 
+def _known(model, raw: dict) -> dict:
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    return {k: v for k, v in raw.items() if k in known}
+
+
 def parse_result(message: str | None) -> tuple[CompileResult | None, str | None]:
     """The compile program's result JSON -> (result, None), or (None, why it is unreadable)."""
     if not message:
@@ -91,9 +96,12 @@ def parse_result(message: str | None) -> tuple[CompileResult | None, str | None]
         return None, "the compile result is not a JSON object"
     fields = {k: v for k, v in raw.items() if k in RESULT_KEYS}
     try:
+        # A newer compile program may add keys inside these objects: what this operator knows is kept.
         if isinstance(fields.get("batching"), dict):
-            known = set(ChosenBatching.model_fields) | {f.alias for f in ChosenBatching.model_fields.values() if f.alias}
-            fields["batching"] = {k: v for k, v in fields["batching"].items() if k in known}
+            fields["batching"] = _known(ChosenBatching, fields["batching"])
+        if isinstance(fields.get("candidates"), list):
+            fields["candidates"] = [_known(CompileCandidate, c) if isinstance(c, dict) else c
+                                    for c in fields["candidates"]][:8]
         return CompileResult.model_validate({"state": "Succeeded", **fields}), None
     except ValidationError as e:
         first = e.errors()[0]

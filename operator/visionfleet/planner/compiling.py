@@ -89,10 +89,11 @@ def _advance(p: PassState, c: ResolvedClass, rev: str) -> bool:
         return True
     if job.state == CompileState.SUCCEEDED.value and job.result is not None:
         cs.compile = job.result.model_copy(update={"state": CompileState.SUCCEEDED, "revision": rev})
+        r = job.result
         p.event("Normal", "CompileSucceeded", f"class {c.name}: revision {rev} compiled"
-                + (f" ({job.result.accuracy_metric or 'accuracy'} "
-                   f"{job.result.accuracy:.4f})"
-                   if job.result.accuracy is not None else ""))
+                + (f" ({r.accuracy_metric or 'accuracy'} {r.accuracy:.4f})" if r.accuracy is not None else "")
+                + (f"; {r.choice}" if r.choice else f"; {r.fp32_layers} int8 layers kept in fp32"
+                   if r.fp32_layers else ""))
         return False
     if job.state in TERMINAL:
         message = job.message or "the compile Job failed without a message"

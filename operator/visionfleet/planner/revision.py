@@ -48,6 +48,9 @@ def _strip_replicas(fleet: dict[str, Any]) -> dict[str, Any]:
 # Left out in both hashings (the older one included defaults: scheduleTimeout's default would have
 # moved every legacy hash).
 POLICY_COMPILE_FIELDS = ("scheduleTimeout",)
+# Fields added to compile after the older hashing: left out of it at their defaults, so a revision
+# hashed that way keeps its name when an upgrade fills them in.
+LATER_COMPILE_FIELDS = ("int8Fallback",)
 
 
 def _gate(compile_: dict[str, Any], spec: VisionDeploymentSpec, defaults: bool) -> dict[str, Any]:
@@ -66,6 +69,11 @@ def _gate(compile_: dict[str, Any], spec: VisionDeploymentSpec, defaults: bool) 
         if gate.get("min") == least:
             del gate["min"]
     out = {k: v for k, v in compile_.items() if k != "accuracyGate"}
+    if defaults:
+        for name in LATER_COMPILE_FIELDS:
+            field = next(f for f in type(spec.compile).model_fields.values() if f.alias == name)
+            if name in out and out[name] == field.get_default(call_default_factory=True).to_wire():
+                del out[name]
     if gate:
         out["accuracyGate"] = gate
     return out
