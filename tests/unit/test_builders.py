@@ -303,6 +303,25 @@ def test_a_result_with_parameters_config_pbtxt_cannot_carry_is_unreadable(parame
     assert result is None and "parameters" in why
 
 
+def test_a_newer_programs_extra_candidate_keys_are_dropped_not_fatal():
+    """Candidates are read as this operator knows them: a key a newer compile program adds inside one
+    must not make the whole result unreadable (the class would fail a compile that succeeded)."""
+    import json
+
+    from visionfleet.observe.kube import parse_result
+
+    raw = {**RESULT.to_wire(), "precision": "int8", "fp32Layers": 3, "choice": "int8: fastest that passed",
+           "candidates": [{"precision": "int8", "mixed": True, "fp32Layers": 3, "accuracy": 0.991, "passed": True,
+                           "throughput": 700.0, "batch": 8, "p99Ms": 12.0, "seconds": 40, "chosen": True,
+                           "energyJoules": 1.5}],
+           "fallback": {"trials": []}, "compileSeconds": 95.2}
+    result, why = parse_result(json.dumps(raw))
+    assert why is None and result.precision == "int8" and result.fp32_layers == 3
+    assert result.candidates[0].mixed and result.candidates[0].throughput == 700.0 and result.compile_seconds == 95.2
+    result, why = parse_result(json.dumps({**raw, "candidates": [{"precision": "fp64", "passed": True}]}))
+    assert result is None and "candidates" in why
+
+
 @pytest.mark.parametrize("parts", [("a" * 40, "b" * 40, REV[:8], "compile"), ("vd", "c" * 63, REV[:8])])
 def test_long_names_are_cut_to_63_with_a_hash_and_stay_unique(parts):
     name = child_name(*parts)

@@ -24,6 +24,7 @@ from visionfleet.api.status import (
     AnalysisResult,
     ChosenBatching,
     ClassStatus,
+    CompileCandidate,
     CompileResult,
     Condition,
     HistoryEntry,
@@ -229,6 +230,26 @@ def test_status_of_a_rollout_in_its_second_wave():
     assert conds[2].split()[:4] == ["Progressing", "True", "RollingOut", "5m12s"]
     assert conds[3].split()[:4] == ["Available", "True", "ReplicasReady", "3d"]
     assert conds[4].endswith("compile failed on a100")
+
+
+def test_status_names_what_precision_auto_chose_and_every_candidate():
+    st = mid_rollout_status()
+    xeon = st.classes[0]
+    xeon.runtime, xeon.precision = "openvino", "auto"
+    xeon.compile = xeon.compile.model_copy(update={
+        "precision": "int8", "fp32_layers": 8, "choice": "int8: fastest that passed, 740.0 inferences/s at batch 8",
+        "candidates": [
+            CompileCandidate(precision="int8", accuracy=0.915, passed=False, seconds=21),
+            CompileCandidate(precision="int8", mixed=True, fp32_layers=8, accuracy=0.9925, passed=True,
+                             throughput=740.0, batch=8, p99_ms=12.1, seconds=60, chosen=True),
+            CompileCandidate(precision="bf16", accuracy=0.9875, passed=False, seconds=3)]})
+    lines = render_status(vd(st), NOW).splitlines()
+    classes = lines[lines.index("Classes:") + 1:]
+    assert classes[1].split()[:2] == ["xeon", "openvino/auto→int8"]
+    assert ("  xeon: candidates int8 0.9150 failed, int8 mixed (8 layers fp32) 0.9925 passed 740/s at batch 8 "
+            "(chosen), bf16 0.9875 failed; chose int8: fastest that passed, 740.0 inferences/s at batch 8") in lines
+    # a single precision with nothing kept in fp32 adds no line
+    assert not any(line.startswith("  l4: candidates") for line in lines)
 
 
 def test_status_of_a_shadow_step_says_users_see_only_the_stable():

@@ -480,7 +480,8 @@ def test_gateway_route_keeps_the_stable_when_only_the_canary_is_ready():
 @pytest.mark.parametrize("example, legacy, current", [
     # (re-pinned when serving.modelRepository became required and the examples gained one)
     ("discovered-fleet", "d4c78697d4ce", "959db6affb9a"),
-    ("doorbell-classifier", "3269accd0cce", "5c64324f5018"),
+    # (re-pinned when its xeon class became precision auto: a new revision, as any precision change is)
+    ("doorbell-classifier", "03e15f8c3c37", "334a7cbf6ddb"),
     ("edge-gateway-api", "5f372a46111d", "237b21cb83e3"),
     ("minimal-cpu", "a62622fc4112", "e28f4ddcbbac"),
 ])
