@@ -173,6 +173,8 @@ def repair(spec: dict) -> dict:
         names.add(c.get("name"))
         if c.get("runtime") != "tensorrt" and c.get("precision") == "fp16":
             c["precision"] = "fp32"
+        if c.get("runtime") != "openvino" and c.get("precision") == "bf16":
+            c["precision"] = "fp16" if c.get("runtime") == "tensorrt" else "fp32"
         if c.get("runtime") == "tensorrt":
             c.setdefault("resources", {}).setdefault("limits", {})["nvidia.com/gpu"] = 1
         if not c.get("nodeSelector"):
@@ -192,6 +194,10 @@ def repair(spec: dict) -> dict:
             d["cpuRuntime"] = "openvino"
         if d.get("cpuPrecision") == "fp16":
             d["cpuPrecision"] = "fp32"
+        if d.get("cpuPrecision") == "bf16" and d.get("cpuRuntime", "openvino") != "openvino":
+            d["cpuPrecision"] = "fp32"
+        if d.get("gpuPrecision") not in (None, "fp16", "int8", "auto"):
+            d["gpuPrecision"] = "fp16"
         _repair_replicas(d.get("replicas"))
     if not fleet.get("classes") and "discover" not in fleet:
         fleet["classes"] = [{"name": "xeon", "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},

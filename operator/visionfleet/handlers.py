@@ -40,7 +40,15 @@ from visionfleet.api import crd
 from visionfleet.api.spec import VisionDeploymentSpec
 from visionfleet.api.status import VisionDeploymentStatus
 from visionfleet.metrics import METRICS
-from visionfleet.observe.kube import gather, live_node_keys, node_from_body, node_index_keys, select_nodes
+from visionfleet.builders.manifests import LABEL_VD
+from visionfleet.observe.kube import (
+    child_body,
+    gather,
+    live_node_keys,
+    node_from_body,
+    node_index_keys,
+    select_nodes,
+)
 from visionfleet.observe.prometheus import Measurements, measure, measure_drift
 from visionfleet.planner.analysis import measurement_due
 from visionfleet.planner.conditions import CondType, Reason, set_condition
@@ -124,6 +132,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # least privilege does not grant. The price: the CRD must be served when the operator starts —
     # checked here, so a missing CRD stops the operator with a message instead of serving nothing.
     settings.scanning.disabled = True
+    # The children's watches carry the label selector: the API server sends only objects labelled with
+    # a VisionDeployment, never every pod and Service of the cluster (kopf's own label filters are
+    # client-side).
+    for group, version, plural in CHILD_RESOURCES.values():
+        settings.watching.label_selectors[(group, version, plural) if group else (version, plural)] = LABEL_VD
     require_crd()
     # Several replicas (the chart's HA mode) take turns through kopf's peering: the one with the highest
     # VISIONFLEET_PRIORITY acts, the others wait. Peering is then mandatory — a missing peering object
@@ -164,6 +177,44 @@ def nodes_index(body: kopf.Body, **_: Any) -> dict[Any, ObservedNode]:
     """Every node, kept current by one watch (kopf fills the index before any daemon starts), under
     each of its labels too: a pass takes only the nodes its classes select (observe.kube.select_nodes)."""
     return node_index_keys(node_from_body(body))
+
+
+# A VisionDeployment's children, one watch per kind for the whole operator (only objects labelled with
+# a VisionDeployment): a pass reads its own from the index instead of listing seven kinds. kind →
+# (group, version, plural).
+CHILD_RESOURCES = {
+    "Job": ("batch", "v1", "jobs"),
+    "Pod": ("", "v1", "pods"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "Service": ("", "v1", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ControllerRevision": ("apps", "v1", "controllerrevisions"),
+}
+
+
+def _child_index(kind: str, group: str, version: str, plural: str) -> None:
+    def index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
+        """The child under its VisionDeployment: (namespace, name) → what a pass reads of it."""
+        return {(namespace, labels[LABEL_VD]): child_body(kind, body)}
+
+    resource = (group, version, plural) if group else (version, plural)
+    kopf.index(*resource, labels={LABEL_VD: kopf.PRESENT}, id=f"children_{plural}")(index)
+
+
+for _kind, _resource in CHILD_RESOURCES.items():
+    _child_index(_kind, *_resource)
+
+
+def children_of(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    """One VisionDeployment's children from the indexes (``children_<plural>`` kwargs of a handler), by
+    kind. Taken on the event loop, where kopf updates them: the lists are the pass's own; the objects
+    are never changed in place (each event stores a new one)."""
+    out = {}
+    for kind, (_, _, plural) in CHILD_RESOURCES.items():
+        index = indexes.get(f"children_{plural}")
+        out[kind] = list(index.get((namespace, name), ())) if index is not None else []
+    return out
 
 
 def api_message(e: client.ApiException) -> str:
@@ -228,8 +279,10 @@ def live(api: client.ApiClient, nodes: list[ObservedNode]) -> list[ObservedNode]
 
 
 @METRICS.timed_pass
-def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> float:
-    """One observe -> plan -> act pass (blocking I/O; runs in a worker thread)."""
+def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None,
+             children: Mapping[str, list[dict[str, Any]]] | None = None) -> float:
+    """One observe -> plan -> act pass (blocking I/O; runs in a worker thread). ``children``: the
+    VisionDeployment's objects from the watches (``children_of``); None lists them."""
     md = body["metadata"]
     name, namespace = md["name"], md["namespace"]
     status = status_from(body.get("status"))
@@ -255,7 +308,8 @@ def run_pass(body: dict[str, Any], nodes: list[ObservedNode] | None = None) -> f
     api = api_client()
     core, batch, apps = client.CoreV1Api(api), client.BatchV1Api(api), client.AppsV1Api(api)
     seen = gather(core, batch, apps, name, namespace, nodes=live(api, nodes) if nodes is not None else None,
-                  claims=[claim for _, claim in named_claims(spec)], autoscaling=client.AutoscalingV2Api(api))
+                  claims=[claim for _, claim in named_claims(spec)], autoscaling=client.AutoscalingV2Api(api),
+                  children=children)
     now = datetime.now(timezone.utc)  # the same for the measurement's due time and the plan
     measurement, stable_drift = take_measurements(vd, now)
     observed = Observed(nodes=tuple(seen.nodes), jobs=tuple(seen.jobs), deployments=tuple(seen.deployments),
@@ -358,7 +412,7 @@ async def measurement_moment(body: Mapping[str, Any], memo: Any) -> bool:
 
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=10)
 async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, nodes_index: kopf.Index,
-                    **_: Any) -> None:
+                    **kwargs: Any) -> None:
     memo.nudge = asyncio.Event()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     METRICS.track(namespace, name)
@@ -376,7 +430,8 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStoppe
                 # can match: the pass costs nothing per node of other classes.
                 snapshot = copy.deepcopy(dict(body))
                 nodes = select_nodes(nodes_index, snapshot.get("spec"))
-                delay = await asyncio.to_thread(run_pass, snapshot, nodes)
+                children = children_of(kwargs, namespace, name)
+                delay = await asyncio.to_thread(run_pass, snapshot, nodes, children)
             except Exception:
                 log.exception("%s/%s: reconcile pass failed; retrying", namespace, name)
                 delay = 5.0

@@ -26,18 +26,19 @@ IDS = [v.stem for v in VALUES]
 ALLOWED = {
     ("visionfleet.io", "visiondeployments"): {"get", "list", "watch", "patch"},
     ("visionfleet.io", "visiondeployments/status"): {"patch"},
-    ("batch", "jobs"): {"list", "create", "patch", "delete"},
-    ("apps", "deployments"): {"list", "create", "patch", "delete"},
-    ("apps", "controllerrevisions"): {"list", "create", "delete"},
-    ("", "configmaps"): {"list", "create", "patch", "delete"},
-    ("", "services"): {"list", "create", "patch", "delete"},
-    ("", "pods"): {"list"},
+    # the children: watched (handlers.py's indexes; a pass reads them from there), written by act/apply.py
+    ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
+    ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
+    ("apps", "controllerrevisions"): {"list", "watch", "create", "delete"},
+    ("", "configmaps"): {"list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"list", "watch"},
     ("", "persistentvolumeclaims"): {"get"},  # one GET per claim the spec names (observe/kube.py)
     ("", "events"): {"create"},
     ("", "nodes"): {"list", "watch"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "update"},
     # an autoscaled class's HorizontalPodAutoscaler (act/apply.py; observe/kube.py lists them)
-    ("autoscaling", "horizontalpodautoscalers"): {"list", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "create", "patch", "delete"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
 }

@@ -104,7 +104,7 @@ def test_the_daemon_gives_a_due_measurement_a_moment_so_one_pass_judges_it(handl
 
     stopped, seen = Stopped(), []
 
-    def one_pass(snapshot, nodes):
+    def one_pass(snapshot, nodes, children):
         md = snapshot["metadata"]
         vd = VisionDeploymentView(name=md["name"], namespace=md["namespace"], generation=1,
                                   spec=handlers.VisionDeploymentSpec.model_validate(snapshot["spec"]),

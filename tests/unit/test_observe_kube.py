@@ -242,3 +242,68 @@ def test_claims_one_get_each_missing_known_unreadable_left_out(caplog):
     assert got == [ObservedClaim("models", True, ("ReadWriteOnce",), "Bound"), ObservedClaim("gone", False)]
     assert gets == [("models", NS), ("gone", NS), ("secret", NS)], "one GET per claim, even named twice"
     assert "PersistentVolumeClaim secret not read (Forbidden)" in caplog.text
+
+
+# -- the same, from the operator's watches ------------------------------------------------------------
+
+def raw_job(cls_name, rev, complete=False):
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": compile_job_name(VD, cls_name, rev), "namespace": NS,
+                         "labels": {"visionfleet.io/vision-deployment": VD, "app.kubernetes.io/component": "compile",
+                                    "visionfleet.io/class": cls_name, "visionfleet.io/revision": rev}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}] if complete else [],
+                       "active": 0 if complete else 1}}
+
+
+def raw_pod(name, component, labels, waiting=None, conditions=(), created="2026-12-02T14:00:00Z"):
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "creationTimestamp": created,
+                         "labels": {"visionfleet.io/vision-deployment": VD, "app.kubernetes.io/component": component,
+                                    **labels}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Pending", "conditions": list(conditions),
+                       "containerStatuses": [{"name": "c", "ready": False, "restartCount": 0, "image": "x",
+                                              "imageID": "", "state": {"waiting": {"reason": waiting[0],
+                                                                                   "message": waiting[1]}}}]
+                       if waiting else []}}
+
+
+def test_children_from_the_watches_read_as_the_lists_did_and_nothing_is_listed():
+    """gather(children=…): the index's raw objects (kopf bodies) give the same observation as the lists
+    (Jobs and pods through the client's own deserializer), another VisionDeployment's and other
+    components' are left out, and no list call is made."""
+    from visionfleet.observe.kube import CHILD_COMPONENTS, child_body
+
+    s = spec()
+    c = cls(s)
+    dep = served(build_triton_deployment(VD, NS, UID, s, c, REV, 2, RESULT, Track.STABLE))
+    dep["status"]["readyReplicas"] = 1
+    dep["metadata"]["managedFields"] = [{"manager": "visionfleet", "operation": "Apply"}]
+    svcs = [served(build_service(VD, NS, UID)), served(build_revision_service(VD, NS, UID, REV))]
+    cm = served(build_config_map(VD, NS, UID, s, c, REV, RESULT))
+    triton = {"visionfleet.io/class": "l4", "visionfleet.io/revision": REV}
+    stuck = raw_pod("t-stuck", "triton", triton, waiting=("ImagePullBackOff", 'Back-off pulling image "x"'))
+    compile_pod = raw_pod("c-1", "compile", {"job-name": compile_job_name(VD, "l4", "fedcba987654")},
+                          conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                       "message": PVC_MISSING, "lastTransitionTime": "2026-12-02T14:00:01Z"}])
+    other = json.loads(json.dumps(dep))
+    other["metadata"]["labels"]["visionfleet.io/vision-deployment"] = "someone-else"
+    kinds = {"Deployment": [dep, other], "Service": svcs, "ConfigMap": [cm],
+             "Job": [raw_job("l4", REV, complete=True), raw_job("l4", "fedcba987654")],
+             "Pod": [stuck, compile_pod]}
+    children = {kind: [child_body(kind, o) for o in kinds.get(kind, [])] for kind in CHILD_COMPONENTS}
+    assert "spec" not in children["Pod"][0] and "managedFields" in children["Deployment"][0]["metadata"]
+    core, batch, apps = world([], [], [], [], [])
+    obs = gather(core, batch, apps, VD, NS, nodes=[], children=children)
+    assert obs.deployments == [ObservedDeployment("l4", REV, 2, 1, waiting=PodWaiting(
+        "t-stuck", WaitReason.IMAGE_PULL_BACK_OFF, 'Back-off pulling image "x"'))]
+    assert obs.live[("Deployment", serving_name(VD, "l4", REV))] == children["Deployment"][0]
+    assert obs.live[("ConfigMap", serving_name(VD, "l4", REV))] == children["ConfigMap"][0]
+    assert "managedFields" not in children["ConfigMap"][0]["metadata"], "only Deployments keep theirs"
+    assert obs.revision_services == {f"{VD}-{REV[:8]}": REV}
+    assert sorted(j.state for j in obs.jobs) == ["Pending", "Succeeded"]
+    pending = next(j for j in obs.jobs if j.state == "Pending")
+    assert pending.waiting == PodWaiting("c-1", WaitReason.UNSCHEDULABLE, PVC_MISSING, REFUSED)
+    listed = [core.list_namespaced_pod, core.list_namespaced_config_map, core.list_namespaced_service,
+              batch.list_namespaced_job, apps.list_namespaced_controller_revision, apps.list_namespaced_deployment]
+    assert all(lister.selectors == [] for lister in listed), "nothing listed"

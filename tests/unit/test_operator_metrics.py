@@ -482,8 +482,8 @@ def test_daemon_tracks_the_object_and_forgets_it_when_stopped(monkeypatch):
     stopped = Stopped()
     seen = {}
 
-    def one_pass(body, nodes):
-        seen["nodes"] = nodes
+    def one_pass(body, nodes, children):
+        seen["nodes"], seen["children"] = nodes, children
         handlers.METRICS.state(NS, "daemon-vd", VisionDeploymentStatus(phase="Compiling", canary_revision="abcdef12",
                                                                        canary_weight=20))
         seen["during"] = value(handlers.METRICS.registry, "visionfleet_canary_weight", namespace=NS, name="daemon-vd")
@@ -495,8 +495,13 @@ def test_daemon_tracks_the_object_and_forgets_it_when_stopped(monkeypatch):
     body = {"metadata": {"name": "daemon-vd", "namespace": NS, "uid": "u-2"}}
     memo = SimpleNamespace()
     index = {None: ["node-a", "node-b"]}  # kopf.Index: key -> the values the index function returned
-    asyncio.run(asyncio.wait_for(handlers.reconcile(body=body, memo=memo, stopped=stopped, nodes_index=index),
-                                 timeout=10))
+    job = {"metadata": {"name": "daemon-vd-l4-compile"}}
+    jobs = {(NS, "daemon-vd"): [job], (NS, "another-vd"): [{"metadata": {"name": "theirs"}}]}
+    asyncio.run(asyncio.wait_for(handlers.reconcile(body=body, memo=memo, stopped=stopped, nodes_index=index,
+                                                    children_jobs=jobs, children_pods={}), timeout=10))
     assert seen["during"] == 20
     assert seen["nodes"] == ["node-a", "node-b"]  # the pass gets the indexed nodes, and lists none itself
+    # and its own children from the watches' indexes, every kind present (empty where none is indexed)
+    assert seen["children"]["Job"] == [job] and seen["children"]["Pod"] == []
+    assert set(seen["children"]) == set(handlers.CHILD_RESOURCES)
     assert "daemon-vd" not in {dict(labels).get("name") for (_, labels) in samples(handlers.METRICS.registry)}

@@ -52,11 +52,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* The rules for VisionDeployments and their children, shared by the ClusterRole (cluster mode)
      and each namespace's Role (namespaced mode). Only the verbs the operator uses:
      - visiondeployments: kopf lists and watches them and patches its finalizer; status: one patch per pass
-     - jobs, deployments, configmaps, services: listed by label, written by server-side apply (a PATCH,
-       which the API server also authorizes as "create" when the object does not exist yet), deleted
-       when a revision or class goes away
-     - pods: compile and Triton pods are listed (one list per pass) to read the compile result (the
-       termination message) and why a pod waits (unschedulable, image pull, missing Secret)
+     - jobs, deployments, configmaps, services, horizontalpodautoscalers (and controllerrevisions,
+       in rbac.yaml): listed and watched (one watch per kind for the whole operator, filtered to
+       objects labelled with a VisionDeployment; a pass reads its own from there), written by
+       server-side apply (a PATCH, which the API server also authorizes as "create" when the object
+       does not exist yet), deleted when a revision or class goes away
+     - pods: compile and Triton pods are listed and watched the same way, to read the compile result
+       (the termination message) and why a pod waits (unschedulable, image pull, missing Secret)
      - persistentvolumeclaims: get, one per claim the spec names (pvc://), to say when it is missing or
        when the model repository's cannot be mounted on several nodes; never listed or written
      - events: one per transition (the plan's Events)
@@ -70,16 +72,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get"]
@@ -92,5 +94,5 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 # An autoscaled class's HorizontalPodAutoscaler (fleet.classes[].replicas.autoscale)
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end -}}

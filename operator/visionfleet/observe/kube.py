@@ -1,8 +1,10 @@
 """Read-only: what the cluster holds for one VisionDeployment, turned into planner values, and the
 children as they are (for the act layer to hold them to what it renders).
 
-Every call here is a GET or LIST; nothing in this module writes. One list per kind and pass, by the
-VisionDeployment's label:
+Every call here is a GET or LIST; nothing in this module writes. The operator's watches hold every
+object labelled with a VisionDeployment (handlers.py's indexes: one watch per kind for the whole
+operator) and a pass takes its own from there, so a steady pass lists nothing; without them (tests,
+tools) one list per kind and pass, by the VisionDeployment's label:
 
     ControllerRevisions ─► RevisionSnapshot per revision (frozen spec + classes, outcome annotation);
                            one that cannot be read (a format this operator does not know) is logged
@@ -33,9 +35,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from kubernetes import client as k8s_client
 from pydantic import ValidationError
 
 from visionfleet.api.status import ChosenBatching, CompileCandidate, CompileResult
@@ -316,9 +320,58 @@ def _metadata_only(obj: Mapping[str, Any]) -> dict[str, Any]:
                          if k in md}}
 
 
-def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects) -> None:
-    for cr in _raw_items(apps.list_namespaced_controller_revision, namespace,
-                         f"{LABEL_VD}={name},{LABEL_COMPONENT}={COMPONENT_REVISION}"):
+# The kinds of a VisionDeployment's children, and which of them a pass reads (by their component
+# label, as the lists' selectors pick them): the operator's watches index every object labelled with
+# a VisionDeployment (handlers.py) and a pass takes its own from there; without an index (tests, tools)
+# one list per kind.
+CHILD_COMPONENTS: dict[str, tuple[str, ...] | None] = {
+    "ControllerRevision": (COMPONENT_REVISION,),
+    "Job": ("compile",),
+    "Pod": ("compile", "triton"),
+    "Deployment": ("triton",),
+    "ConfigMap": ("triton-config",),
+    "Service": None,  # every one: <vd>, the per-revision ones and the drift monitors'
+    "HorizontalPodAutoscaler": ("autoscaler",),
+}
+
+
+def child_body(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """What an index keeps of a child: a plain copy, without what no pass reads (a pod's spec, the
+    managedFields of all but Deployments, whose replica handover reads them), to keep the operator's
+    memory flat in the number of pods."""
+    out = json.loads(json.dumps(dict(body), default=str))
+    md = out.setdefault("metadata", {})
+    if kind != "Deployment":
+        md.pop("managedFields", None)
+    if kind == "Pod":
+        out.pop("spec", None)
+    return out
+
+
+_MODELS = threading.local()
+
+
+def _model(obj: Mapping[str, Any], kind: str) -> Any:
+    """A raw Job or Pod as the client's model (what the job and pod readers take), as a list call
+    would have returned it."""
+    api = getattr(_MODELS, "api", None)
+    if api is None:
+        api = _MODELS.api = k8s_client.ApiClient()
+    return api.deserialize(json.dumps(obj), kind, "application/json")
+
+
+def _mine(children: Mapping[str, Iterable[Mapping[str, Any]]], kind: str, name: str) -> list[dict[str, Any]]:
+    wanted = CHILD_COMPONENTS[kind]
+    out = []
+    for obj in children.get(kind, ()):
+        lbl = (obj.get("metadata") or {}).get("labels") or {}
+        if lbl.get(LABEL_VD) == name and (wanted is None or lbl.get(LABEL_COMPONENT) in wanted):
+            out.append(obj)
+    return out
+
+
+def _snapshots(items: Iterable[Mapping[str, Any]], name: str, namespace: str, obs: ObservedObjects) -> None:
+    for cr in items:
         md = cr.get("metadata") or {}
         obs.live[("ControllerRevision", md.get("name", ""))] = {**_metadata_only(cr), "revision": cr.get("revision"),
                                                                 "data": cr.get("data")}
@@ -333,18 +386,42 @@ def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects)
                         namespace, name, md.get("name"), e)
 
 
+def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects) -> None:
+    _snapshots(_raw_items(apps.list_namespaced_controller_revision, namespace,
+                          f"{LABEL_VD}={name},{LABEL_COMPONENT}={COMPONENT_REVISION}"), name, namespace, obs)
+
+
 def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
            nodes: list[ObservedNode] | None = None, claims: Iterable[str] = (),
-           autoscaling: Any = None) -> ObservedObjects:
+           autoscaling: Any = None, children: Mapping[str, Iterable[Mapping[str, Any]]] | None = None
+           ) -> ObservedObjects:
     """``autoscaling``: an AutoscalingV2Api, to see the VisionDeployment's HorizontalPodAutoscalers
-    (None: not read, for callers that never autoscale)."""
+    (None: not read, for callers that never autoscale). ``children``: the objects the operator's
+    watches hold for this VisionDeployment, by kind (``CHILD_COMPONENTS``; handlers.py's indexes);
+    given, nothing is listed."""
     obs = ObservedObjects(nodes=nodes if nodes is not None else gather_nodes(core))
     selector = f"{LABEL_VD}={name}"
-    gather_snapshots(apps, name, namespace, obs)
-    jobs = batch.list_namespaced_job(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
-    # One pod list for both kinds of children: compile pods (why a Job waits) and Triton pods (why a
-    # Deployment's pods are not Ready).
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{selector},{LABEL_COMPONENT} in (compile,triton)").items
+    raw: dict[str, list[dict[str, Any]]]
+    if children is not None:
+        raw = {kind: _mine(children, kind, name) for kind in CHILD_COMPONENTS}
+        jobs = [_model(j, "V1Job") for j in raw["Job"]]
+        pods = [_model(p, "V1Pod") for p in raw["Pod"]]
+    else:
+        raw = {"ControllerRevision": _raw_items(apps.list_namespaced_controller_revision, namespace,
+                                                f"{selector},{LABEL_COMPONENT}={COMPONENT_REVISION}")}
+        jobs = batch.list_namespaced_job(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
+        # One pod list for both kinds of children: compile pods (why a Job waits) and Triton pods (why
+        # a Deployment's pods are not Ready).
+        pods = core.list_namespaced_pod(namespace,
+                                        label_selector=f"{selector},{LABEL_COMPONENT} in (compile,triton)").items
+        raw["Deployment"] = _raw_items(apps.list_namespaced_deployment, namespace, f"{selector},{LABEL_COMPONENT}=triton")
+        raw["ConfigMap"] = _raw_items(core.list_namespaced_config_map, namespace,
+                                      f"{selector},{LABEL_COMPONENT}=triton-config")
+        raw["Service"] = _raw_items(core.list_namespaced_service, namespace, selector)
+        raw["HorizontalPodAutoscaler"] = _raw_items(
+            autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace,
+            f"{selector},{LABEL_COMPONENT}=autoscaler") if autoscaling is not None else []
+    _snapshots(raw["ControllerRevision"], name, namespace, obs)
     serving_pods: dict[tuple[str, str], list[Any]] = {}
     for p in pods:
         lbl = p.metadata.labels or {}
@@ -356,7 +433,7 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
         obs.jobs.append(_job_state(job, mine))
         obs.live[("Job", job.metadata.name)] = {"metadata": {"name": job.metadata.name,
                                                              "labels": dict(job.metadata.labels or {})}}
-    for d in _raw_items(apps.list_namespaced_deployment, namespace, f"{selector},{LABEL_COMPONENT}=triton"):
+    for d in raw["Deployment"]:
         md = d.get("metadata") or {}
         lbl = md.get("labels") or {}
         key = (lbl.get(LABEL_CLASS, ""), lbl.get(LABEL_REVISION, ""))
@@ -364,18 +441,16 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
                                                   (d.get("status") or {}).get("readyReplicas") or 0,
                                                   waiting=deployment_waiting(serving_pods.get(key, []))))
         obs.live[("Deployment", md.get("name", ""))] = d
-    for cm in _raw_items(core.list_namespaced_config_map, namespace, f"{selector},{LABEL_COMPONENT}=triton-config"):
+    for cm in raw["ConfigMap"]:
         obs.live[("ConfigMap", cm["metadata"]["name"])] = cm
-    # Every Service of the VisionDeployment: <vd>, the per-revision ones and the drift monitors'.
-    for svc in _raw_items(core.list_namespaced_service, namespace, selector):
+    for svc in raw["Service"]:
         md = svc.get("metadata") or {}
         lbl = md.get("labels") or {}
         obs.live[("Service", md["name"])] = svc
         if lbl.get(LABEL_COMPONENT) == "triton" and LABEL_REVISION in lbl:
             obs.revision_services[md["name"]] = lbl[LABEL_REVISION]
-    if autoscaling is not None:
-        for hpa in _raw_items(autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace,
-                              f"{selector},{LABEL_COMPONENT}=autoscaler"):
+    if autoscaling is not None or children is not None:
+        for hpa in raw["HorizontalPodAutoscaler"]:
             obs.live[("HorizontalPodAutoscaler", hpa["metadata"]["name"])] = hpa
     obs.claims = gather_claims(core, namespace, claims) if claims else []
     return obs
