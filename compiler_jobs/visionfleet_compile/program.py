@@ -476,6 +476,78 @@ def _profile_and_choose(built, held_out, batching: dict, instances: int) -> tupl
     return points, chosen, c.reason, c.throughput if c.within_budget else 0.0
 
 
+class _Candidate:
+    """One precision of one runtime, built and gated: ``build_and_gate()`` → what the profile and the
+    result need (or GateFailed); ``entries`` are its lines in the result's ``candidates`` (the plain
+    int8 and its accuracy-aware mix are two), ``fallback`` the mix's search when one ran."""
+
+    def __init__(self, runtime: str, precision: str, src: Path, cdir: Path, workdir: Path, calib, held_out, labels,
+                 input_name: str, params: dict[str, str], reference_runner, task, model_spec: dict,
+                 compile_spec: dict, metric: str, least: float, auto: bool):
+        self.auto = auto
+        self.runtime, self.precision, self.src, self.cdir, self.workdir = runtime, precision, src, cdir, workdir
+        self.calib, self.held_out, self.labels, self.input_name = calib, held_out, labels, input_name
+        self.params, self.reference_runner, self.task = params, reference_runner, task
+        self.model_spec, self.compile_spec, self.metric, self.least = model_spec, compile_spec, metric, least
+        self.entries: list[dict] = []
+        self.fallback: dict | None = None
+        cdir.mkdir(parents=True, exist_ok=True)
+
+    def _build(self, exclude=None, op_types=None, cache: Path | None = None):
+        return build_artifact(self.runtime, self.precision, self.src, self.cdir, self.calib, self.input_name,
+                              self.workdir / "build", self.params, exclude=exclude, op_types=op_types,
+                              calibration_cache=cache)
+
+    def build_and_gate(self) -> dict:
+        runtime, p, task = self.runtime, self.precision, self.task
+        # ONNX Runtime's calibration ranges are kept for a classifier's int8: its fallback rebuilds from them.
+        cache = self.workdir / "build" / f"calibration-{p}.json"
+        keep_ranges = runtime == "onnxruntime" and p == "int8" and task == tasks.Task.CLASSIFICATION
+        log("build", runtime=runtime, precision=p, calibration_samples=len(self.calib), candidate=self.auto)
+        started = time.monotonic()
+        artifact, built, versions = self._build(cache=cache if keep_ranges else None)
+        log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
+            seconds=round(time.monotonic() - started, 1), **versions)
+        entry: dict = {"precision": p}
+        try:
+            if task == tasks.Task.CLASSIFICATION:
+                try:
+                    measured, extra = _classification_gate(self.reference_runner, built, self.held_out, self.labels,
+                                                           self.metric, self.least, f"runtime {runtime}, precision {p}")
+                except GateFailed as plain:
+                    if p != "int8" or not len(self.calib) or _fallback_settings(self.compile_spec)[0] <= 0:
+                        raise
+                    self.entries.append({**entry, "accuracy": round(plain.measured, 6), "passed": False,
+                                         "seconds": round(time.monotonic() - started, 1)})
+                    entry, started = {"precision": "int8", "mixed": True}, time.monotonic()
+                    artifact, built, versions, measured, extra = _mixed_int8(
+                        runtime, self.src, self.cdir, self.calib, self.held_out, self.labels, self.input_name,
+                        self.workdir, self.params, self.reference_runner, self.metric, self.least, self.compile_spec,
+                        cache, plain, artifact)
+                    self.fallback = extra["fallback"]
+                    entry["fp32Layers"] = extra["fp32Layers"]
+            else:
+                m, built, artifact, kept = _task_gate(
+                    task, tasks.resolve(self.model_spec), self.metric, self.least, self.reference_runner, built,
+                    artifact, self.held_out, self.labels,
+                    lambda exclude, op_types: self._build(exclude, op_types), self.src,
+                    fallback_steps(runtime) if p == "int8" else [])
+                measured = m.metrics[self.metric]
+                extra = {"metrics": {k: round(v, 6) for k, v in m.metrics.items()},
+                         **({"referenceMetrics": {k: round(v, 6) for k, v in m.reference.items()}}
+                            if m.reference else {}), **kept}
+        except GateFailed as e:
+            self.fallback = e.kept.get("fallback", self.fallback)
+            self.entries.append({**entry, "accuracy": round(e.measured, 6) if e.measured is not None else None,
+                                 "passed": False, "seconds": round(time.monotonic() - started, 1),
+                                 **{k: e.kept[k] for k in ("fp32Layers", "searchAgreement") if k in e.kept}})
+            raise
+        entry.update({"accuracy": round(measured, 6), "passed": True, "seconds": round(time.monotonic() - started, 1)})
+        self.entries.append(entry)
+        return {"precision": p, "dir": self.cdir, "artifact": artifact, "built": built, "versions": versions,
+                "measured": measured, "extra": extra, "params": self.params, "entry": entry}
+
+
 def compile_request(request: dict, workdir: Path) -> dict:
     from . import cpu, gates, onnxrt
     from .fetch import fetch, sha256_of
@@ -508,63 +580,18 @@ def compile_request(request: dict, workdir: Path) -> dict:
     failures: list[GateFailed] = []
     fallback_summary = None  # the accuracy-aware int8 search, when one ran
     for p in wanted:
-        cdir = workdir / "candidates" / p if auto else out_dir
-        cdir.mkdir(parents=True, exist_ok=True)
-        params = {**parameters, **({HINT_BF16: "YES"} if p == "bf16" else {})}
-        cache = workdir / "build" / f"calibration-{p}.json"
-        log("build", runtime=runtime, precision=p, calibration_samples=len(calib), candidate=auto)
-        started = time.monotonic()
-
-        def rebuild(exclude: list[str], op_types: tuple[str, ...] | None, p=p, cdir=cdir, params=params):
-            """The artifact again with ``exclude`` (ONNX node names) kept in fp32 and only ``op_types``
-            quantised (int8 only)."""
-            return build_artifact(runtime, p, src, cdir, calib, input_name, workdir / "build", params,
-                                  exclude=exclude, op_types=op_types)
-
-        artifact, built, versions = build_artifact(
-            runtime, p, src, cdir, calib, input_name, workdir / "build", params,
-            calibration_cache=cache if runtime == "onnxruntime" and p == "int8" and task == tasks.Task.CLASSIFICATION
-            else None)
-        log("built", artifact=artifact.name, bytes=artifact.stat().st_size,
-            seconds=round(time.monotonic() - started, 1), **versions)
-        entry: dict = {"precision": p}
+        job = _Candidate(runtime, p, src, workdir / "candidates" / p if auto else out_dir, workdir, calib, held_out,
+                         labels, input_name, {**parameters, **({HINT_BF16: "YES"} if p == "bf16" else {})},
+                         reference_runner, task, model_spec, compile_spec, metric, least, auto)
         try:
-            if task == tasks.Task.CLASSIFICATION:
-                try:
-                    measured, extra = _classification_gate(reference_runner, built, held_out, labels, metric, least,
-                                                           f"runtime {runtime}, precision {p}")
-                except GateFailed as plain:
-                    if p != "int8" or not len(calib) or _fallback_settings(compile_spec)[0] <= 0:
-                        raise
-                    tried.append({**entry, "accuracy": round(plain.measured, 6), "passed": False,
-                                  "seconds": round(time.monotonic() - started, 1)})
-                    entry, started = {"precision": "int8", "mixed": True}, time.monotonic()
-                    artifact, built, versions, measured, extra = _mixed_int8(
-                        runtime, src, cdir, calib, held_out, labels, input_name, workdir, params, reference_runner,
-                        metric, least, compile_spec, cache, plain, artifact)
-                    fallback_summary = extra["fallback"]
-                    entry["fp32Layers"] = extra["fp32Layers"]
-            else:
-                m, built, artifact, kept = _task_gate(task, tasks.resolve(model_spec), metric, least, reference_runner,
-                                                      built, artifact, held_out, labels, rebuild, src,
-                                                      fallback_steps(runtime) if p == "int8" else [])
-                measured = m.metrics[metric]
-                extra = {"metrics": {k: round(v, 6) for k, v in m.metrics.items()},
-                         **({"referenceMetrics": {k: round(v, 6) for k, v in m.reference.items()}} if m.reference else {}),
-                         **kept}
+            passed.append(job.build_and_gate())
         except GateFailed as e:
-            fallback_summary = e.kept.get("fallback", fallback_summary)
             if not auto:
                 raise
             failures.append(e)
-            tried.append({**entry, "accuracy": round(e.measured, 6) if e.measured is not None else None,
-                          "passed": False, "seconds": round(time.monotonic() - started, 1),
-                          **{k: e.kept[k] for k in ("fp32Layers", "searchAgreement") if k in e.kept}})
-            continue
-        entry.update({"accuracy": round(measured, 6), "passed": True, "seconds": round(time.monotonic() - started, 1)})
-        tried.append(entry)
-        passed.append({"precision": p, "dir": cdir, "artifact": artifact, "built": built, "versions": versions,
-                       "measured": measured, "extra": extra, "params": params, "entry": entry})
+        finally:
+            tried += job.entries
+            fallback_summary = job.fallback or fallback_summary
     if not passed:
         raise GateFailed(f"no candidate passed the accuracy gate ({metric} ≥ {least}): "
                          + "; ".join(_describe(t, metric) for t in tried) + " | " + " | ".join(str(e) for e in failures),
@@ -585,8 +612,10 @@ def compile_request(request: dict, workdir: Path) -> dict:
     if auto:
         others = [f"{_name(c['entry'])} {c['rate']:.1f}/s" for c in passed if c is not win]
         failed = [_describe(t, metric) for t in tried if not t["passed"]]
-        choice = (f"{win['precision']}: fastest that passed, {win['rate']:.1f} inferences/s at batch "
-                  f"{win['chosen'].get('maxBatchSize') or 1} within {batching.get('latencyBudgetMs', '-')} ms"
+        within = (f"within {batching['latencyBudgetMs']:g} ms" if batching.get("mode") != "manual"
+                  else "(manual batching)")
+        choice = (f"{_name(win['entry'])}: fastest that passed, {win['rate']:.1f} inferences/s at batch "
+                  f"{win['chosen'].get('maxBatchSize') or 1} {within}"
                   + (f"; vs {', '.join(others)}" if others else "") + (f"; failed the gate: {', '.join(failed)}"
                                                                         if failed else ""))
         for f in win["dir"].iterdir():  # the winner's files become the entry

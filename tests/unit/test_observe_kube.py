@@ -251,6 +251,8 @@ def raw_job(cls_name, rev, complete=False):
             "metadata": {"name": compile_job_name(VD, cls_name, rev), "namespace": NS,
                          "labels": {"visionfleet.io/vision-deployment": VD, "app.kubernetes.io/component": "compile",
                                     "visionfleet.io/class": cls_name, "visionfleet.io/revision": rev}},
+            "spec": {"template": {"spec": {"containers": [{"name": "compile", "image": "x",
+                                                           "env": [{"name": "REQUEST", "value": "{}"}]}]}}},
             "status": {"conditions": [{"type": "Complete", "status": "True"}] if complete else [],
                        "active": 0 if complete else 1}}
 
@@ -278,7 +280,9 @@ def test_children_from_the_watches_read_as_the_lists_did_and_nothing_is_listed()
     c = cls(s)
     dep = served(build_triton_deployment(VD, NS, UID, s, c, REV, 2, RESULT, Track.STABLE))
     dep["status"]["readyReplicas"] = 1
-    dep["metadata"]["managedFields"] = [{"manager": "visionfleet", "operation": "Apply"}]
+    dep["metadata"]["managedFields"] = [
+        {"manager": "visionfleet", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:status": {}}}]
     svcs = [served(build_service(VD, NS, UID)), served(build_revision_service(VD, NS, UID, REV))]
     cm = served(build_config_map(VD, NS, UID, s, c, REV, RESULT))
     triton = {"visionfleet.io/class": "l4", "visionfleet.io/revision": REV}
@@ -292,7 +296,12 @@ def test_children_from_the_watches_read_as_the_lists_did_and_nothing_is_listed()
              "Job": [raw_job("l4", REV, complete=True), raw_job("l4", "fedcba987654")],
              "Pod": [stuck, compile_pod]}
     children = {kind: [child_body(kind, o) for o in kinds.get(kind, [])] for kind in CHILD_COMPONENTS}
-    assert "spec" not in children["Pod"][0] and "managedFields" in children["Deployment"][0]["metadata"]
+    assert "spec" not in children["Pod"][0] and "spec" not in children["Job"][0]
+    # of the managedFields, only who owns spec.replicas (the replica handover reads it)
+    from visionfleet.act.apply import owns_replicas
+    assert children["Deployment"][0]["metadata"]["managedFields"] == [
+        {"manager": "visionfleet", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    assert owns_replicas(children["Deployment"][0]) == owns_replicas(dep)
     core, batch, apps = world([], [], [], [], [])
     obs = gather(core, batch, apps, VD, NS, nodes=[], children=children)
     assert obs.deployments == [ObservedDeployment("l4", REV, 2, 1, waiting=PodWaiting(

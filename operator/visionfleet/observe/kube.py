@@ -336,14 +336,21 @@ CHILD_COMPONENTS: dict[str, tuple[str, ...] | None] = {
 
 
 def child_body(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """What an index keeps of a child: a plain copy, without what no pass reads (a pod's spec, the
-    managedFields of all but Deployments, whose replica handover reads them), to keep the operator's
-    memory flat in the number of pods."""
+    """What an index keeps of a child: a plain copy without what no pass reads, to keep the operator's
+    memory small. Pods and Jobs lose their spec (a pass reads their status; a Job's pod template
+    carries the whole compile request); managedFields go, but for a Deployment's record of who owns
+    spec.replicas (``act.apply.owns_replicas``, the handover to an autoscaler). The objects the act
+    layer holds to what it renders (Deployments, Services, ConfigMaps, HPAs) and the snapshots keep
+    everything else."""
     out = json.loads(json.dumps(dict(body), default=str))
     md = out.setdefault("metadata", {})
-    if kind != "Deployment":
-        md.pop("managedFields", None)
-    if kind == "Pod":
+    fields = md.pop("managedFields", None) or []
+    if kind == "Deployment":
+        md["managedFields"] = [
+            {"manager": f.get("manager"), "operation": f.get("operation"),
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            for f in fields if "f:replicas" in ((f.get("fieldsV1") or {}).get("f:spec") or {})]
+    if kind in ("Pod", "Job"):
         out.pop("spec", None)
     return out
 
