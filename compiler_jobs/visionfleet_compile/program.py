@@ -3,8 +3,11 @@
     request (env VISIONFLEET_COMPILE_REQUEST, or --request FILE), written by the operator
       └─ fetch + verify the model ─ check its inputs/outputs against the spec
       └─ build the artifact for this class's runtime and precision:
-           onnxruntime fp32 | int8 (QDQ) · openvino fp32 | int8 (NNCF) · tensorrt fp16 | int8 (GPU only)
-      └─ accuracy gate against the fp32 reference on held-out samples
+           onnxruntime fp32 | int8 (QDQ) · openvino fp32 | bf16 | int8 (NNCF) · tensorrt fp16 | int8 (GPU only)
+           (openvino fp32 only on a CPU without bf16, bf16 only on one with it: what Triton will run)
+           auto: every candidate this node runs, each gated, the fastest survivor kept (candidates, choice)
+      └─ accuracy gate against the fp32 reference on held-out samples; a classifier's int8 that misses it
+         keeps its most sensitive layers in fp32, the fewest that pass (compile.int8Fallback's budget)
       └─ CPU threads from the class's CPU limit (cpu_threads): the profile runs under them
       └─ latency profile per batch size on this node ─ batching choice under the budget
       └─ write <repository>/<model>/<revision>-<class>/{model.onnx|model.xml+bin|model.plan, config.pbtxt}
