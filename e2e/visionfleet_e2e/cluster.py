@@ -72,6 +72,9 @@ def ensure_binaries(log: Callable[[str], None] = say) -> Path:
     return bin_dir
 
 
+SERVICE_CIDR = "10.96.0.0/16"  # apart from podnet's 10.192.0.0/10
+
+
 @dataclass
 class LocalCluster:
     """One named local cluster; its files live in ``state_dir/<name>``."""
@@ -219,7 +222,11 @@ class LocalCluster:
                 "kwokControllerBinary": str(b / "kwok"),
             },
             "componentsPatches": [
-                {"name": "kube-apiserver", "extraArgs": [{"key": "advertise-address", "value": "127.0.0.1"}]
+                # Service IPs from a /16, not kube-apiserver's default 10.0.0.0/24: the whole suite shares one
+                # cluster, and its VisionDeployments' Services (3 or more each; the spec fuzzer applies
+                # hundreds) filled 254 addresses ("failed to allocate a serviceIP: range is full").
+                {"name": "kube-apiserver", "extraArgs": [{"key": "advertise-address", "value": "127.0.0.1"},
+                                                         {"key": "service-cluster-ip-range", "value": SERVICE_CIDR}]
                  + self._aggregation_args()},
                 # the HPA controller (on by default) at a pace tests can wait for (metrics_adapter.py)
                 {"name": "kube-controller-manager", "extraArgs": [

@@ -239,7 +239,12 @@ def repair(spec: dict) -> dict:
             b["preferredBatchSizes"] = [x for x in b["preferredBatchSizes"] if x <= b["maxBatchSize"]] or [1]
     ro = spec.get("rollout") or {}
     if "steps" in ro:
-        ro["steps"] = sorted({s["setWeight"]: s for s in ro["steps"]}.values(), key=lambda s: s["setWeight"])
+        # weighted steps only: a shadow step (no setWeight) needs Gateway API traffic and comes first,
+        # which the generator does not know
+        weighted = [s for s in ro["steps"] if "setWeight" in s]
+        ro["steps"] = sorted({s["setWeight"]: s for s in weighted}.values(), key=lambda s: s["setWeight"])
+        if not ro["steps"]:
+            ro.pop("steps")
     if "waves" in ro:
         known, used, waves = {c.get("name") for c in fleet.get("classes") or []}, set(), []
         for w in ro["waves"]:
