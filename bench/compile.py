@@ -186,25 +186,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def mixed_int8(src: Path, calib: np.ndarray, work: Path, budget: float):
-    """The accuracy-aware int8 as the compile Job searches it (``fallback.accuracy_aware`` on ONNX
-    Runtime's QDQ graph from cached calibration ranges, the default gate 0.99) → (outcome, the layers
-    to keep: the passing mix, else the search's best trial, the best the budget found)."""
-    import onnx
-
-    from visionfleet_compile import fallback
+    """The accuracy-aware int8 as the compile Job searches it (``program.search_mix``, the default gate
+    0.99) → (outcome, the layers to keep: the passing mix, else the search's best trial, the best the
+    budget found; the ONNX nodes to leave unquantised for them; the calibration cache)."""
+    from visionfleet_compile import fallback, program
 
     cache = work / "mixed" / "ranges.json"
-    (work / "mixed").mkdir(parents=True)
-    qdq = onnxrt.build_int8(src, work / "mixed" / "q.onnx", calib, zoo.INPUT, calibration_cache=cache)
-    fp32 = onnx.load(str(src))
-
-    def build(exclude):
-        return onnxrt.Runner(onnxrt.build_int8(src, work / "mixed" / "t.onnx", calib[:0], zoo.INPUT,
-                                               exclude=exclude, calibration_cache=cache))
-
-    images = calib[:fallback.SEARCH_SAMPLES]
-    reference = onnxrt.predict(onnxrt.Runner(src), images)
-    out = fallback.accuracy_aware(fp32, onnx.load(str(qdq)), build, images, reference, 0.99, budget)
+    out, fp32 = program.search_mix("onnxruntime", src, calib, zoo.INPUT, work / "mixed", onnxrt.Runner(src), 0.99,
+                                   budget, fallback.MAX_FRACTION, cache)
     best = max(out.search.trials, key=lambda t: t.score).layers if out.search.trials else 0
     k = len(out.kept) if out.passed else best
     return out, k, out.keep(fp32, k), cache

@@ -158,10 +158,10 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 MIN_QDQ_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
 
 
-def with_node_names(src: Path, workdir: Path) -> Path:
+def with_node_names(src: Path, model: onnx.ModelProto, workdir: Path) -> Path:
     """``src``, or a copy of it whose unnamed nodes are named ``<op_type>_<index>`` (as ``head_nodes``
-    names them): the fallbacks keep layers in fp32 by node name, and an exporter may leave names out."""
-    model = onnx.load(str(src))
+    names them): the fallbacks keep layers in fp32 by node name, and an exporter may leave names out.
+    ``model``: ``src`` as loaded (``load_model``); its unnamed nodes get the names."""
     if all(n.name for n in model.graph.node):
         return src
     taken = {n.name for n in model.graph.node if n.name}

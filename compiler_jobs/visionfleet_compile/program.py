@@ -371,27 +371,23 @@ def _fallback_settings(compile_spec: dict) -> tuple[float, float]:
             float(f.get("maxLayersFraction", fallback.MAX_FRACTION)))
 
 
-def _mixed_int8(runtime: str, src: Path, cdir: Path, calib, held_out, labels, input_name: str, workdir: Path,
-                parameters: dict, reference_runner, metric: str, least: float, compile_spec: dict,
-                cache: Path, plain: GateFailed, plain_artifact: Path):
-    """Accuracy-aware int8 for a classifier whose plain int8 artifact missed the gate (``plain``):
-    rank and search on ONNX Runtime's QDQ graph rebuilt from the cached calibration ranges
-    (``fallback.accuracy_aware``), then build this runtime's artifact with the found layers kept in
-    fp32 (ONNX Runtime and TensorRT: left without Q/DQ; OpenVINO: NNCF's ignored scope) and gate it
-    on the held-out images. → (artifact, runner, versions, measured, result fields) or GateFailed."""
+def search_mix(runtime: str, src: Path, calib, input_name: str, workdir: Path, reference_runner, least: float,
+               budget: float, fraction: float, cache: Path, parameters: dict | None = None,
+               proxy: Path | None = None):
+    """The accuracy-aware search (``fallback.accuracy_aware``) on ONNX Runtime's QDQ graph, every trial
+    rebuilt from the calibration ranges cached in ``cache`` → (outcome, the fp32 graph its node names
+    are of). ``proxy``: an int8 QDQ graph already calibrated into ``cache`` (ONNX Runtime's own plain
+    artifact); without it one is calibrated here (OpenVINO's NNCF and TensorRT: ONNX Runtime's graph
+    stands in for the search; TensorRT's symmetric, as its engine quantises)."""
     import onnx
 
     from . import fallback, onnxrt
 
-    budget, fraction = _fallback_settings(compile_spec)
-    started = time.monotonic()
     fb_dir = workdir / "fallback"
     fb_dir.mkdir(parents=True, exist_ok=True)
-    symmetric = runtime == "tensorrt"  # the proxy quantises as the engine's QDQ graph does
+    symmetric = runtime == "tensorrt"
     reduce_range = False if symmetric else None
-    if runtime == "onnxruntime" and cache.is_file():
-        proxy = plain_artifact  # the plain int8 artifact, calibrated with its ranges cached
-    else:  # OpenVINO (NNCF) and TensorRT: ONNX Runtime's QDQ graph stands in for the search
+    if proxy is None:
         proxy = onnxrt.build_int8(src, fb_dir / "proxy.onnx", calib, input_name, symmetric=symmetric,
                                   reduce_range=reduce_range, calibration_cache=cache)
     fp32 = onnx.load(str(onnxrt._opset_for_qdq(src, fb_dir)))
@@ -403,12 +399,30 @@ def _mixed_int8(runtime: str, src: Path, cdir: Path, calib, held_out, labels, in
         return onnxrt.Runner(trial_path, parameters if runtime == "onnxruntime" else None)
 
     images = calib[:fallback.SEARCH_SAMPLES]
-    log("fallback", reason=str(plain), budget_seconds=budget, max_layers_fraction=fraction, images=len(images))
     outcome = fallback.accuracy_aware(fp32, onnx.load(str(proxy)), build, images,
                                       onnxrt.predict(reference_runner, images), least, budget, fraction)
+    return outcome, fp32
+
+
+def _mixed_int8(runtime: str, src: Path, cdir: Path, calib, held_out, labels, input_name: str, workdir: Path,
+                parameters: dict, reference_runner, metric: str, least: float, compile_spec: dict,
+                cache: Path, plain: GateFailed, plain_artifact: Path):
+    """Accuracy-aware int8 for a classifier whose plain int8 artifact missed the gate (``plain``):
+    the search (``search_mix``), then this runtime's artifact built with the found layers kept in
+    fp32 (ONNX Runtime and TensorRT: left without Q/DQ; OpenVINO: NNCF's ignored scope) and gated on
+    the held-out images. → (artifact, runner, versions, measured, result fields) or GateFailed."""
+    from . import fallback
+
+    budget, fraction = _fallback_settings(compile_spec)
+    started = time.monotonic()
+    log("fallback", reason=str(plain), budget_seconds=budget, max_layers_fraction=fraction,
+        images=min(len(calib), fallback.SEARCH_SAMPLES))
+    # ONNX Runtime's plain artifact was calibrated with its ranges cached: it is the search's graph.
+    proxy = plain_artifact if runtime == "onnxruntime" and cache.is_file() else None
+    outcome, fp32 = search_mix(runtime, src, calib, input_name, workdir, reference_runner, least, budget, fraction,
+                               cache, parameters, proxy)
     summary = outcome.as_result()
     log("fallback-search", **summary)
-    what = f"runtime {runtime}, int8 with {len(outcome.kept)} of {outcome.layers} layers in fp32"
     if not outcome.passed:
         best = max(outcome.search.trials, key=lambda t: t.score, default=None)
         raise GateFailed(f"{plain}; accuracy-aware int8 found no passing mix: {outcome.search.stopped}"
@@ -565,10 +579,11 @@ def compile_request(request: dict, workdir: Path) -> dict:
     log("fetch", uri=model_spec["uri"])
     src = fetch(model_spec["uri"], model_spec.get("sha256"), "model.uri", workdir)
     log("inspect", file=src.name)
-    onnxrt.check_io(onnxrt.load_model(src), model_spec)
+    model = onnxrt.load_model(src)
+    onnxrt.check_io(model, model_spec)
     calib, held_out, labels = _samples(request, workdir)
     reference_runner = onnxrt.Runner(src)
-    src = onnxrt.with_node_names(src, workdir / "build")  # what the builds read: every node addressable
+    src = onnxrt.with_node_names(src, model, workdir / "build")  # what the builds read: every node addressable
 
     out_dir, out_uri = _output_dir(request, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -135,8 +135,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # The children's watches carry the label selector: the API server sends only objects labelled with
     # a VisionDeployment, never every pod and Service of the cluster (kopf's own label filters are
     # client-side).
-    for group, version, plural in CHILD_RESOURCES.values():
-        settings.watching.label_selectors[(group, version, plural) if group else (version, plural)] = LABEL_VD
+    for resource in CHILD_RESOURCES.values():
+        settings.watching.label_selectors[_selector(*resource)] = LABEL_VD
     require_crd()
     # Several replicas (the chart's HA mode) take turns through kopf's peering: the one with the highest
     # VISIONFLEET_PRIORITY acts, the others wait. Peering is then mandatory — a missing peering object
@@ -193,13 +193,17 @@ CHILD_RESOURCES = {
 }
 
 
+def _selector(group: str, version: str, plural: str) -> tuple[str, ...]:
+    """The resource as kopf names it: (group, version, plural), or (version, plural) for the core group."""
+    return (group, version, plural) if group else (version, plural)
+
+
 def _child_index(kind: str, group: str, version: str, plural: str) -> None:
     def index(body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
         """The child under its VisionDeployment: (namespace, name) → what a pass reads of it."""
         return {(namespace, labels[LABEL_VD]): child_body(kind, body)}
 
-    resource = (group, version, plural) if group else (version, plural)
-    kopf.index(*resource, labels={LABEL_VD: kopf.PRESENT}, id=f"children_{plural}")(index)
+    kopf.index(*_selector(group, version, plural), labels={LABEL_VD: kopf.PRESENT}, id=f"children_{plural}")(index)
 
 
 for _kind, _resource in CHILD_RESOURCES.items():

@@ -355,6 +355,17 @@ def child_body(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def child_selector(name: str, kind: str) -> str:
+    """The label selector that lists ``kind``'s children of VisionDeployment ``name`` (``CHILD_COMPONENTS``)."""
+    wanted = CHILD_COMPONENTS[kind]
+    selector = f"{LABEL_VD}={name}"
+    if wanted is None:
+        return selector
+    if len(wanted) == 1:
+        return f"{selector},{LABEL_COMPONENT}={wanted[0]}"
+    return f"{selector},{LABEL_COMPONENT} in ({','.join(wanted)})"
+
+
 _MODELS = threading.local()
 
 
@@ -393,11 +404,6 @@ def _snapshots(items: Iterable[Mapping[str, Any]], name: str, namespace: str, ob
                         namespace, name, md.get("name"), e)
 
 
-def gather_snapshots(apps: Any, name: str, namespace: str, obs: ObservedObjects) -> None:
-    _snapshots(_raw_items(apps.list_namespaced_controller_revision, namespace,
-                          f"{LABEL_VD}={name},{LABEL_COMPONENT}={COMPONENT_REVISION}"), name, namespace, obs)
-
-
 def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
            nodes: list[ObservedNode] | None = None, claims: Iterable[str] = (),
            autoscaling: Any = None, children: Mapping[str, Iterable[Mapping[str, Any]]] | None = None
@@ -407,27 +413,25 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
     watches hold for this VisionDeployment, by kind (``CHILD_COMPONENTS``; handlers.py's indexes);
     given, nothing is listed."""
     obs = ObservedObjects(nodes=nodes if nodes is not None else gather_nodes(core))
-    selector = f"{LABEL_VD}={name}"
     raw: dict[str, list[dict[str, Any]]]
     if children is not None:
         raw = {kind: _mine(children, kind, name) for kind in CHILD_COMPONENTS}
         jobs = [_model(j, "V1Job") for j in raw["Job"]]
         pods = [_model(p, "V1Pod") for p in raw["Pod"]]
     else:
-        raw = {"ControllerRevision": _raw_items(apps.list_namespaced_controller_revision, namespace,
-                                                f"{selector},{LABEL_COMPONENT}={COMPONENT_REVISION}")}
-        jobs = batch.list_namespaced_job(namespace, label_selector=f"{selector},{LABEL_COMPONENT}=compile").items
+        def listed(call: Callable[..., Any], kind: str) -> list[dict[str, Any]]:
+            return _raw_items(call, namespace, child_selector(name, kind))
+
+        raw = {"ControllerRevision": listed(apps.list_namespaced_controller_revision, "ControllerRevision"),
+               "Deployment": listed(apps.list_namespaced_deployment, "Deployment"),
+               "ConfigMap": listed(core.list_namespaced_config_map, "ConfigMap"),
+               "Service": listed(core.list_namespaced_service, "Service"),
+               "HorizontalPodAutoscaler": listed(autoscaling.list_namespaced_horizontal_pod_autoscaler,
+                                                 "HorizontalPodAutoscaler") if autoscaling is not None else []}
+        jobs = batch.list_namespaced_job(namespace, label_selector=child_selector(name, "Job")).items
         # One pod list for both kinds of children: compile pods (why a Job waits) and Triton pods (why
         # a Deployment's pods are not Ready).
-        pods = core.list_namespaced_pod(namespace,
-                                        label_selector=f"{selector},{LABEL_COMPONENT} in (compile,triton)").items
-        raw["Deployment"] = _raw_items(apps.list_namespaced_deployment, namespace, f"{selector},{LABEL_COMPONENT}=triton")
-        raw["ConfigMap"] = _raw_items(core.list_namespaced_config_map, namespace,
-                                      f"{selector},{LABEL_COMPONENT}=triton-config")
-        raw["Service"] = _raw_items(core.list_namespaced_service, namespace, selector)
-        raw["HorizontalPodAutoscaler"] = _raw_items(
-            autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace,
-            f"{selector},{LABEL_COMPONENT}=autoscaler") if autoscaling is not None else []
+        pods = core.list_namespaced_pod(namespace, label_selector=child_selector(name, "Pod")).items
     _snapshots(raw["ControllerRevision"], name, namespace, obs)
     serving_pods: dict[tuple[str, str], list[Any]] = {}
     for p in pods:
@@ -456,8 +460,7 @@ def gather(core: Any, batch: Any, apps: Any, name: str, namespace: str,
         obs.live[("Service", md["name"])] = svc
         if lbl.get(LABEL_COMPONENT) == "triton" and LABEL_REVISION in lbl:
             obs.revision_services[md["name"]] = lbl[LABEL_REVISION]
-    if autoscaling is not None or children is not None:
-        for hpa in raw["HorizontalPodAutoscaler"]:
-            obs.live[("HorizontalPodAutoscaler", hpa["metadata"]["name"])] = hpa
+    for hpa in raw["HorizontalPodAutoscaler"]:
+        obs.live[("HorizontalPodAutoscaler", hpa["metadata"]["name"])] = hpa
     obs.claims = gather_claims(core, namespace, claims) if claims else []
     return obs
