@@ -14,9 +14,9 @@ STAMP  := $(VENV)/.installed-$(shell cat $(PYPROJECTS) | sha256sum | cut -c1-12)
 $(STAMP): $(PYPROJECTS)
 	@echo "==> Creating $(VENV) and installing VisionFleet's components (editable) with the test dependencies"
 	@rm -f $(VENV)/.installed-*
-	@$(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ./contract -e ./operator \
+	@# From the package index; from the wheels its last install left in ~/.cache/visionfleet/wheels when
+	@# the index cannot be reached (e2e/venv/install-venv.sh).
+	@e2e/venv/install-venv.sh $(PYTHON) $(VENV) -e ./contract -e ./operator \
 	  -e './compiler_jobs[openvino,models]' -e './monitors[mmd]' -e '.[test]'
 	@touch $@
 
@@ -44,7 +44,10 @@ images: $(STAMP) image-tools
 # before the tests, rather than inside the one test that scrapes through discovery.
 test: $(STAMP) binaries prometheus image-tools
 	@echo "==> Building (or reusing) upstream Prometheus with Kubernetes service discovery"
-	VISIONFLEET_BUILD_PROMETHEUS=1 e2e/cluster/build-binaries.sh
+	@# Not fatal here: tests/e2e/test_scrape_discovery.py builds it again and fails with the reason (or is
+	@# skipped, saying so, when only the module proxy could not be reached).
+	VISIONFLEET_BUILD_PROMETHEUS=1 e2e/cluster/build-binaries.sh \
+	  || echo "==> WARNING: upstream Prometheus was not built; test_scrape_discovery says why" >&2
 	$(VENV)/bin/pytest
 
 unit: $(STAMP)

@@ -40,9 +40,11 @@ def prometheus_with_kubernetes_sd() -> str:
     build-binaries.sh on request: about 5 minutes the first time, cached afterwards. Its path in the
     build cache, not the links directory (a later build without the request drops the link)."""
     env = {**os.environ, "VISIONFLEET_BUILD_PROMETHEUS": "1"}
-    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env, timeout=1800)
+    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, timeout=1800)
     if proc.returncode != 0:
-        raise PrometheusError(f"building upstream Prometheus failed (exit {proc.returncode}); see the log above")
+        tail = "\n".join(proc.stderr.splitlines()[-30:])
+        raise PrometheusError(f"building upstream Prometheus failed (exit {proc.returncode}); the end of its log:\n{tail}")
     for line in proc.stdout.splitlines():
         name, _, path = line.partition(" ")
         if name == "prometheus-kubernetes-sd":

@@ -32,7 +32,7 @@ from visionfleet_e2e.chart import CHART, helm, render, service_account_kubeconfi
 from visionfleet_e2e.cli import install_crds
 from visionfleet_e2e.local_process import free_port
 
-from ..helpers import wait_for
+from ..helpers import registry_needed, wait_for
 from .conftest import OperatorProcess
 from .test_operator_rollout import VD, Given, vd_with
 
@@ -104,7 +104,8 @@ def chart_operator(request, cluster, namespace, tmp_path, without_session_operat
         op = OperatorProcess(cluster, tmp_path / "operator.log", env={"KUBECONFIG": str(kubeconfig)},
                              args=["--metrics-port=0"])
     else:
-        built = images.build("operator", tmp_path / "build.log")
+        with registry_needed("Debian's and PyPI's packages for the operator image (not yet cached)"):
+            built = images.build("operator", tmp_path / "build.log")
         docs = render(cluster, namespace=SYSTEM_NS, release=RELEASE, extra=values)
         pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
         sa_dir, server = service_account_dir(cluster, SYSTEM_NS, pod["serviceAccountName"], tmp_path)

@@ -39,7 +39,7 @@ from visionfleet_e2e.prometheus import PrometheusServer, prometheus_with_kuberne
 
 from visionfleet_contract import LABEL_CLASS, LABEL_REVISION, LABEL_VD, MONITOR_PORT
 
-from ..helpers import wait_for
+from ..helpers import registry_needed, wait_for
 from ..unit.test_scrape_config import PUBLIC, job, sanitize
 from .test_operator_rollout import VD, Given
 
@@ -51,7 +51,8 @@ XEON = {"node.kubernetes.io/instance-type": "c7i.4xlarge"}  # untainted kwok nod
 @pytest.fixture(scope="module")
 def prometheus_binary():
     # about 5 minutes the first time on two cores (then cached by build-binaries.sh)
-    return prometheus_with_kubernetes_sd()
+    with registry_needed("upstream Prometheus' Go modules (not yet in the module cache)"):
+        return prometheus_with_kubernetes_sd()
 
 
 def drifted_vd() -> dict:

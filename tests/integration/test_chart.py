@@ -15,7 +15,7 @@ import yaml
 
 from visionfleet_e2e.chart import CHART, VALUES_DIR, helm, install_monitoring_crds, render
 
-from ..helpers import wait_for
+from ..helpers import registry_needed, wait_for
 
 pytestmark = pytest.mark.cluster
 VALUES = sorted(VALUES_DIR.glob("*.yaml"))
@@ -163,7 +163,8 @@ def test_image_by_digest_and_monitoring_objects(rendered):
 
 @pytest.mark.parametrize("values", VALUES, ids=IDS)
 def test_server_side_dry_run_accepts_every_rendering(cluster, values):
-    install_monitoring_crds(cluster)
+    with registry_needed("prometheus-operator's CRDs (a Go module not yet in the module cache)"):
+        install_monitoring_crds(cluster)
     for ns in ("visionfleet-system", "vision-a", "vision-b"):
         cluster.kubectl("create", "namespace", ns, check=False)
     docs = render(cluster, [values], extra=["--include-crds"])

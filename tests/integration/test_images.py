@@ -27,7 +27,7 @@ from visionfleet.planner.classes import resolve_classes
 from visionfleet_e2e import images
 from visionfleet_e2e.local_process import free_port
 
-from ..helpers import moto_s3, wait_for
+from ..helpers import moto_s3, registry_needed, wait_for
 
 pytestmark = pytest.mark.images
 
@@ -45,7 +45,8 @@ def image(tmp_path_factory):
 
     def get(target: str) -> images.Built:
         if target not in built:
-            built[target] = images.build(target, log)
+            with registry_needed(f"Debian's and PyPI's packages for the {target} image (not yet cached)"):
+                built[target] = images.build(target, log)
         return built[target]
     return get
 

@@ -92,7 +92,7 @@ def make_n(target: str) -> str:
 
 
 INSTALLERS = {  # what a fresh machine lacks -> the line that installs it
-    "venv": "pip install",
+    "venv": "e2e/venv/install-venv.sh",  # pip install, from the index or the wheel cache
     "the Go binaries": "e2e/cluster/build-binaries.sh",
     "prometheus": "e2e/prometheus/ensure-prometheus.sh",
     "buildah, podman, runc, debootstrap": "e2e/images/ensure-image-tools.sh",
