@@ -48,7 +48,8 @@ test: $(STAMP) binaries prometheus image-tools
 	@# skipped, saying so, when only the module proxy could not be reached).
 	VISIONFLEET_BUILD_PROMETHEUS=1 e2e/cluster/build-binaries.sh \
 	  || echo "==> WARNING: upstream Prometheus was not built; test_scrape_discovery says why" >&2
-	$(VENV)/bin/pytest
+	@# Two pytest processes side by side, each on its own cluster (tests/parallel.py; VISIONFLEET_TEST_SHARDS=1: one)
+	$(VENV)/bin/python tests/parallel.py
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit

@@ -101,7 +101,7 @@ INSTALLERS = {  # what a fresh machine lacks -> the line that installs it
 
 @pytest.mark.parametrize("target, needs, last", [
     ("demo", ("venv", "the Go binaries", "prometheus"), "visionfleet-fleet demo"),
-    ("test", ("venv", "the Go binaries", "prometheus", "buildah, podman, runc, debootstrap"), "bin/pytest"),
+    ("test", ("venv", "the Go binaries", "prometheus", "buildah, podman, runc, debootstrap"), "tests/parallel.py"),
 ])
 def test_the_readme_commands_install_everything_before_they_run(target, needs, last):
     out = make_n(target)
