@@ -1,7 +1,8 @@
 """Keeps a wheel for every third-party distribution installed in a virtual environment, so that the
 next install can run when the package index cannot be reached (install-venv.sh).
 
-    python3 wheelcache.py save VENV WHEELS   repack each installed distribution that WHEELS lacks
+    python3 wheelcache.py save VENV WHEELS   repack each installed distribution that WHEELS lacks,
+                                             drop the wheels of versions no longer installed
 
 A wheel is rebuilt from what pip installed: the files its RECORD lists, each checked against the
 hash RECORD gives (a distribution whose files changed after the install is left out, and said so),
@@ -167,6 +168,7 @@ def save(venv: Path, wheels: Path) -> int:
     have = {p.name for p in wheels.glob("*.whl")}
     shared = _records(site)
     written = skipped = 0
+    current: set[str] = set()
     for dist_info in sorted(site.glob("*.dist-info")):
         if _is_editable(dist_info) or not (dist_info / "RECORD").exists() or not (dist_info / "WHEEL").exists():
             continue
@@ -176,6 +178,7 @@ def save(venv: Path, wheels: Path) -> int:
             print(f"wheelcache: {dist_info.name}: {e}; not cached", file=sys.stderr)
             skipped += 1
             continue
+        current.add(name)
         if name in have:
             continue
         why = repack(dist_info, venv, wheels, shared)
@@ -184,8 +187,13 @@ def save(venv: Path, wheels: Path) -> int:
             skipped += 1
         else:
             written += 1
-    print(f"wheelcache: {written} wheel(s) added to {wheels} ({len(have) + written} in all"
-          + (f", {skipped} distribution(s) left out" if skipped else "") + ")", file=sys.stderr)
+    # The cache mirrors the last install from the index: wheels of versions no longer installed go.
+    gone = sorted(have - current)
+    for name in gone:
+        (wheels / name).unlink()
+    print(f"wheelcache: {written} wheel(s) added to {wheels}, {len(gone)} no longer installed removed "
+          f"({len(current)} in all" + (f", {skipped} distribution(s) left out" if skipped else "") + ")",
+          file=sys.stderr)
     return 0
 
 

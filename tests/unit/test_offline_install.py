@@ -141,3 +141,13 @@ def test_a_changed_file_keeps_the_distribution_out_unless_another_one_installed_
 def test_the_wheel_name_carries_every_tag(tmp_path):
     dist = _installed(tmp_path / "venv", "both", {"both.py": b""}, tag="py2-none-any\nTag: py3-none-any")
     assert wheelcache.wheel_name(dist) == "both-1.0-py2.py3-none-any.whl"
+
+
+def test_the_cache_follows_the_last_install(tmp_path):
+    venv = tmp_path / "venv"
+    _installed(venv, "kept", {"kept.py": b""})
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "kept-0.9-py3-none-any.whl").write_bytes(b"an older version")
+    wheelcache.save(venv, wheels)
+    assert sorted(p.name for p in wheels.glob("*.whl")) == ["kept-1.0-py3-none-any.whl"]
