@@ -22,6 +22,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${VISIONFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/visionfleet}
+# How often a download that failed on the network is tried (pauses of 30 s, 60 s, …): `make` waits out
+# a hiccup; a test that asks again for what `make test` just tried sets 1.
+network_attempts=${VISIONFLEET_NETWORK_ATTEMPTS:-3}
 
 # Versions stamped into the binaries. They must match the go.mod pins (checked below) — unstamped
 # Kubernetes binaries report v0.0.0-master, which kwokctl reads as "newest" and picks wrong flags for.
@@ -85,9 +88,9 @@ build_group() {  # group ldflags pkg...  (binaries named after the last path ele
   local start=$SECONDS
   log "$g: building $* (cold builds take minutes; module and build caches are reused)"
   # A module download that fails on the network (a DNS answer refused, a proxy timing out) is tried
-  # again after a pause, up to three times in all; any other failure ends the build at once.
+  # again after a pause, up to $network_attempts times in all; any other failure ends the build at once.
   local attempt out="$dir.build.log"
-  for attempt in 1 2 3; do
+  for attempt in $(seq "$network_attempts"); do
     # build_src (traefik): build inside that module directory instead of the group's wrapper module.
     ( cd "${build_src:-$here/gomod/$g}" && go build -ldflags "$ldflags" -o "$tmp/" "$@" ) > "$out" 2>&1 &
     local pid=$!
@@ -105,8 +108,8 @@ build_group() {  # group ldflags pkg...  (binaries named after the last path ele
       break
     fi
     cat "$out" >&2
-    if [ "$attempt" -lt 3 ] && grep -qE 'dial tcp|lookup .* on|i/o timeout|TLS handshake timeout|connection (refused|reset)|unexpected EOF|502 Bad Gateway|503 Service Unavailable' "$out"; then
-      log "$g: a module download failed on the network (attempt $attempt of 3); trying again in $((attempt * 30))s"
+    if [ "$attempt" -lt "$network_attempts" ] && grep -qE 'dial tcp|lookup .* on|i/o timeout|TLS handshake timeout|connection (refused|reset)|unexpected EOF|502 Bad Gateway|503 Service Unavailable' "$out"; then
+      log "$g: a module download failed on the network (attempt $attempt of $network_attempts); trying again in $((attempt * 30))s"
       sleep $((attempt * 30))
       continue
     fi
@@ -275,7 +278,7 @@ fetch_module() {  # gomod module   (a warning, not a failure: only the tests tha
     return 0  # already in the module cache: no network
   fi
   # `make` (no arguments) waits out a network hiccup; the test harness (--print-dir) tries once.
-  local attempt attempts=3
+  local attempt attempts=$network_attempts
   [ "$print_dir" = 1 ] && attempts=1
   for attempt in $(seq "$attempts"); do
     if ( cd "$here/gomod/$1" && go mod download "$2" ) >&2; then
