@@ -15,10 +15,12 @@ $(STAMP): $(PYPROJECTS)
 	@echo "==> Creating $(VENV) and installing VisionFleet's components (editable) with the test dependencies"
 	@rm -f $(VENV)/.installed-*
 	@# From the package index; from the wheels its last install left in ~/.cache/visionfleet/wheels when
-	@# the index cannot be reached (e2e/venv/install-venv.sh).
-	@e2e/venv/install-venv.sh $(PYTHON) $(VENV) -e ./contract -e ./operator \
+	@# the index cannot be reached (e2e/venv/install-venv.sh). setuptools: the components' build backend,
+	@# named so that the wheel cache holds it. A venv made from the wheels gets no stamp: the next make
+	@# tries the index again.
+	@e2e/venv/install-venv.sh $(PYTHON) $(VENV) 'setuptools>=77' -e ./contract -e ./operator \
 	  -e './compiler_jobs[openvino,models]' -e './monitors[mmd]' -e '.[test]'
-	@touch $@
+	@[ -e $(VENV)/.from-wheel-cache ] || touch $@
 
 venv: $(STAMP)
 

@@ -118,7 +118,10 @@ def pytest_sessionfinish(session):
     import fcntl
     import json
 
-    with open(path + ".lock", "w") as lock:  # shards end at their own times, maybe together
+    import tempfile
+
+    # shards end at their own times, maybe together
+    with open(os.path.join(tempfile.gettempdir(), "visionfleet-durations.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             with open(path) as f:

@@ -54,32 +54,44 @@ def done_tests(log: str) -> int:
     return sum(len(m.group(1)) for line in log.splitlines() if (m := PROGRESS.match(line.strip())))
 
 
+def _interrupt_when_parent_dies() -> None:
+    """In the shard, before pytest starts: Linux sends it SIGINT (pytest's KeyboardInterrupt, so its
+    clusters are torn down) if this runner dies without stopping it (killed outright)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+
+
 def main(argv: list[str]) -> int:
     count = int(os.environ.get("VISIONFLEET_TEST_SHARDS", "2"))
     pytest = [sys.executable, "-m", "pytest"]
-    if count <= 1:
-        return subprocess.call([*pytest, *argv], cwd=REPO)
+    if count <= 1:  # pytest in this process's place: a Ctrl-C reaches it alone, and it tears down
+        os.chdir(REPO)
+        os.execv(sys.executable, [*pytest, *argv])
     logs_dir = REPO / ".fleet"
     logs_dir.mkdir(exist_ok=True)
-    shards = []
+    shards: list = []
     t0 = time.monotonic()
+
+    def stop(signum, frame):  # an interrupted make stops every shard (each tears its own cluster down)
+        for _, proc, _, _ in shards:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
     for i in range(1, count + 1):
         log = logs_dir / f"test-shard-{i}.log"
         env = {**os.environ, "VISIONFLEET_SHARD": f"{i}/{count}", "VISIONFLEET_TEST_CLUSTER": f"vf-test-{i}"}
         out = open(log, "w")
         # no cache plugin: two processes must not rewrite .pytest_cache under each other
         proc = subprocess.Popen([*pytest, "-p", "no:cacheprovider", *argv], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_interrupt_when_parent_dies)
         shards.append((i, proc, log, out))
     print(f"==> {count} shards side by side, each with its own cluster (vf-test-1…{count}); "
           f"their output: {', '.join(str(s[2].relative_to(REPO)) for s in shards)}", flush=True)
-
-    def stop(signum, frame):  # an interrupted make stops every shard (each stops its own cluster)
-        for _, proc, _, _ in shards:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
 
     last = time.monotonic()
     while any(proc.poll() is None for _, proc, _, _ in shards):
@@ -100,7 +112,8 @@ def main(argv: list[str]) -> int:
         print(summary(text), flush=True)
         for key, n in closing_counts(text).items():
             total[key] = total.get(key, 0) + n
-        codes.append(proc.returncode)
+        # killed by a signal: the shell's 128 + signal, not a negative status
+        codes.append(proc.returncode if proc.returncode >= 0 else 128 - proc.returncode)
     elapsed = time.monotonic() - t0
     failed = total.get("failed", 0) + total.get("errors", 0)
     print(f"\n==> the whole suite in {elapsed / 60:.1f} min on {count} shards")

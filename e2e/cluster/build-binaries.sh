@@ -25,6 +25,9 @@ cache=${VISIONFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/visionfleet}
 # How often a download that failed on the network is tried (pauses of 30 s, 60 s, …): `make` waits out
 # a hiccup; a test that asks again for what `make test` just tried sets 1.
 network_attempts=${VISIONFLEET_NETWORK_ATTEMPTS:-3}
+case $network_attempts in
+  ''|*[!0-9]*|0) echo "VISIONFLEET_NETWORK_ATTEMPTS=$network_attempts: expected a whole number ≥ 1 (default 3)" >&2; exit 2 ;;
+esac
 
 # Versions stamped into the binaries. They must match the go.mod pins (checked below) — unstamped
 # Kubernetes binaries report v0.0.0-master, which kwokctl reads as "newest" and picks wrong flags for.

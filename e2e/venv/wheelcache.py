@@ -111,7 +111,7 @@ def repack(dist_info: Path, venv: Path, out: Path, shared: dict[Path, set[str]] 
             src = Path(os.path.normpath(site / rel))
             if src.parent == dist_info and src.name in PIP_WRITTEN:
                 continue
-            if "__pycache__" in src.parts or src.suffix == ".pyc":
+            if "__pycache__" in src.parts:  # pip compiles them again (a .pyc a wheel ships elsewhere stays)
                 continue
             if not src.is_file():
                 return f"{rel} is missing"
@@ -169,6 +169,7 @@ def save(venv: Path, wheels: Path) -> int:
     shared = _records(site)
     written = skipped = 0
     current: set[str] = set()
+    left_out: set[str] = set()  # projects whose installed version could not be repacked
     for dist_info in sorted(site.glob("*.dist-info")):
         if _is_editable(dist_info) or not (dist_info / "RECORD").exists() or not (dist_info / "WHEEL").exists():
             continue
@@ -185,10 +186,12 @@ def save(venv: Path, wheels: Path) -> int:
         if why:
             print(f"wheelcache: {dist_info.name}: {why}; not cached", file=sys.stderr)
             skipped += 1
+            left_out.add(name.split("-", 1)[0])
         else:
             written += 1
-    # The cache mirrors the last install from the index: wheels of versions no longer installed go.
-    gone = sorted(have - current)
+    # The cache mirrors the last install from the index: wheels of versions no longer installed go
+    # (but a project's older wheel stays while its installed version could not be repacked).
+    gone = sorted(n for n in have - current if n.split("-", 1)[0] not in left_out)
     for name in gone:
         (wheels / name).unlink()
     print(f"wheelcache: {written} wheel(s) added to {wheels}, {len(gone)} no longer installed removed "

@@ -17,6 +17,7 @@ debootstrap (``make image-tools``).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -188,9 +189,18 @@ def _pip_conf(directory: Path) -> Path:
 
 
 def build(target: str, log: Path, build_args: dict[str, str] | None = None) -> Built:
-    """Build ``target`` (or find it built from the same content) → its reference."""
+    """Build ``target`` (or find it built from the same content) → its reference. One build at a time
+    on this machine (a file lock in the image cache): two test shards asking for the same image share
+    one build, and one's prune of older layers never pulls them from under the other's build."""
     if target not in TARGETS:
         raise ImageError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(target, log, build_args)
+
+
+def _build(target: str, log: Path, build_args: dict[str, str] | None) -> Built:
     buildah = _tool("buildah")
     t0 = time.monotonic()
     base = ensure_base(log)

@@ -13,7 +13,7 @@ import json
 import pytest
 import yaml
 
-from visionfleet_e2e.chart import CHART, VALUES_DIR, helm, install_monitoring_crds, render
+from visionfleet_e2e.chart import CHART, VALUES_DIR, helm, install_monitoring_crds, module_dir, render
 
 from ..helpers import registry_needed, wait_for
 
@@ -164,7 +164,8 @@ def test_image_by_digest_and_monitoring_objects(rendered):
 @pytest.mark.parametrize("values", VALUES, ids=IDS)
 def test_server_side_dry_run_accepts_every_rendering(cluster, values):
     with registry_needed("prometheus-operator's CRDs (a Go module not yet in the module cache)"):
-        install_monitoring_crds(cluster)
+        module_dir("prometheus-operator", "github.com/prometheus-operator/prometheus-operator")  # the fetch alone
+    install_monitoring_crds(cluster)
     for ns in ("visionfleet-system", "vision-a", "vision-b"):
         cluster.kubectl("create", "namespace", ns, check=False)
     docs = render(cluster, [values], extra=["--include-crds"])

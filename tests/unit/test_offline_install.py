@@ -32,6 +32,16 @@ UNREACHABLE = [
     "E: Failed getting release file http://mirror.example/debian/dists/bookworm/Release",
     "curl: (6) Could not resolve host: registry.example",
     'Get "https://proxy.example/x/@v/list": dial tcp 10.0.0.1:443: i/o timeout',
+    "W: Failed to fetch http://mirror.example/debian/dists/bookworm/InRelease  Temporary failure resolving "
+    "'mirror.example'",
+    "urllib3.exceptions.NewConnectionError: Failed to establish a new connection: [Errno -2] Name or service not known",
+    "ConnectTimeoutError(<HTTPSConnection(host='registry.example', port=443)>, 'Connection to registry.example "
+    "timed out. (connect timeout=15)')",
+    'dial tcp: lookup proxy.example: server misbehaving',
+    'dial tcp 10.0.0.1:443: connect: connection timed out',
+    'dial tcp 10.0.0.1:443: connect: no route to host',
+    'net/http: TLS handshake timeout',
+    "curl: (7) Failed to connect to registry.example port 443 after 3 ms: Couldn't connect to server",
 ]
 # Failures of the build itself: these must fail the test, not skip it.
 BROKEN = [
@@ -40,6 +50,9 @@ BROKEN = [
     "ERROR: Could not find a version that satisfies the requirement torch==0.0.1 (from versions: 2.5.1)",
     "main.go:12:2: undefined: foo",
     "E: Couldn't find these debs: python3-nonexistent",
+    # the local fleet refusing connections is a broken test fleet, not the registry
+    'Get "https://127.0.0.1:40123/api": dial tcp 127.0.0.1:40123: connect: connection refused',
+    "The connection to the server localhost:6443 was refused - did you specify the right host or port?",
 ]
 
 
@@ -51,6 +64,12 @@ def test_an_unreachable_registry_is_recognised(line):
 @pytest.mark.parametrize("line", BROKEN)
 def test_a_broken_build_is_not_taken_for_the_network(line):
     assert unreachable(line) is None
+
+
+def test_only_the_end_of_the_output_counts():
+    recovered = UNREACHABLE[1] + "\n" + "\n".join(f"Downloading part {i}" for i in range(60)) + "\n" + BROKEN[2]
+    assert unreachable(recovered) is None
+    assert unreachable(BROKEN[2] + "\n" + UNREACHABLE[1]) == UNREACHABLE[1]
 
 
 def test_registry_needed_skips_only_for_the_network():
@@ -151,3 +170,14 @@ def test_the_cache_follows_the_last_install(tmp_path):
     (wheels / "kept-0.9-py3-none-any.whl").write_bytes(b"an older version")
     wheelcache.save(venv, wheels)
     assert sorted(p.name for p in wheels.glob("*.whl")) == ["kept-1.0-py3-none-any.whl"]
+
+
+def test_an_older_wheel_stays_while_the_installed_version_cannot_be_repacked(tmp_path):
+    venv = tmp_path / "venv"
+    _installed(venv, "edited", {"edited.py": b"A = 1\n"})
+    (venv / "lib/python3.11/site-packages/edited.py").write_bytes(b"A = 2\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "edited-0.9-py3-none-any.whl").write_bytes(b"the last good one")
+    wheelcache.save(venv, wheels)
+    assert sorted(p.name for p in wheels.glob("*.whl")) == ["edited-0.9-py3-none-any.whl"]
