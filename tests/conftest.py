@@ -106,7 +106,8 @@ _MODULE_SECONDS: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report):
-    _MODULE_SECONDS[module_of(report.nodeid)] = _MODULE_SECONDS.get(module_of(report.nodeid), 0.0) + report.duration
+    module = module_of(report.nodeid)
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session):
@@ -117,7 +118,6 @@ def pytest_sessionfinish(session):
         return
     import fcntl
     import json
-
     import tempfile
 
     # shards end at their own times, maybe together

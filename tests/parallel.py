@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
-PROGRESS = re.compile(r"^(?:\S+\.py\s+)?([.sFExX]+)\s*(?:\[\s*\d+%\])?$")  # 'tests/x.py ..s.F  [ 40%]' 
+PROGRESS = re.compile(r"^(?:\S+\.py\s+)?([.sFExX]+)\s*(?:\[\s*\d+%\])?$")  # 'tests/x.py ..s.F  [ 40%]'
 
 
 def closing_counts(log: str) -> dict[str, int]:

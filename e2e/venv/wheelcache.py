@@ -96,66 +96,61 @@ def _records(site: Path) -> dict[Path, set[str]]:
 def repack(dist_info: Path, venv: Path, out: Path, shared: dict[Path, set[str]] | None = None) -> str | None:
     """Writes out/<wheel>; returns why not, or None when written. A file whose content is not the one
     this RECORD gives is taken as it is only when another distribution's RECORD gives that content
-    (a file both install); otherwise the distribution is left out."""
+    (a file both install); otherwise the distribution is left out. Each file is read once: checked,
+    then written to the wheel, which is dropped when a later file refuses it."""
     site = dist_info.parent
-    stem = dist_info.name[: -len(".dist-info")]
-    data_dir = f"{stem}.data"
+    data_dir = f"{dist_info.name[: -len('.dist-info')]}.data"
     scripts = _entry_point_scripts(dist_info)
     include = venv / "include" / "site"
-    entries: list[tuple[str, Path]] = []
-    with open(dist_info / "RECORD", newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if not row or not row[0]:
-                continue
-            rel, digest = row[0], row[1] if len(row) > 1 else ""
-            src = Path(os.path.normpath(site / rel))
-            if src.parent == dist_info and src.name in PIP_WRITTEN:
-                continue
-            if "__pycache__" in src.parts:  # pip compiles them again (a .pyc a wheel ships elsewhere stays)
-                continue
-            if not src.is_file():
-                return f"{rel} is missing"
-            if src.is_relative_to(site):
-                arc = src.relative_to(site).as_posix()
-            elif src.parent == venv / "bin":
-                if src.name in scripts:
-                    continue
-                arc = f"{data_dir}/scripts/{src.name}"
-            elif src.is_relative_to(include):
-                # include/site/python3.11/<name>/<file> → <name>.data/headers/<file>
-                arc = f"{data_dir}/headers/" + "/".join(src.relative_to(include).parts[2:])
-            elif src.is_relative_to(venv):
-                arc = f"{data_dir}/data/{src.relative_to(venv).as_posix()}"
-            else:
-                return f"{rel} lies outside the virtual environment"
-            entries.append((arc, src))
-            if digest:
-                data = src.read_bytes()
-                now = _digest(data)
-                if now != digest and not arc.startswith(f"{data_dir}/scripts/") \
-                        and now not in (shared or {}).get(src, set()):
-                    return f"{rel} changed since it was installed"
-    target = out / wheel_name(dist_info)
     fd, tmp = tempfile.mkstemp(dir=out, suffix=".whl.partial")
     os.close(fd)
     record = io.StringIO()
     writer = csv.writer(record, lineterminator="\n")
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for arc, src in entries:
+        with open(dist_info / "RECORD", newline="", encoding="utf-8") as f, \
+                zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for row in csv.reader(f):
+                if not row or not row[0]:
+                    continue
+                rel, digest = row[0], row[1] if len(row) > 1 else ""
+                src = Path(os.path.normpath(site / rel))
+                if src.parent == dist_info and src.name in PIP_WRITTEN:
+                    continue
+                if "__pycache__" in src.parts:  # pip compiles them again (a .pyc a wheel ships elsewhere stays)
+                    continue
+                if not src.is_file():
+                    return f"{rel} is missing"
+                if src.is_relative_to(site):
+                    arc = src.relative_to(site).as_posix()
+                elif src.parent == venv / "bin":
+                    if src.name in scripts:
+                        continue
+                    arc = f"{data_dir}/scripts/{src.name}"
+                elif src.is_relative_to(include):
+                    # include/site/python3.11/<name>/<file> → <name>.data/headers/<file>
+                    arc = f"{data_dir}/headers/" + "/".join(src.relative_to(include).parts[2:])
+                elif src.is_relative_to(venv):
+                    arc = f"{data_dir}/data/{src.relative_to(venv).as_posix()}"
+                else:
+                    return f"{rel} lies outside the virtual environment"
                 data = src.read_bytes()
-                if arc.startswith(f"{data_dir}/scripts/") and data.startswith(b"#!"):
+                found = _digest(data)
+                is_script = arc.startswith(f"{data_dir}/scripts/")
+                if digest and not is_script and found != digest and found not in (shared or {}).get(src, set()):
+                    return f"{rel} changed since it was installed"
+                if is_script and data.startswith(b"#!"):
                     first, _, rest = data.partition(b"\n")
                     if b"python" in first:
                         data = b"#!python\n" + rest
+                        found = _digest(data)
                 info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = (src.stat().st_mode & 0o777 | 0o100000) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, data, compresslevel=1)
-                writer.writerow([arc, _digest(data), len(data)])
+                writer.writerow([arc, found, len(data)])
             writer.writerow([f"{dist_info.name}/RECORD", "", ""])
             zf.writestr(f"{dist_info.name}/RECORD", record.getvalue())
-        os.replace(tmp, target)
+        os.replace(tmp, out / wheel_name(dist_info))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
